@@ -1,0 +1,106 @@
+//! Native tasks: `echo`, `fib`, `slow` and `spin` as plain Rust functions in the host, through
+//! the `task` callback, with the protocol unchanged.
+//!
+//! This is the baseline the benchmark compares the sandbox with, and a fast path for code you
+//! trust: it has no isolation and no fuel, so it is served only when asked (`--native`). Other
+//! tasks still run in the sandbox, and every task still needs its module in the tasks folder
+//! (for its name, limits and listing).
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{Callbacks, Job};
+use crate::protocol::ErrorCode;
+use crate::sandbox::Outcome;
+use crate::server::Server;
+
+/// How often the native `spin` gives its thread back, so that it hogs a core like the
+/// sandboxed one does (which yields on fuel) without stalling the server.
+const SPIN_SLICE: Duration = Duration::from_micros(100);
+
+/// The [`super::ProtocolApp`] with the bundled tasks run natively.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NativeTasks;
+
+impl Callbacks for NativeTasks {
+    fn on_task<'a>(&'a self, server: &'a Server, job: &'a Job) -> BoxFuture<'a, Outcome> {
+        match job.name() {
+            "echo" => Box::pin(async move { echo(&job.input) }),
+            "fib" => Box::pin(async move { fib_task(&job.input) }),
+            "slow" => Box::pin(within_timeout(job, slow(&job.input))),
+            "spin" => Box::pin(within_timeout(job, spin())),
+            _ => Box::pin(server.sandbox().run(&job.module.wasm, job.run_spec())),
+        }
+    }
+}
+
+/// The wall-clock limit, which the sandbox enforces for sandboxed tasks.
+async fn within_timeout(job: &Job, task: impl Future<Output = Outcome>) -> Outcome {
+    let limit = Duration::from_millis(job.limits.timeout_ms);
+    tokio::time::timeout(limit, task).await.unwrap_or_else(|_| {
+        Outcome::failed(
+            ErrorCode::Timeout,
+            format!(
+                "the task was still running after its wall-clock limit of {} ms",
+                job.limits.timeout_ms
+            ),
+        )
+    })
+}
+
+fn finished(json: String) -> Outcome {
+    match RawValue::from_string(json) {
+        Ok(result) => Outcome::Finished {
+            result,
+            fuel_used: 0,
+        },
+        Err(error) => Outcome::failed(ErrorCode::Internal, error.to_string()),
+    }
+}
+
+fn echo(input: &[u8]) -> Outcome {
+    finished(String::from_utf8_lossy(input).into_owned())
+}
+
+fn fib(n: u64) -> u64 {
+    if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+}
+
+/// `{"n": N}` or a bare N, like the guest's.
+fn fib_task(input: &[u8]) -> Outcome {
+    let value: Value = serde_json::from_slice(input).unwrap_or(Value::Null);
+    let n = value.get("n").unwrap_or(&value).as_u64();
+    match n {
+        Some(n) if n <= 93 => {
+            finished(std::hint::black_box(fib(std::hint::black_box(n))).to_string())
+        }
+        _ => Outcome::failed(ErrorCode::Exit, "fib takes {\"n\": N} with N from 0 to 93"),
+    }
+}
+
+/// `{"seconds": S}` or a bare S; anything else is the default 5 seconds.
+async fn slow(input: &[u8]) -> Outcome {
+    let value: Value = serde_json::from_slice(input).unwrap_or(Value::Null);
+    let seconds = value
+        .get("seconds")
+        .unwrap_or(&value)
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(5.0);
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    finished("\"success\"".to_owned())
+}
+
+/// Busy forever; the dispatcher's timeout or cancel ends it.
+async fn spin() -> Outcome {
+    loop {
+        let slice = std::time::Instant::now();
+        while slice.elapsed() < SPIN_SLICE {
+            std::hint::spin_loop();
+        }
+        tokio::task::yield_now().await;
+    }
+}

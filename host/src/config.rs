@@ -1,0 +1,145 @@
+//! The server's options: command-line flags (their doc comments are the `--help` text) turned
+//! into a validated [`Config`] that the rest of the library reads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Parser;
+
+use crate::protocol::Limits;
+
+/// A WebAssembly-sandboxed task runner behind a WebSocket server.
+///
+/// Clients connect to ws://LISTEN/ and send tasks (docs/PROTOCOL.md); each task runs in a fresh
+/// wasmtime sandbox loaded from the tasks folder. The same port serves the page at GET /,
+/// /healthz and /metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "taskhost", version)]
+pub struct Options {
+    /// Address to listen on (WebSocket, the page, /healthz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9501", env = "TASKHOST_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Folder of task modules: NAME.wasm (or NAME.wat) is served as task NAME.
+    #[arg(long, default_value = "tasks", env = "TASKHOST_TASKS")]
+    pub tasks: PathBuf,
+
+    /// Tasks running at once (Swoole's task_worker_num). A task asleep in the sandbox holds a
+    /// slot but no thread, so this can be high; each slot reserves sandbox memory up front.
+    #[arg(long, default_value_t = 1024)]
+    pub task_workers: usize,
+
+    /// Tasks that may wait for a free worker beyond those running; past it, tasks are
+    /// rejected with `queue_full`.
+    #[arg(long, default_value_t = 10_000)]
+    pub queue: usize,
+
+    /// Task run for plain-text frames (the original example sends `666`).
+    #[arg(long, default_value = "slow")]
+    pub default_task: String,
+
+    /// Wall-clock limit per task in milliseconds (default and maximum; clients may lower it).
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+
+    /// Fuel (roughly, WebAssembly instructions) per task (default and maximum).
+    #[arg(long, default_value_t = 10_000_000_000)]
+    pub fuel: u64,
+
+    /// Linear memory per task in bytes (default and maximum); also bounds tables.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub memory: u64,
+
+    /// Largest frame a client may send, in bytes; a bigger one closes the connection (1009).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame: usize,
+
+    /// Most output a task may write (stdout and stderr together), in bytes; past it the task
+    /// is stopped with `output_too_large`.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_output: usize,
+
+    /// On Ctrl-C or SIGTERM, how long running tasks may take to finish, in milliseconds,
+    /// before they are failed with `shutdown`.
+    #[arg(long, default_value_t = 10_000)]
+    pub grace_ms: u64,
+
+    /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
+    /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
+    #[arg(long)]
+    pub native: bool,
+}
+
+/// The validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tasks_dir: PathBuf,
+    /// Tasks running at once; also the size of the sandbox instance pool.
+    pub task_workers: usize,
+    /// Tasks that may wait beyond `task_workers` before new ones are rejected `queue_full`.
+    pub queue: usize,
+    pub default_task: String,
+    /// Limits a task gets when neither its manifest nor its client lowers them; also maxima.
+    pub limits: Limits,
+    pub max_frame: usize,
+    pub max_output: usize,
+    /// How long running tasks may go on after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl Options {
+    /// Checks the options and turns them into a [`Config`].
+    pub fn validate(&self) -> anyhow::Result<Config> {
+        if self.task_workers == 0 {
+            bail!("--task-workers must be at least 1");
+        }
+        if self.timeout_ms == 0 {
+            bail!("--timeout-ms must be at least 1");
+        }
+        if self.memory < 64 * 1024 {
+            bail!(
+                "--memory {} is below one WebAssembly page (65536 bytes): no module could start",
+                self.memory
+            );
+        }
+        if self.max_frame < 1024 {
+            bail!(
+                "--max-frame {} is too small to carry a task message",
+                self.max_frame
+            );
+        }
+        if crate::registry::task_name(std::path::Path::new(&format!("{}.wasm", self.default_task)))
+            .is_none()
+        {
+            bail!(
+                "--default-task {:?} is not a task name (a-z, 0-9, _ and -)",
+                self.default_task
+            );
+        }
+        Ok(Config {
+            tasks_dir: self.tasks.clone(),
+            task_workers: self.task_workers,
+            queue: self.queue,
+            default_task: self.default_task.clone(),
+            limits: Limits {
+                timeout_ms: self.timeout_ms,
+                fuel: self.fuel,
+                memory_bytes: self.memory,
+            },
+            max_frame: self.max_frame,
+            max_output: self.max_output,
+            grace: Duration::from_millis(self.grace_ms),
+        })
+    }
+}
+
+impl Config {
+    /// The defaults of every flag, with the given tasks folder: what tests and embedders start from.
+    pub fn with_tasks_dir(tasks_dir: impl Into<PathBuf>) -> Config {
+        let mut options = Options::parse_from(["taskhost"]);
+        options.tasks = tasks_dir.into();
+        options.validate().expect("the default options are valid")
+    }
+}

@@ -1,0 +1,249 @@
+//! Admission and scheduling of tasks: task ids, the queue bound, the running-task permits,
+//! cancel handles and the shutdown of tasks.
+//!
+//! Design: a task is first *admitted* ([`Dispatcher::admit`]), which takes a queue slot and
+//! an id and registers its cancel token; the caller then announces it (`accepted`) and hands
+//! it to [`Dispatcher::run`], which waits for one of `task_workers` permits (a fair
+//! semaphore, so tasks start in order), runs it, and races it against its cancel token. The
+//! token is a child of `stop_running`, cancelled when the shutdown grace period ends, so one
+//! `select!` serves both a client's cancel and the shutdown. Queued tasks also watch
+//! `stop_starting`, cancelled when the shutdown begins, so they fail at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{ErrorCode, WireError};
+use crate::sandbox::Outcome;
+
+/// A task's cancel handle, kept while it is queued or running.
+struct CancelHandle {
+    /// The connection that submitted the task: the only one allowed to cancel it.
+    owner: u64,
+    token: CancellationToken,
+}
+
+pub struct Dispatcher {
+    /// The next task id: unique and increasing for the server's whole run.
+    next_task_id: AtomicU64,
+    task_workers: usize,
+    /// Permits for running tasks; a queued task waits here.
+    workers: Semaphore,
+    /// Tasks admitted and not yet ended (queued or running), and the most there may be.
+    admitted: AtomicUsize,
+    capacity: usize,
+    /// Std mutex: held only to insert, remove or look up a handle, never across an `.await`.
+    cancel_handles: Mutex<HashMap<u64, CancelHandle>>,
+    /// Cancelled when the server begins to stop: queued tasks end with `shutdown`.
+    stop_starting: CancellationToken,
+    /// Cancelled when the grace period ends: running tasks end with `shutdown`.
+    stop_running: CancellationToken,
+}
+
+/// A task that holds a queue slot and an id, not yet running. Dropping it frees the slot.
+pub struct Admission {
+    dispatcher: Arc<Dispatcher>,
+    pub task_id: u64,
+    token: CancellationToken,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("task_id", &self.task_id)
+            .finish()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.dispatcher.lock_handles().remove(&self.task_id);
+        self.dispatcher.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The counts `stats` and `/metrics` report.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub queued: u64,
+    pub running: u64,
+}
+
+impl Dispatcher {
+    /// `task_workers` tasks run at once and `queue` more may wait.
+    pub fn new(task_workers: usize, queue: usize) -> Dispatcher {
+        Dispatcher {
+            next_task_id: AtomicU64::new(1),
+            task_workers,
+            workers: Semaphore::new(task_workers),
+            admitted: AtomicUsize::new(0),
+            capacity: task_workers.saturating_add(queue),
+            cancel_handles: Mutex::new(HashMap::new()),
+            stop_starting: CancellationToken::new(),
+            stop_running: CancellationToken::new(),
+        }
+    }
+
+    pub fn task_workers(&self) -> usize {
+        self.task_workers
+    }
+
+    pub fn load(&self) -> Load {
+        let admitted = self.admitted.load(Ordering::Acquire);
+        let running = self.task_workers - self.workers.available_permits();
+        Load {
+            queued: admitted.saturating_sub(running) as u64,
+            running: running as u64,
+        }
+    }
+
+    /// Takes a queue slot and an id for a task from connection `owner`, or says why not.
+    pub fn admit(self: &Arc<Self>, owner: u64) -> Result<Admission, WireError> {
+        if self.stop_starting.is_cancelled() {
+            return Err(WireError::new(
+                ErrorCode::Shutdown,
+                "the server is shutting down and takes no new tasks; reconnect once it is back",
+            ));
+        }
+        let reserved = self
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return Err(WireError::new(
+                ErrorCode::QueueFull,
+                format!(
+                    "the server is at capacity ({} running, {} waiting); retry later",
+                    self.task_workers,
+                    self.capacity - self.task_workers
+                ),
+            ));
+        }
+        let task_id = self.next_task_id.fetch_add(1, Ordering::Relaxed);
+        let token = self.stop_running.child_token();
+        self.lock_handles().insert(
+            task_id,
+            CancelHandle {
+                owner,
+                token: token.clone(),
+            },
+        );
+        Ok(Admission {
+            dispatcher: Arc::clone(self),
+            task_id,
+            token,
+        })
+    }
+
+    /// Waits for a worker, runs `task` and returns how it ended and how long it ran (time in
+    /// the queue excluded). A cancel or a shutdown drops the task's future, which stops a
+    /// sandboxed guest at its next yield.
+    pub async fn run<F>(&self, admission: Admission, task: F) -> (Outcome, Duration)
+    where
+        F: Future<Output = Outcome>,
+    {
+        let permit = tokio::select! {
+            biased;
+            () = admission.token.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
+            () = self.stop_starting.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
+            permit = self.workers.acquire() => permit,
+        };
+        let Ok(_permit) = permit else {
+            return (
+                Outcome::failed(ErrorCode::Internal, "the task pool is closed"),
+                Duration::ZERO,
+            );
+        };
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            biased;
+            () = admission.token.cancelled() => self.cancelled_outcome(),
+            outcome = task => outcome,
+        };
+        (outcome, started.elapsed())
+    }
+
+    /// Cancels task `task_id` for connection `owner`.
+    pub fn cancel(&self, owner: u64, task_id: u64) -> Result<(), WireError> {
+        match self.lock_handles().get(&task_id) {
+            Some(handle) if handle.owner == owner => {
+                handle.token.cancel();
+                Ok(())
+            }
+            _ => Err(WireError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no task {task_id} of this connection is queued or running: it may have \
+                     ended already, or it belongs to another connection"
+                ),
+            )),
+        }
+    }
+
+    /// Begins the shutdown: no new tasks, and queued ones end with `shutdown`.
+    pub fn stop_starting(&self) {
+        self.stop_starting.cancel();
+    }
+
+    /// Ends the grace period: running tasks end with `shutdown`.
+    pub fn stop_running(&self) {
+        self.stop_running.cancel();
+    }
+
+    fn cancelled_outcome(&self) -> Outcome {
+        if self.stop_starting.is_cancelled() {
+            Outcome::failed(
+                ErrorCode::Shutdown,
+                "the server shut down before the task could finish; submit it again once the server is back",
+            )
+        } else {
+            Outcome::failed(
+                ErrorCode::Cancelled,
+                "the task was cancelled at your request",
+            )
+        }
+    }
+
+    fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancelHandle>> {
+        // Poisoning needs a panic while the lock is held; the map stays usable.
+        self.cancel_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_and_the_queue_is_bounded() {
+        let dispatcher = Arc::new(Dispatcher::new(1, 1));
+        let first = dispatcher.admit(1).unwrap();
+        let second = dispatcher.admit(1).unwrap();
+        assert!(second.task_id > first.task_id);
+        assert_eq!(dispatcher.admit(1).unwrap_err().code, ErrorCode::QueueFull);
+        drop(first);
+        let third = dispatcher.admit(1).unwrap();
+        assert!(third.task_id > second.task_id);
+    }
+
+    #[test]
+    fn only_the_owner_may_cancel() {
+        let dispatcher = Arc::new(Dispatcher::new(1, 1));
+        let admission = dispatcher.admit(7).unwrap();
+        assert_eq!(
+            dispatcher.cancel(8, admission.task_id).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        dispatcher.cancel(7, admission.task_id).unwrap();
+        drop(admission);
+        assert!(dispatcher.cancel(7, 1).is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! Plain HTTP on the WebSocket port: the first request on a connection is either a WebSocket
+//! upgrade (handed to [`crate::connection`]) or one of `GET /` (the page), `/healthz` and
+//! `/metrics`, answered and closed.
+//!
+//! Reading the request head here, rather than through a full HTTP stack, keeps an idle
+//! WebSocket connection down to the socket and tungstenite's small buffers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::connection;
+use crate::server::Server;
+
+/// The page, built into the binary so the server needs no files beside its tasks.
+const INDEX_HTML: &str = include_str!("../../static/index.html");
+
+/// Largest request head accepted; browsers send well under 8 KiB.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// tungstenite's read buffer per connection. Its default, 128 KiB, would make a thousand idle
+/// connections cost 128 MiB; frames larger than this still arrive, in several reads.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Serves one TCP connection: one HTTP request, or a WebSocket session.
+pub async fn handle(server: Server, mut stream: TcpStream, peer: SocketAddr) {
+    // Small writes (one frame per message) must go out at once.
+    let _ = stream.set_nodelay(true);
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "bad HTTP request");
+            let _ = respond(&mut stream, 400, "text/plain", error.as_bytes()).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let request = match Request::parse(&head.bytes) {
+        Ok(request) => request,
+        Err(error) => {
+            let _ = respond(&mut stream, 400, "text/plain", error.as_bytes()).await;
+            return;
+        }
+    };
+    if let Some(key) = request.websocket_key {
+        upgrade(server, stream, peer, &key, head.leftover()).await;
+        return;
+    }
+    let result = match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/" | "/index.html") => {
+            respond(
+                &mut stream,
+                200,
+                "text/html; charset=utf-8",
+                INDEX_HTML.as_bytes(),
+            )
+            .await
+        }
+        ("GET", "/healthz") if server.is_accepting() => {
+            respond(&mut stream, 200, "text/plain", b"ok\n").await
+        }
+        ("GET", "/healthz") => respond(&mut stream, 503, "text/plain", b"shutting down\n").await,
+        ("GET", "/metrics") => {
+            let text = server.metrics_text();
+            respond(
+                &mut stream,
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text.as_bytes(),
+            )
+            .await
+        }
+        ("GET", _) => {
+            respond(
+                &mut stream,
+                404,
+                "text/plain",
+                b"not found: try /, /healthz or /metrics\n",
+            )
+            .await
+        }
+        _ => respond(&mut stream, 405, "text/plain", b"only GET is served here\n").await,
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "could not answer an HTTP request");
+    }
+}
+
+/// Completes the WebSocket handshake and serves the connection.
+async fn upgrade(
+    server: Server,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    key: &str,
+    leftover: Vec<u8>,
+) {
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = READ_BUFFER_BYTES;
+    // Write straight through: messages are batched by the writer task and flushed together.
+    config.write_buffer_size = 0;
+    config.max_message_size = Some(server.config().max_frame);
+    config.max_frame_size = Some(server.config().max_frame);
+    let socket =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
+    connection::serve(server, socket, peer).await;
+}
+
+/// The request head and whatever followed it in the same reads.
+struct Head {
+    bytes: Vec<u8>,
+    end: usize,
+}
+
+impl Head {
+    fn leftover(&self) -> Vec<u8> {
+        self.bytes[self.end..].to_vec()
+    }
+}
+
+/// Reads until the blank line that ends the head. `None` if the client left first.
+async fn read_head(stream: &mut TcpStream) -> Result<Option<Head>, String> {
+    let mut bytes = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("could not read the request: {e}"))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        let searched_from = bytes.len().saturating_sub(3);
+        bytes.extend_from_slice(&chunk[..read]);
+        if let Some(at) = find(&bytes[searched_from..], b"\r\n\r\n") {
+            let end = searched_from + at + 4;
+            return Ok(Some(Head { bytes, end }));
+        }
+        if bytes.len() > MAX_HEAD_BYTES {
+            return Err(format!("request head over {MAX_HEAD_BYTES} bytes"));
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What this server needs of a request.
+struct Request {
+    method: String,
+    path: String,
+    /// `Sec-WebSocket-Key`, present when the request is a valid WebSocket upgrade.
+    websocket_key: Option<String>,
+}
+
+impl Request {
+    fn parse(bytes: &[u8]) -> Result<Request, &'static str> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(bytes) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return Err("malformed HTTP request\n"),
+        }
+        let header = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+        };
+        let wants_upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let websocket_key = if wants_upgrade {
+            if header("sec-websocket-version") != Some("13") {
+                return Err("WebSocket upgrade needs Sec-WebSocket-Version: 13\n");
+            }
+            Some(
+                header("sec-websocket-key")
+                    .ok_or("WebSocket upgrade without Sec-WebSocket-Key\n")?
+                    .trim()
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        let path = request.path.unwrap_or("/");
+        let path = path.split('?').next().unwrap_or("/");
+        Ok(Request {
+            method: request.method.unwrap_or("GET").to_owned(),
+            path: path.to_owned(),
+            websocket_key,
+        })
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}

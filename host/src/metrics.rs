@@ -1,0 +1,132 @@
+//! The server's counters, kept once: `/metrics` encodes them in Prometheus text format and
+//! `stats` reads the same values.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels by outcome: `finished` or a failure code.
+type ByOutcome = Family<[(&'static str, &'static str); 1], Counter>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Ended tasks by outcome.
+    tasks: ByOutcome,
+    /// Task frames that were not accepted, by code.
+    rejected: ByOutcome,
+    finished_total: Counter,
+    failed_total: Counter,
+    rejected_total: Counter,
+    /// Time from a task's start (not its queueing) to its end.
+    duration: Histogram,
+    fuel_used: Counter,
+    pub queued: Gauge,
+    pub running: Gauge,
+    pub connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("taskhost"),
+            tasks: ByOutcome::default(),
+            rejected: ByOutcome::default(),
+            finished_total: Counter::default(),
+            failed_total: Counter::default(),
+            rejected_total: Counter::default(),
+            // 100 µs to about 100 s.
+            duration: Histogram::new(exponential_buckets(0.0001, 4.0, 11)),
+            fuel_used: Counter::default(),
+            queued: Gauge::default(),
+            running: Gauge::default(),
+            connections: Gauge::default(),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "tasks",
+            "Tasks that ended, by outcome (finished or the failure code)",
+            metrics.tasks.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Task frames that were rejected, by code",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "task_duration_seconds",
+            "Wall-clock time of tasks from start to end",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "fuel_used",
+            "Fuel consumed by sandboxed tasks",
+            metrics.fuel_used.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Accepted tasks waiting for a task worker",
+            metrics.queued.clone(),
+        );
+        registry.register(
+            "running_tasks",
+            "Tasks running now",
+            metrics.running.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            metrics.connections.clone(),
+        );
+        metrics
+    }
+
+    /// Records a task's end.
+    pub fn task_ended(&self, outcome: &'static str, elapsed: Duration, fuel_used: Option<u64>) {
+        self.tasks.get_or_create(&[("outcome", outcome)]).inc();
+        if outcome == "finished" {
+            self.finished_total.inc();
+        } else {
+            self.failed_total.inc();
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+        if let Some(fuel) = fuel_used {
+            self.fuel_used.inc_by(fuel);
+        }
+    }
+
+    pub fn task_rejected(&self, code: &'static str) {
+        self.rejected.get_or_create(&[("code", code)]).inc();
+        self.rejected_total.inc();
+    }
+
+    pub fn finished(&self) -> u64 {
+        self.finished_total.get()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed_total.get()
+    }
+
+    pub fn rejected(&self) -> u64 {
+        self.rejected_total.get()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

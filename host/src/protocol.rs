@@ -1,0 +1,420 @@
+//! The wire format of `docs/PROTOCOL.md`: every message a client sends or receives, as typed
+//! data, and the one function that turns a text frame into a [`Request`].
+//!
+//! Nothing here does I/O. Handlers never see raw JSON: a frame is either a [`Request`] or a
+//! [`WireError`] that already says, for a person, what was wrong with it.
+
+use std::borrow::Cow;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The protocol version announced in `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A client's `ref`: a string or a number, echoed back on every message about its task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Ref {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl<'de> Deserialize<'de> for Ref {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => Ok(Ref::Text(text)),
+            serde_json::Value::Number(number) => Ok(Ref::Number(number)),
+            other => Err(de::Error::custom(format_args!(
+                "`ref` must be a string or a number, not {}",
+                json_kind(&other)
+            ))),
+        }
+    }
+}
+
+/// Limits as a client asks for them: each may only lower the task's configured limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedLimits {
+    pub timeout_ms: Option<u64>,
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+/// The limits a task runs under, as reported in `accepted` and `list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub timeout_ms: u64,
+    pub fuel: u64,
+    pub memory_bytes: u64,
+}
+
+impl Limits {
+    /// These limits lowered by what a client asked for; a request can never raise a limit.
+    pub fn lowered_by(self, asked: RequestedLimits) -> Limits {
+        Limits {
+            timeout_ms: asked
+                .timeout_ms
+                .map_or(self.timeout_ms, |v| v.min(self.timeout_ms)),
+            fuel: asked.fuel.map_or(self.fuel, |v| v.min(self.fuel)),
+            memory_bytes: asked
+                .memory_bytes
+                .map_or(self.memory_bytes, |v| v.min(self.memory_bytes)),
+        }
+    }
+}
+
+/// A `task` frame (or a plain-text frame, which becomes one for the default task).
+#[derive(Debug, Deserialize)]
+pub struct TaskRequest {
+    pub task: String,
+    /// Kept as raw JSON text: it goes to the module's stdin as it came, never re-encoded.
+    pub input: Option<Box<RawValue>>,
+    #[serde(rename = "ref")]
+    pub reference: Option<Ref>,
+    #[serde(default)]
+    pub limits: RequestedLimits,
+}
+
+impl TaskRequest {
+    /// The input as the module will read it on stdin (`null` when the client sent none).
+    pub fn input_json(&self) -> &str {
+        self.input.as_deref().map_or("null", RawValue::get)
+    }
+}
+
+/// Everything a client may ask of the server.
+#[derive(Debug)]
+pub enum Request {
+    Task(TaskRequest),
+    Cancel { task_id: u64 },
+    List,
+    Stats,
+}
+
+#[derive(Deserialize)]
+struct TypeTag<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct CancelFrame {
+    task_id: u64,
+}
+
+/// Parses one text frame. Plain text (not starting with `{`) is a task for `default_task`
+/// with the text as a JSON string input, as in the original Swoole example that sends `666`.
+pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, WireError> {
+    if !text.trim_start().starts_with('{') {
+        let input = serde_json::value::to_raw_value(text)
+            .map_err(|e| WireError::internal(format!("could not encode plain text: {e}")))?;
+        return Ok(Request::Task(TaskRequest {
+            task: default_task.to_owned(),
+            input: Some(input),
+            reference: None,
+            limits: RequestedLimits::default(),
+        }));
+    }
+    let tag: TypeTag = serde_json::from_str(text).map_err(|e| bad_json(&e, "a message"))?;
+    match tag.kind.as_ref() {
+        "task" => serde_json::from_str(text)
+            .map(Request::Task)
+            .map_err(|e| bad_json(&e, "a `task` message")),
+        "cancel" => serde_json::from_str::<CancelFrame>(text)
+            .map(|frame| Request::Cancel {
+                task_id: frame.task_id,
+            })
+            .map_err(|e| bad_json(&e, "a `cancel` message")),
+        "list" => Ok(Request::List),
+        "stats" => Ok(Request::Stats),
+        other => Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "unknown message type {other:?}: send one of \"task\", \"cancel\", \"list\" or \"stats\""
+            ),
+        )),
+    }
+}
+
+fn bad_json(error: &serde_json::Error, what: &str) -> WireError {
+    let hint = match error.classify() {
+        serde_json::error::Category::Data => {
+            "; see docs/PROTOCOL.md for the fields each message takes"
+        }
+        _ => "; send one JSON object per text frame",
+    };
+    WireError::new(
+        ErrorCode::BadRequest,
+        format!("this is not {what}: {error}{hint}"),
+    )
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Every error code of the protocol, for `rejected`, `failed` and `error` alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownTask,
+    QueueFull,
+    TooLarge,
+    Timeout,
+    FuelExhausted,
+    MemoryLimit,
+    Trap,
+    Exit,
+    OutputTooLarge,
+    ModuleError,
+    Cancelled,
+    Shutdown,
+    Internal,
+    NotFound,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire and in logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownTask => "unknown_task",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::FuelExhausted => "fuel_exhausted",
+            ErrorCode::MemoryLimit => "memory_limit",
+            ErrorCode::Trap => "trap",
+            ErrorCode::Exit => "exit",
+            ErrorCode::OutputTooLarge => "output_too_large",
+            ErrorCode::ModuleError => "module_error",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `{code, message}` object carried by `rejected`, `failed` and `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    /// Written for a person: what happened and, where there is one, what to do.
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        WireError::new(ErrorCode::Internal, message)
+    }
+}
+
+/// Whether a task's result goes to its submitter only, or to every open connection too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    #[default]
+    Origin,
+    Broadcast,
+}
+
+/// Whether a task in `list` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Ready,
+    Failed,
+}
+
+/// One entry of the `list` answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskListing {
+    pub name: String,
+    pub description: String,
+    pub state: TaskState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub limits: Limits,
+    pub deliver: Delivery,
+}
+
+/// The `stats` answer's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub connections: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub task_workers: u64,
+    pub uptime_ms: u64,
+}
+
+/// Everything the server sends. Borrowed fields: a message is built, encoded and dropped.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply<'a> {
+    Hello {
+        connection_id: u64,
+        tasks: Vec<String>,
+        version: u32,
+    },
+    Accepted {
+        task_id: u64,
+        task: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        limits: Limits,
+    },
+    Progress {
+        task_id: u64,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        progress: f64,
+        message: &'a str,
+    },
+    Finished {
+        task_id: u64,
+        task: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        result: &'a RawValue,
+        elapsed_ms: u64,
+        fuel_used: u64,
+    },
+    Failed {
+        task_id: u64,
+        task: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        error: &'a WireError,
+        elapsed_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fuel_used: Option<u64>,
+    },
+    Rejected {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        error: &'a WireError,
+    },
+    Broadcast {
+        task_id: u64,
+        task: &'a str,
+        result: &'a RawValue,
+    },
+    Error {
+        error: &'a WireError,
+    },
+    List {
+        tasks: &'a [TaskListing],
+    },
+    Stats(&'a Stats),
+}
+
+impl Reply<'_> {
+    /// The message as the JSON text of one frame.
+    pub fn to_json(&self) -> String {
+        // Every field is a plain struct, string or valid RawValue: encoding cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                r#"{{"type":"error","error":{{"code":"internal","message":"could not encode a reply: {e}"}}}}"#
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_a_default_task_with_a_string_input() {
+        let Request::Task(task) = parse_frame("666", "slow").unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(task.task, "slow");
+        assert_eq!(task.input_json(), "\"666\"");
+    }
+
+    #[test]
+    fn bad_json_names_line_and_column() {
+        let error = parse_frame("{\"type\": \"task\",\n \"task\": }", "slow").unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert!(error.message.contains("line 2"), "{}", error.message);
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_types_are_bad_requests() {
+        for frame in [
+            r#"{"type": 3}"#,
+            r#"{"no_type": 1}"#,
+            r#"{"type": "dance"}"#,
+            r#"{"type": "task"}"#,
+            r#"{"type": "task", "task": 5}"#,
+            r#"{"type": "task", "task": "echo", "ref": [1]}"#,
+            r#"{"type": "task", "task": "echo", "limits": {"timeout": 5}}"#,
+            r#"{"type": "cancel", "task_id": "x"}"#,
+        ] {
+            let error = parse_frame(frame, "slow").unwrap_err();
+            assert_eq!(error.code, ErrorCode::BadRequest, "{frame}");
+        }
+    }
+
+    #[test]
+    fn input_is_kept_verbatim() {
+        let frame = r#"{"type":"task","task":"echo","input":{"a": [1, 2]},"ref":7}"#;
+        let Request::Task(task) = parse_frame(frame, "slow").unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(task.input_json(), r#"{"a": [1, 2]}"#);
+        assert_eq!(
+            task.reference,
+            Some(Ref::Number(serde_json::Number::from(7)))
+        );
+    }
+
+    #[test]
+    fn requested_limits_only_lower() {
+        let configured = Limits {
+            timeout_ms: 1000,
+            fuel: 50,
+            memory_bytes: 1 << 20,
+        };
+        let asked = RequestedLimits {
+            timeout_ms: Some(5000),
+            fuel: Some(10),
+            memory_bytes: None,
+        };
+        let effective = configured.lowered_by(asked);
+        assert_eq!(effective.timeout_ms, 1000);
+        assert_eq!(effective.fuel, 10);
+        assert_eq!(effective.memory_bytes, 1 << 20);
+    }
+}

@@ -1,0 +1,171 @@
+//! Engine policy, in one place, with a word on each knob.
+//!
+//! Every task gets a fresh instance from a pooling allocator sized from `--task-workers` and
+//! the memory limit. The pool reserves its address space at start, so an impossible size is
+//! refused here, with what to change, rather than failing tasks later.
+
+use anyhow::{Context, bail};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Fuel between two voluntary yields to tokio. A guest that never blocks would otherwise hold
+/// its worker thread until it ends; at roughly a nanosecond per unit this is a yield about
+/// every 0.1 ms, often enough for other connections' I/O, rare enough to cost little.
+pub const FUEL_YIELD_INTERVAL: u64 = 100_000;
+
+/// The most address space the instance pool may reserve. x86-64 user space is 128 TiB; half of
+/// it leaves room for everything else the process maps.
+const ADDRESS_SPACE_BUDGET: u64 = 64 << 40;
+
+/// A 4 GiB reservation plus guard lets compiled code skip bounds checks on 32-bit memories.
+const STATIC_RESERVATION: u64 = 4 << 30;
+const STATIC_GUARD: u64 = 32 << 20;
+
+/// With a smaller reservation, code checks bounds itself and a small guard is enough.
+const SMALL_GUARD: u64 = 64 << 10;
+
+/// Memory mappings one live instance costs (memory, table, stack and their guards), measured
+/// on Linux; `vm.max_map_count` caps them.
+const MAPPINGS_PER_INSTANCE: u64 = 6;
+const MAPPINGS_FOR_THE_REST: u64 = 2_000;
+
+/// Memory kept mapped in a freed slot so the next task does not fault it in again.
+const KEEP_RESIDENT: usize = 1 << 20;
+
+/// Largest table a module may have, in elements; tables also count against the memory cap.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// What the engine must be able to hold.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSize {
+    /// Instances alive at once: one per running task.
+    pub instances: usize,
+    /// The largest linear memory a task may have, in bytes.
+    pub max_memory_bytes: u64,
+}
+
+/// Builds the engine all modules are compiled for and all tasks run in.
+pub fn build_engine(size: EngineSize) -> anyhow::Result<Engine> {
+    let instances = u32::try_from(size.instances)
+        .ok()
+        .filter(|&n| n > 0)
+        .context("--task-workers must be between 1 and 4294967295")?;
+    check_map_count(size.instances as u64)?;
+    let (reservation, guard) = reservation_for(size)?;
+
+    let mut config = Config::new();
+    // Fuel is both the CPU limit and, with async yields, the preemption that keeps a busy guest
+    // from stalling the server: one mechanism, measured cheaper than fuel plus epochs.
+    config.consume_fuel(true);
+    config.memory_reservation(reservation);
+    config.memory_guard_size(guard);
+    // Growth stays within the reservation: memories never move, so no copy on growth.
+    config.memory_reservation_for_growth(0);
+
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(instances)
+        .total_component_instances(instances)
+        .total_memories(instances)
+        .total_tables(instances)
+        .total_stacks(instances)
+        .max_memory_size(usize::try_from(size.max_memory_bytes).unwrap_or(usize::MAX))
+        .table_elements(MAX_TABLE_ELEMENTS)
+        // A component (the WASI adapter) has a few core instances, memories and tables.
+        .max_core_instances_per_component(8)
+        .max_memories_per_component(2)
+        .max_tables_per_component(4)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        // Resetting a slot's memory by scanning which pages were touched avoids the
+        // cross-core interrupts that `madvise` costs (Linux 6.7+; otherwise it falls back).
+        .pagemap_scan(Enabled::Auto);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+
+    Engine::new(&config).map_err(anyhow::Error::from).with_context(|| {
+        format!(
+            "could not reserve the sandbox pool for {instances} task workers of up to {} bytes: \
+             lower --task-workers or --memory",
+            size.max_memory_bytes
+        )
+    })
+}
+
+/// Chooses each memory slot's reservation and guard from the pool size and the memory limit.
+fn reservation_for(size: EngineSize) -> anyhow::Result<(u64, u64)> {
+    let slots = size.instances as u64;
+    if size.max_memory_bytes <= STATIC_RESERVATION
+        && slots.saturating_mul(STATIC_RESERVATION + STATIC_GUARD) <= ADDRESS_SPACE_BUDGET
+    {
+        return Ok((STATIC_RESERVATION, STATIC_GUARD));
+    }
+    let page = 64 << 10;
+    let reservation = size.max_memory_bytes.div_ceil(page) * page;
+    let per_slot = reservation + SMALL_GUARD;
+    if slots.saturating_mul(per_slot) > ADDRESS_SPACE_BUDGET {
+        bail!(
+            "--task-workers {} with --memory {} needs {} GiB of address space, more than the \
+             {} GiB this process can reserve: lower --task-workers or --memory",
+            slots,
+            size.max_memory_bytes,
+            slots.saturating_mul(per_slot) >> 30,
+            ADDRESS_SPACE_BUDGET >> 30
+        );
+    }
+    Ok((reservation, SMALL_GUARD))
+}
+
+/// Refuses a pool that Linux's `vm.max_map_count` could not map, naming the sysctl to raise.
+fn check_map_count(instances: u64) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
+        return Ok(()); // not Linux, or not readable: let the allocator decide
+    };
+    let Ok(max_map_count) = text.trim().parse::<u64>() else {
+        return Ok(());
+    };
+    let needed = instances * MAPPINGS_PER_INSTANCE + MAPPINGS_FOR_THE_REST;
+    if needed > max_map_count {
+        let fits = (max_map_count.saturating_sub(MAPPINGS_FOR_THE_REST)) / MAPPINGS_PER_INSTANCE;
+        bail!(
+            "--task-workers {instances} needs about {needed} memory mappings but vm.max_map_count \
+             is {max_map_count}: use at most --task-workers {fits}, or raise the limit with \
+             `sudo sysctl -w vm.max_map_count={}`",
+            needed * 2
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_pools_get_bounds_check_free_reservations() {
+        let size = EngineSize {
+            instances: 1024,
+            max_memory_bytes: 64 << 20,
+        };
+        assert_eq!(
+            reservation_for(size).unwrap(),
+            (STATIC_RESERVATION, STATIC_GUARD)
+        );
+    }
+
+    #[test]
+    fn large_pools_reserve_only_the_memory_limit() {
+        let size = EngineSize {
+            instances: 100_000,
+            max_memory_bytes: 64 << 20,
+        };
+        assert_eq!(reservation_for(size).unwrap(), (64 << 20, SMALL_GUARD));
+    }
+
+    #[test]
+    fn impossible_pools_are_refused_with_what_to_change() {
+        let size = EngineSize {
+            instances: 10_000_000,
+            max_memory_bytes: 1 << 30,
+        };
+        let message = reservation_for(size).unwrap_err().to_string();
+        assert!(message.contains("lower --task-workers"), "{message}");
+    }
+}

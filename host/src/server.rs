@@ -1,0 +1,274 @@
+//! The server: its shared state ([`Server`]), the accept loop, and the shutdown.
+//!
+//! Shutdown, in order: stop accepting connections and new tasks (queued tasks end with
+//! `shutdown`); give running tasks the grace period; end the rest with `shutdown`; let their
+//! finish callbacks deliver; then close every connection with a close frame (1001).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::app::{Callbacks, Job, Report};
+use crate::config::Config;
+use crate::connection::ConnectionSet;
+use crate::dispatch::{Admission, Dispatcher};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::protocol::Stats;
+use crate::registry::Registry;
+use crate::sandbox::{EngineSize, Sandbox};
+
+/// How long connections get to flush their last messages and close at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A handle to the running server, given to every callback. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    callbacks: Box<dyn Callbacks>,
+    sandbox: Arc<Sandbox>,
+    registry: Registry,
+    dispatcher: Arc<Dispatcher>,
+    connections: ConnectionSet,
+    metrics: Metrics,
+    started: Instant,
+    /// Every task's run and finish callback, awaited at shutdown.
+    tasks: TaskTracker,
+    /// Cancelled when the shutdown begins: /healthz turns 503.
+    stopping: CancellationToken,
+    /// Cancelled once tasks are done at shutdown: connections close.
+    close_connections: CancellationToken,
+}
+
+impl Server {
+    /// Builds the sandbox and loads the tasks folder. Fails only on what makes serving
+    /// impossible (an impossible pool size, an unreadable folder); a bad module is logged
+    /// and listed, and the server starts without it.
+    pub fn new(config: Config, callbacks: impl Callbacks) -> anyhow::Result<Server> {
+        let sandbox = Arc::new(Sandbox::new(
+            EngineSize {
+                instances: config.task_workers,
+                max_memory_bytes: config.limits.memory_bytes,
+            },
+            config.max_output,
+        )?);
+        let registry = Registry::new(Arc::clone(&sandbox), &config.tasks_dir, config.limits);
+        registry.load_all()?;
+        Ok(Server {
+            shared: Arc::new(Shared {
+                dispatcher: Arc::new(Dispatcher::new(config.task_workers, config.queue)),
+                config,
+                callbacks: Box::new(callbacks),
+                sandbox,
+                registry,
+                connections: ConnectionSet::default(),
+                metrics: Metrics::new(),
+                started: Instant::now(),
+                tasks: TaskTracker::new(),
+                stopping: CancellationToken::new(),
+                close_connections: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn callbacks(&self) -> &dyn Callbacks {
+        self.shared.callbacks.as_ref()
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.shared.sandbox
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.shared.dispatcher
+    }
+
+    pub fn connections(&self) -> &ConnectionSet {
+        &self.shared.connections
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Whether the server still takes work (for /healthz).
+    pub fn is_accepting(&self) -> bool {
+        !self.shared.stopping.is_cancelled()
+    }
+
+    /// Resolves when connections must close (the last step of a shutdown).
+    pub async fn closing_connections(&self) {
+        self.shared.close_connections.cancelled().await;
+    }
+
+    /// The counters of the `stats` message.
+    pub fn stats(&self) -> Stats {
+        let load = self.dispatcher().load();
+        let metrics = self.metrics();
+        Stats {
+            connections: self.connections().len() as u64,
+            queued: load.queued,
+            running: load.running,
+            completed: metrics.finished(),
+            failed: metrics.failed(),
+            rejected: metrics.rejected(),
+            task_workers: self.dispatcher().task_workers() as u64,
+            uptime_ms: u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The Prometheus text of `/metrics`, with the queue and running gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let load = self.dispatcher().load();
+        let metrics = self.metrics();
+        metrics.queued.set(load.queued as i64);
+        metrics.running.set(load.running as i64);
+        metrics.encode()
+    }
+
+    /// Runs an admitted task in the pool: waits for a worker, calls `on_task`, logs and
+    /// counts its end, then calls `on_finish` with the outcome.
+    pub fn start_task(&self, admission: Admission, job: Job) {
+        let server = self.clone();
+        let span = tracing::info_span!("task", task_id = job.task_id, task = %job.name());
+        self.shared.tasks.spawn(
+            async move {
+                let run = server.callbacks().on_task(&server, &job);
+                let (outcome, elapsed) = server.dispatcher().run(admission, run).await;
+                let fuel_used = outcome.fuel_used();
+                server
+                    .metrics()
+                    .task_ended(outcome.label(), elapsed, fuel_used);
+                tracing::info!(
+                    outcome = outcome.label(),
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    fuel_used,
+                    "task ended"
+                );
+                let report = Report {
+                    job,
+                    outcome,
+                    elapsed,
+                };
+                server.callbacks().on_finish(&server, report).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, then shuts down.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future) -> anyhow::Result<()> {
+        let address = listener
+            .local_addr()
+            .context("the listener has no local address")?;
+        tracing::info!(%address, tasks = ?self.registry().ready_names(), "taskhost listening");
+        let connections = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(http::handle(self.clone(), stream, peer));
+                }
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        self.shut_down(connections).await;
+        Ok(())
+    }
+
+    async fn shut_down(&self, connections: TaskTracker) {
+        let shared = &self.shared;
+        tracing::info!(
+            grace_ms = shared.config.grace.as_millis() as u64,
+            "shutting down"
+        );
+        shared.stopping.cancel();
+        shared.dispatcher.stop_starting();
+        shared.tasks.close();
+        if tokio::time::timeout(shared.config.grace, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: ending the remaining tasks with `shutdown`");
+            shared.dispatcher.stop_running();
+            shared.tasks.wait().await;
+        }
+        shared.close_connections.cancel();
+        connections.close();
+        if tokio::time::timeout(CLOSE_TIMEOUT, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs a server with `callbacks` on `listener` until `shutdown` resolves. Tests bind
+/// `127.0.0.1:0` and pass a future of their own; the binary passes Ctrl-C or SIGTERM.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    callbacks: impl Callbacks,
+    shutdown: impl Future,
+) -> anyhow::Result<()> {
+    Server::new(config, callbacks)?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,202 @@
+//! The shared test harness: a real server on `127.0.0.1:0` and a WebSocket client that reads
+//! JSON messages with a timeout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use taskhost::{Callbacks, Config, ProtocolApp};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a message it expects before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The tasks folder `just build-guests` fills.
+pub fn tasks_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tasks");
+    assert!(
+        dir.join("echo.wasm").is_file(),
+        "{} has no echo.wasm: run `just build-guests` (or `just test`, which does) first",
+        dir.display()
+    );
+    dir
+}
+
+/// The configuration tests start from: the bundled tasks and a pool small enough that many
+/// servers can run side by side in one test process.
+pub fn test_config() -> Config {
+    let mut config = Config::with_tasks_dir(tasks_dir());
+    config.task_workers = 256;
+    config.queue = 1000;
+    config.grace = Duration::from_secs(5);
+    config
+}
+
+/// A server running in this test's runtime; stopped (gracefully) on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    /// Starts the graceful shutdown and waits for the server to stop.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.handle.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
+    }
+}
+
+pub async fn start_server() -> TestServer {
+    start_server_with(test_config(), ProtocolApp).await
+}
+
+pub async fn start_server_with(config: Config, callbacks: impl Callbacks) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let server = taskhost::Server::new(config, callbacks).expect("the server starts");
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server.serve(listener, stopped));
+    TestServer {
+        addr,
+        shutdown: Some(shutdown),
+        handle: Some(handle),
+    }
+}
+
+/// A WebSocket client speaking the protocol's JSON.
+pub struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The server's `hello`, read on connect.
+    pub hello: Value,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        let mut client = Client {
+            socket,
+            hello: Value::Null,
+        };
+        client.hello = client.recv().await;
+        assert_eq!(
+            client.hello["type"], "hello",
+            "first message: {}",
+            client.hello
+        );
+        client
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send a frame");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.socket.send(message).await.expect("send a frame");
+    }
+
+    /// Submits a task and returns its `accepted` (or `rejected`) answer.
+    pub async fn submit(&mut self, task: &str, input: Value) -> Value {
+        self.send(json!({"type": "task", "task": task, "input": input}))
+            .await;
+        self.recv().await
+    }
+
+    /// Submits a task and waits for its terminal message.
+    pub async fn run(&mut self, task: &str, input: Value) -> Value {
+        let accepted = self.submit(task, input).await;
+        assert_eq!(accepted["type"], "accepted", "{accepted}");
+        self.recv_for(accepted["task_id"].as_u64().unwrap()).await
+    }
+
+    /// The next JSON message; fails the test after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(WAIT).await
+    }
+
+    pub async fn recv_within(&mut self, wait: Duration) -> Value {
+        loop {
+            let frame = tokio::time::timeout(wait, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no message within {wait:?}"))
+                .expect("the connection closed")
+                .expect("a frame");
+            match frame {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame: {other:?}"),
+            }
+        }
+    }
+
+    /// The next raw frame, or `None` when the connection ends.
+    pub async fn next_frame(&mut self) -> Option<Message> {
+        tokio::time::timeout(WAIT, self.socket.next())
+            .await
+            .expect("a frame or the end of the connection")
+            .and_then(Result::ok)
+    }
+
+    /// Reads until the terminal message (`finished` or `failed`) of `task_id`.
+    pub async fn recv_for(&mut self, task_id: u64) -> Value {
+        loop {
+            let message = self.recv_within(Duration::from_secs(60)).await;
+            let terminal = message["type"] == "finished" || message["type"] == "failed";
+            if terminal && message["task_id"] == task_id {
+                return message;
+            }
+        }
+    }
+
+    /// Sends a request and returns its answer, skipping messages about tasks.
+    pub async fn request(&mut self, message: Value) -> Value {
+        self.send(message).await;
+        loop {
+            let reply = self.recv().await;
+            if reply.get("task_id").is_none() {
+                return reply;
+            }
+        }
+    }
+}

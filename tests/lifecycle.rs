@@ -1,0 +1,177 @@
+//! The HTTP side of the port, graceful shutdown, and an application with callbacks of its own.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use taskhost::protocol::{ErrorCode, Reply};
+use taskhost::{Callbacks, Job, Outcome, Report, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::common::{start_server, start_server_with, test_config};
+
+/// One plain HTTP GET; returns the status code and the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_serves_the_page_health_and_metrics() {
+    let server = start_server().await;
+    let (status, page) = get(server.addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<html") && page.contains("ws://127.0.0.1:9501"),
+        "the page"
+    );
+
+    let (status, body) = get(server.addr, "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+
+    let mut client = server.client().await;
+    client.run("echo", json!(1)).await;
+    client.run("exit", json!(1)).await;
+    client.submit("missing", json!(1)).await;
+    let (status, metrics) = get(server.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "taskhost_tasks_total{outcome=\"finished\"} 1",
+        "taskhost_tasks_total{outcome=\"exit\"} 1",
+        "taskhost_rejected_total{code=\"unknown_task\"} 1",
+        "taskhost_connections 1",
+        "taskhost_queue_depth 0",
+        "taskhost_running_tasks 0",
+        "taskhost_task_duration_seconds_count 2",
+        "taskhost_fuel_used_total ",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from:\n{metrics}");
+    }
+
+    let (status, _) = get(server.addr, "/nowhere").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_tasks_finish_and_fails_queued_ones() {
+    let mut config = test_config();
+    config.task_workers = 1;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let running = client.submit("slow", json!({"seconds": 1})).await;
+    let queued = client.submit("echo", json!("late")).await;
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.stop());
+
+    let mut ends = Vec::new();
+    let close = loop {
+        match client.next_frame().await {
+            Some(Message::Text(text)) => ends.push(serde_json::from_str::<Value>(&text).unwrap()),
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => {}
+            None => panic!("closed without a close frame"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Away);
+    let end_of = |accepted: &Value| {
+        ends.iter()
+            .find(|m| m["task_id"] == accepted["task_id"])
+            .cloned()
+            .unwrap_or_else(|| panic!("no end for {accepted} in {ends:?}"))
+    };
+    assert_eq!(
+        end_of(&running)["type"],
+        "finished",
+        "the running task finished in the grace period"
+    );
+    let queued_end = end_of(&queued);
+    assert_eq!(queued_end["error"]["code"], "shutdown", "{queued_end}");
+    stopping.await.unwrap().unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_period_running_tasks_fail_shutdown() {
+    let mut config = test_config();
+    config.grace = Duration::from_millis(300);
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let accepted = client.submit("slow", json!({"seconds": 30})).await;
+    let stopping = tokio::spawn(server.stop());
+    let ended = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(ended["error"]["code"], "shutdown", "{ended}");
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the server stops soon after the grace period")
+        .unwrap()
+        .unwrap();
+}
+
+/// An application of its own: a trusted native task beside the sandboxed ones, and results
+/// sent to every connection, like a chat room.
+struct ChatRoom;
+
+impl Callbacks for ChatRoom {
+    fn on_task<'a>(&'a self, server: &'a Server, job: &'a Job) -> BoxFuture<'a, Outcome> {
+        if job.name() == "upper" {
+            let text = String::from_utf8_lossy(&job.input).to_uppercase();
+            return Box::pin(async move {
+                match serde_json::value::RawValue::from_string(text) {
+                    Ok(result) => Outcome::Finished {
+                        result,
+                        fuel_used: 0,
+                    },
+                    Err(e) => Outcome::failed(ErrorCode::Trap, e.to_string()),
+                }
+            });
+        }
+        Box::pin(server.sandbox().run(&job.module.wasm, job.run_spec()))
+    }
+
+    fn on_finish<'a>(&'a self, server: &'a Server, report: Report) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Outcome::Finished { result, .. } = &report.outcome {
+                let text = Reply::Broadcast {
+                    task_id: report.job.task_id,
+                    task: report.job.name(),
+                    result,
+                }
+                .to_json();
+                for connection in server.connections().all() {
+                    connection.send_text(text.clone()).await;
+                }
+            }
+            taskhost::app::protocol::deliver(server, report).await;
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_supplies_its_own_task_and_finish_callbacks() {
+    let server = start_server_with(test_config(), ChatRoom).await;
+    let mut alice = server.client().await;
+    let mut bob = server.client().await;
+    let accepted = alice.submit("upper", json!("hi bob, fuel: 0")).await;
+    let broadcast = bob.recv().await;
+    assert_eq!(broadcast["type"], "broadcast");
+    assert_eq!(broadcast["task_id"], accepted["task_id"]);
+    assert_eq!(broadcast["result"], "HI BOB, FUEL: 0");
+    let finished = alice.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(finished["result"], "HI BOB, FUEL: 0");
+    assert_eq!(finished["fuel_used"], 0, "ran natively, not in the sandbox");
+    // Sandboxed tasks still run.
+    let finished = bob.run("fib", json!(10)).await;
+    assert_eq!(finished["result"], 55);
+}

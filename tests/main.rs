@@ -1,0 +1,15 @@
+//! taskhost's integration tests: one binary (each test binary links wasmtime, and linking is
+//! slow), real servers on ephemeral ports, real WebSocket clients, real modules built from
+//! `guest-tasks/` by `just build-guests`.
+//!
+//! - `protocol`: every message type and error code, bad frames, the ordering guarantees.
+//! - `sandbox`: the limits, the failure modules, isolation, sleeping tasks, cancel.
+//! - `lifecycle`: HTTP endpoints and graceful shutdown.
+//! - `browser`: the page in headless Chromium, driven through `cdp`.
+
+mod browser;
+mod cdp;
+mod common;
+mod lifecycle;
+mod protocol;
+mod sandbox;

@@ -1,0 +1,279 @@
+//! The sandbox against real modules: each failure module ends with its code while another
+//! connection is still served promptly; limits; isolation; sleeping tasks; cancel.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{Client, TestServer, start_server, start_server_with, test_config};
+
+/// An echo on its own connection must answer within this, whatever else runs.
+const PROMPT: Duration = Duration::from_millis(500);
+
+/// Submits `task` with `limits` and returns its terminal message.
+async fn run_with_limits(client: &mut Client, task: &str, input: Value, limits: Value) -> Value {
+    client
+        .send(json!({"type": "task", "task": task, "input": input, "limits": limits}))
+        .await;
+    let accepted = client.recv().await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    client.recv_for(accepted["task_id"].as_u64().unwrap()).await
+}
+
+/// Times an echo round trip on a fresh connection.
+async fn echo_round_trip(server: &TestServer) -> Duration {
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let finished = client.run("echo", json!("ping")).await;
+    assert_eq!(finished["result"], "ping");
+    started.elapsed()
+}
+
+fn error_code(message: &Value) -> &str {
+    assert_eq!(message["type"], "failed", "{message}");
+    message["error"]["code"].as_str().unwrap()
+}
+
+fn error_message(message: &Value) -> &str {
+    message["error"]["message"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_module_ends_with_its_code_while_others_are_served() {
+    let server = start_server().await;
+    let cases = [
+        (
+            "spin",
+            json!({"fuel": 200_000_000}),
+            "fuel_exhausted",
+            "fuel",
+        ),
+        ("spin", json!({"timeout_ms": 300}), "timeout", "300 ms"),
+        (
+            "oom",
+            json!({"memory_bytes": 16 << 20}),
+            "memory_limit",
+            "16777216",
+        ),
+        ("panic", json!({}), "trap", "panicking on purpose"),
+        ("exit", json!({}), "exit", "giving up on purpose"),
+        ("recurse", json!({}), "trap", "stack"),
+    ];
+    let mut clients = Vec::new();
+    for (task, limits, _, _) in &cases {
+        let mut client = server.client().await;
+        client
+            .send(json!({"type": "task", "task": task, "limits": limits}))
+            .await;
+        let accepted = client.recv().await;
+        assert_eq!(accepted["type"], "accepted", "{accepted}");
+        clients.push((client, accepted["task_id"].as_u64().unwrap()));
+    }
+    // While they run, another connection is served promptly.
+    let echo = echo_round_trip(&server).await;
+    assert!(
+        echo < PROMPT,
+        "echo took {echo:?} beside the failing modules"
+    );
+
+    for ((task, _, code, hint), (mut client, task_id)) in cases.iter().zip(clients) {
+        let ended = client.recv_for(task_id).await;
+        assert_eq!(error_code(&ended), *code, "{task}: {ended}");
+        let message = error_message(&ended);
+        assert!(
+            message.contains(hint),
+            "{task}: {message:?} should mention {hint:?}"
+        );
+        assert_eq!(ended["task"], *task);
+        // The connection still works after its task failed.
+        let finished = client.run("echo", json!(1)).await;
+        assert_eq!(finished["type"], "finished");
+    }
+    let echo = echo_round_trip(&server).await;
+    assert!(
+        echo < PROMPT,
+        "echo took {echo:?} after the failing modules"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_hogs_on_every_core_do_not_stall_other_connections() {
+    let server = start_server().await;
+    let mut hog = server.client().await;
+    for _ in 0..4 {
+        hog.send(json!({"type": "task", "task": "spin", "limits": {"timeout_ms": 3000}}))
+            .await;
+        assert_eq!(hog.recv().await["type"], "accepted");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        slowest = slowest.max(echo_round_trip(&server).await);
+    }
+    assert!(
+        slowest < PROMPT,
+        "echo took up to {slowest:?} while spin tasks ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limits_hold_from_instantiation_on() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    // The default 64 MiB stops an endless allocator too.
+    let ended = run_with_limits(&mut client, "oom", Value::Null, json!({})).await;
+    assert_eq!(error_code(&ended), "memory_limit", "{ended}");
+    // A module whose initial memory is over the limit cannot start.
+    let ended = run_with_limits(
+        &mut client,
+        "echo",
+        json!(1),
+        json!({"memory_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(error_code(&ended), "memory_limit", "{ended}");
+    // Within limits, the same module runs.
+    let ended = run_with_limits(
+        &mut client,
+        "echo",
+        json!(1),
+        json!({"memory_bytes": 8 << 20}),
+    )
+    .await;
+    assert_eq!(ended["type"], "finished", "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_limit_fails_output_too_large() {
+    let mut config = test_config();
+    config.max_output = 4096;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let ended = client.run("echo", json!("y".repeat(10_000))).await;
+    assert_eq!(error_code(&ended), "output_too_large", "{ended}");
+    let finished = client.run("echo", json!("y".repeat(1000))).await;
+    assert_eq!(finished["type"], "finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snooping_module_sees_nothing_of_the_host() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    let finished = client.run("snoop", Value::Null).await;
+    assert_eq!(finished["type"], "finished", "{finished}");
+    let seen = &finished["result"];
+    for (path, attempt) in seen["files"].as_object().expect("files") {
+        assert!(attempt.get("error").is_some(), "read {path}: {attempt}");
+    }
+    for (path, attempt) in seen["dirs"].as_object().expect("dirs") {
+        assert!(attempt.get("error").is_some(), "listed {path}: {attempt}");
+    }
+    assert_eq!(seen["env"], json!([]), "no environment variables");
+    assert_eq!(seen["args"], json!(["snoop"]), "only the task's name");
+    assert!(
+        seen["socket"].get("error").is_some(),
+        "no network: {}",
+        seen["socket"]
+    );
+    assert!(
+        seen["clock_unix_ms"].as_u64().unwrap() > 0,
+        "WASI's clock works"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_sleeping_tasks_finish_together() {
+    const TASKS: usize = 200;
+    let server = start_server().await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(server.client().await);
+    }
+    let started = Instant::now();
+    for i in 0..TASKS {
+        clients[i % 4]
+            .send(json!({"type": "task", "task": "slow", "input": {"seconds": 1}}))
+            .await;
+    }
+    let mut finished = 0;
+    for client in &mut clients {
+        let mut ended = 0;
+        while ended < TASKS / 4 {
+            let message = client.recv().await;
+            match message["type"].as_str().unwrap() {
+                "accepted" => {}
+                "finished" => {
+                    assert_eq!(message["result"], "success");
+                    ended += 1;
+                }
+                _ => panic!("{message}"),
+            }
+        }
+        finished += ended;
+    }
+    let wall = started.elapsed();
+    assert_eq!(finished, TASKS);
+    assert!(
+        wall < Duration::from_millis(2500),
+        "{TASKS} tasks of 1 s took {wall:?}: sleeping tasks must not hold threads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_tasks_can_be_cancelled_sleeping_or_spinning() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    for (task, input) in [("slow", json!({"seconds": 20})), ("spin", Value::Null)] {
+        let accepted = client.submit(task, input).await;
+        let task_id = accepted["task_id"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats = client.request(json!({"type": "stats"})).await;
+        assert_eq!(stats["running"], 1, "{task} is running: {stats}");
+        let cancelled_at = Instant::now();
+        client
+            .send(json!({"type": "cancel", "task_id": task_id}))
+            .await;
+        let ended = client.recv_for(task_id).await;
+        assert_eq!(error_code(&ended), "cancelled", "{ended}");
+        assert!(
+            cancelled_at.elapsed() < Duration::from_millis(500),
+            "{task} stopped at once"
+        );
+        assert!(ended["elapsed_ms"].as_u64().unwrap() >= 300);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_task_can_be_cancelled_before_it_starts() {
+    let mut config = test_config();
+    config.task_workers = 1;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let running = client.submit("slow", json!({"seconds": 1})).await;
+    let queued = client.submit("echo", json!("never")).await;
+    let queued_id = queued["task_id"].as_u64().unwrap();
+    client
+        .send(json!({"type": "cancel", "task_id": queued_id}))
+        .await;
+    let ended = client.recv_for(queued_id).await;
+    assert_eq!(error_code(&ended), "cancelled");
+    assert_eq!(ended["elapsed_ms"], 0, "it never ran");
+    let done = client.recv_for(running["task_id"].as_u64().unwrap()).await;
+    assert_eq!(done["type"], "finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fib_and_the_text_format_module_compute() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    for (input, expected) in [(json!(0), 0), (json!(1), 1), (json!({"n": 25}), 75025)] {
+        let finished = client.run("fib", input).await;
+        assert_eq!(finished["result"], expected, "{finished}");
+    }
+    let finished = client.run("upper", json!({"greeting": "hello"})).await;
+    assert_eq!(
+        finished["result"],
+        json!({"GREETING": "HELLO"}),
+        "{finished}"
+    );
+}
