@@ -175,3 +175,14 @@ async fn an_application_supplies_its_own_task_and_finish_callbacks() {
     let finished = bob.run("fib", json!(10)).await;
     assert_eq!(finished["result"], 55);
 }
+
+#[test]
+fn an_impossible_pool_is_refused_at_start_with_what_to_change() {
+    let mut config = test_config();
+    config.task_workers = 50_000_000;
+    let error = taskhost::Server::new(config, taskhost::ProtocolApp)
+        .err()
+        .expect("fifty million task workers cannot be reserved");
+    let message = format!("{error:#}");
+    assert!(message.contains("--task-workers"), "{message}");
+}

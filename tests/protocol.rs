@@ -181,34 +181,46 @@ async fn bad_frames_get_an_error_and_the_connection_goes_on() {
 async fn bad_task_frames_are_rejected_with_their_ref() {
     let server = start_server().await;
     let mut client = server.client().await;
+    // Every task frame gets `rejected`, not `error`, carrying its ref when it has a valid one.
     let cases = [
-        (json!({"type": "task", "ref": "a"}), "bad_request"),
         (
-            json!({"type": "task", "task": 5, "ref": "b"}),
+            json!({"type": "task", "ref": "a"}),
             "bad_request",
+            json!("a"),
+        ),
+        (
+            json!({"type": "task", "task": 5, "ref": 2}),
+            "bad_request",
+            json!(2),
         ),
         (
             json!({"type": "task", "task": "echo", "ref": ["x"]}),
             "bad_request",
+            Value::Null,
         ),
         (
-            json!({"type": "task", "task": "echo", "limits": {"timeout": 1}}),
+            json!({"type": "task", "task": "echo", "limits": {"timeout": 1}, "ref": "d"}),
             "bad_request",
+            json!("d"),
+        ),
+        (
+            json!({"type": "task", "task": "echo", "limits": {"fuel": -1}}),
+            "bad_request",
+            Value::Null,
         ),
         (
             json!({"type": "task", "task": "nope", "ref": "c"}),
             "unknown_task",
+            json!("c"),
         ),
     ];
-    for (frame, code) in cases {
+    for (frame, code, reference) in cases {
         client.send(frame.clone()).await;
         let reply = client.recv().await;
-        let kind = reply["type"].as_str().unwrap();
-        assert!(kind == "error" || kind == "rejected", "{frame} -> {reply}");
+        assert_eq!(reply["type"], "rejected", "{frame} -> {reply}");
         assert_eq!(reply["error"]["code"], code, "{frame} -> {reply}");
+        assert_eq!(reply["ref"], reference, "{frame} -> {reply}");
         if code == "unknown_task" {
-            assert_eq!(kind, "rejected");
-            assert_eq!(reply["ref"], "c");
             let message = reply["error"]["message"].as_str().unwrap();
             assert!(
                 message.contains("echo") && message.contains("slow"),
@@ -217,6 +229,8 @@ async fn bad_task_frames_are_rejected_with_their_ref() {
         }
         assert_still_works(&mut client).await;
     }
+    let stats = client.request(json!({"type": "stats"})).await;
+    assert_eq!(stats["rejected"], 6, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

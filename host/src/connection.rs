@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
-use crate::protocol::{ErrorCode, Reply, WireError, parse_frame};
+use crate::protocol::{BadFrame, ErrorCode, Reply, WireError, parse_frame};
 use crate::server::Server;
 
 /// Messages that may wait for the socket per connection; past it, whoever sends waits.
@@ -165,8 +165,16 @@ async fn read_loop(
                         .on_message(server, connection, request)
                         .await;
                 }
-                Err(error) => {
+                Err(BadFrame::Message(error)) => {
                     connection.send(&Reply::Error { error: &error }).await;
+                }
+                Err(BadFrame::Task { reference, error }) => {
+                    server.metrics().task_rejected(error.code.as_str());
+                    let reply = Reply::Rejected {
+                        reference: reference.as_ref(),
+                        error: &error,
+                    };
+                    connection.send(&reply).await;
                 }
             },
             Message::Binary(_) => {

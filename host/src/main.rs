@@ -1,5 +1,7 @@
 //! The `taskhost` binary: options, logging, bind, serve until Ctrl-C or SIGTERM.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -13,6 +15,8 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let options = Options::parse();
     let config = options.validate()?;

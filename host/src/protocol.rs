@@ -107,10 +107,13 @@ struct CancelFrame {
 
 /// Parses one text frame. Plain text (not starting with `{`) is a task for `default_task`
 /// with the text as a JSON string input, as in the original Swoole example that sends `666`.
-pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, WireError> {
+pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> {
     if !text.trim_start().starts_with('{') {
-        let input = serde_json::value::to_raw_value(text)
-            .map_err(|e| WireError::internal(format!("could not encode plain text: {e}")))?;
+        let input = serde_json::value::to_raw_value(text).map_err(|e| {
+            BadFrame::Message(WireError::internal(format!(
+                "could not encode plain text: {e}"
+            )))
+        })?;
         return Ok(Request::Task(TaskRequest {
             task: default_task.to_owned(),
             input: Some(input),
@@ -118,25 +121,58 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, WireError>
             limits: RequestedLimits::default(),
         }));
     }
-    let tag: TypeTag = serde_json::from_str(text).map_err(|e| bad_json(&e, "a message"))?;
+    let tag: TypeTag =
+        serde_json::from_str(text).map_err(|e| BadFrame::Message(bad_json(&e, "a message")))?;
     match tag.kind.as_ref() {
         "task" => serde_json::from_str(text)
             .map(Request::Task)
-            .map_err(|e| bad_json(&e, "a `task` message")),
+            .map_err(|e| BadFrame::Task {
+                reference: serde_json::from_str::<RefOnly>(text)
+                    .ok()
+                    .and_then(|r| r.reference),
+                error: bad_json(&e, "a `task` message"),
+            }),
         "cancel" => serde_json::from_str::<CancelFrame>(text)
             .map(|frame| Request::Cancel {
                 task_id: frame.task_id,
             })
-            .map_err(|e| bad_json(&e, "a `cancel` message")),
+            .map_err(|e| BadFrame::Message(bad_json(&e, "a `cancel` message"))),
         "list" => Ok(Request::List),
         "stats" => Ok(Request::Stats),
-        other => Err(WireError::new(
+        other => Err(BadFrame::Message(WireError::new(
             ErrorCode::BadRequest,
             format!(
                 "unknown message type {other:?}: send one of \"task\", \"cancel\", \"list\" or \"stats\""
             ),
-        )),
+        ))),
     }
+}
+
+/// A frame that could not be served, and how it is answered.
+#[derive(Debug)]
+pub enum BadFrame {
+    /// Answered with `error`.
+    Message(WireError),
+    /// A `task` frame: answered with `rejected` (guarantee 1), with its `ref` when readable.
+    Task {
+        reference: Option<Ref>,
+        error: WireError,
+    },
+}
+
+impl BadFrame {
+    pub fn error(&self) -> &WireError {
+        match self {
+            BadFrame::Message(error) | BadFrame::Task { error, .. } => error,
+        }
+    }
+}
+
+/// Just the `ref` of a task frame that is otherwise invalid.
+#[derive(Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref")]
+    reference: Option<Ref>,
 }
 
 fn bad_json(error: &serde_json::Error, what: &str) -> WireError {
@@ -365,9 +401,13 @@ mod tests {
 
     #[test]
     fn bad_json_names_line_and_column() {
-        let error = parse_frame("{\"type\": \"task\",\n \"task\": }", "slow").unwrap_err();
-        assert_eq!(error.code, ErrorCode::BadRequest);
-        assert!(error.message.contains("line 2"), "{}", error.message);
+        let bad = parse_frame("{\"type\": \"task\",\n \"task\": }", "slow").unwrap_err();
+        assert_eq!(bad.error().code, ErrorCode::BadRequest);
+        assert!(
+            bad.error().message.contains("line 2"),
+            "{}",
+            bad.error().message
+        );
     }
 
     #[test]
@@ -382,9 +422,18 @@ mod tests {
             r#"{"type": "task", "task": "echo", "limits": {"timeout": 5}}"#,
             r#"{"type": "cancel", "task_id": "x"}"#,
         ] {
-            let error = parse_frame(frame, "slow").unwrap_err();
-            assert_eq!(error.code, ErrorCode::BadRequest, "{frame}");
+            let bad = parse_frame(frame, "slow").unwrap_err();
+            assert_eq!(bad.error().code, ErrorCode::BadRequest, "{frame}");
         }
+    }
+
+    #[test]
+    fn a_bad_task_frame_is_rejected_with_its_ref() {
+        let bad = parse_frame(r#"{"type": "task", "task": 5, "ref": "mine"}"#, "slow").unwrap_err();
+        let BadFrame::Task { reference, .. } = bad else {
+            panic!("a task frame is rejected, not answered with error")
+        };
+        assert_eq!(reference, Some(Ref::Text("mine".into())));
     }
 
     #[test]
