@@ -84,6 +84,7 @@ async fn shutdown_lets_running_tasks_finish_and_fails_queued_ones() {
     assert_eq!(close.unwrap().code, CloseCode::Away);
     let end_of = |accepted: &Value| {
         ends.iter()
+            .filter(|m| m["type"] == "finished" || m["type"] == "failed")
             .find(|m| m["task_id"] == accepted["task_id"])
             .cloned()
             .unwrap_or_else(|| panic!("no end for {accepted} in {ends:?}"))

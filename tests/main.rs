@@ -12,4 +12,5 @@ mod cdp;
 mod common;
 mod lifecycle;
 mod protocol;
+mod reload;
 mod sandbox;

@@ -66,6 +66,19 @@ pub struct Options {
     #[arg(long, default_value_t = 10_000)]
     pub grace_ms: u64,
 
+    /// Folder of compiled code, so that a restart does not compile again (default:
+    /// $XDG_CACHE_HOME/taskhost or ~/.cache/taskhost).
+    #[arg(long, env = "TASKHOST_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile every module at every start; keep nothing on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+
+    /// Do not watch the tasks folder: modules load at start only.
+    #[arg(long)]
+    pub no_watch: bool,
+
     /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
     /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
     #[arg(long)]
@@ -87,6 +100,10 @@ pub struct Config {
     pub max_output: usize,
     /// How long running tasks may go on after a shutdown signal.
     pub grace: Duration,
+    /// Where compiled code is cached; `None` compiles at every start.
+    pub cache_dir: Option<PathBuf>,
+    /// Whether changes in the tasks folder are picked up while running.
+    pub watch: bool,
 }
 
 impl Options {
@@ -131,8 +148,23 @@ impl Options {
             max_frame: self.max_frame,
             max_output: self.max_output,
             grace: Duration::from_millis(self.grace_ms),
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(default_cache_dir)
+            },
+            watch: !self.no_watch,
         })
     }
+}
+
+/// `$XDG_CACHE_HOME/taskhost`, else `$HOME/.cache/taskhost`, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("taskhost"))
 }
 
 impl Config {

@@ -57,6 +57,13 @@ impl Connection {
         self.outbox.send(Message::Text(text.into())).await.is_ok()
     }
 
+    /// Sends one text frame if there is room in the outbox now, else drops it: for messages
+    /// that a later one supersedes (progress, list updates), where waiting is worse than
+    /// missing one. Returns whether it was queued.
+    pub fn try_send_text(&self, text: impl Into<Utf8Bytes>) -> bool {
+        self.outbox.try_send(Message::Text(text.into())).is_ok()
+    }
+
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
         self.outbox.is_closed()
@@ -94,6 +101,30 @@ impl ConnectionSet {
     /// A snapshot of the open connections.
     pub fn all(&self) -> Vec<Connection> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Sends one text frame to every open connection, all at once: a slow reader delays only
+    /// the caller, never the other connections. Returns how many were reached.
+    pub async fn broadcast(&self, text: impl Into<Utf8Bytes>) -> usize {
+        let text = text.into();
+        let connections = self.all();
+        let sends = connections
+            .iter()
+            .map(|connection| connection.send_text(text.clone()));
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|reached| *reached)
+            .count()
+    }
+
+    /// Like [`ConnectionSet::broadcast`], but drops the frame for connections whose outbox is
+    /// full, for messages that a later one supersedes.
+    pub fn offer_all(&self, text: impl Into<Utf8Bytes>) {
+        let text = text.into();
+        for connection in self.all() {
+            connection.try_send_text(text.clone());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {

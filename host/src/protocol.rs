@@ -298,6 +298,15 @@ pub struct TaskListing {
     pub error: Option<String>,
     pub limits: Limits,
     pub deliver: Delivery,
+    /// `module` (WASI preview 1) or `component` (preview 2); absent when nothing loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Short hex SHA-256 of the module file in service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// When the version in service was loaded, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_at: Option<String>,
 }
 
 /// The `stats` answer's counters.
@@ -369,6 +378,10 @@ pub enum Reply<'a> {
         error: &'a WireError,
     },
     List {
+        tasks: &'a [TaskListing],
+    },
+    /// Pushed to every connection when a task is added, replaced, removed or fails to load.
+    TasksChanged {
         tasks: &'a [TaskListing],
     },
     Stats(&'a Stats),

@@ -20,9 +20,11 @@ use crate::connection::ConnectionSet;
 use crate::dispatch::{Admission, Dispatcher};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::protocol::Reply;
 use crate::protocol::Stats;
 use crate::registry::Registry;
-use crate::sandbox::{EngineSize, Sandbox};
+use crate::registry::watch;
+use crate::sandbox::{EngineSettings, Sandbox};
 
 /// How long connections get to flush their last messages and close at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +39,7 @@ struct Shared {
     config: Config,
     callbacks: Box<dyn Callbacks>,
     sandbox: Arc<Sandbox>,
-    registry: Registry,
+    registry: Arc<Registry>,
     dispatcher: Arc<Dispatcher>,
     connections: ConnectionSet,
     metrics: Metrics,
@@ -56,14 +58,28 @@ impl Server {
     /// and listed, and the server starts without it.
     pub fn new(config: Config, callbacks: impl Callbacks) -> anyhow::Result<Server> {
         let sandbox = Arc::new(Sandbox::new(
-            EngineSize {
+            &EngineSettings {
                 instances: config.task_workers,
                 max_memory_bytes: config.limits.memory_bytes,
+                cache_dir: config.cache_dir.clone(),
             },
             config.max_output,
         )?);
-        let registry = Registry::new(Arc::clone(&sandbox), &config.tasks_dir, config.limits);
+        let registry = Arc::new(Registry::new(
+            Arc::clone(&sandbox),
+            &config.tasks_dir,
+            config.limits,
+        ));
+        let loading = Instant::now();
         registry.load_all()?;
+        let (from_cache, compiled) = sandbox.cache_counts().unwrap_or((0, 0));
+        tracing::info!(
+            tasks = registry.ready_names().len(),
+            from_cache,
+            compiled,
+            elapsed_ms = loading.elapsed().as_millis() as u64,
+            "tasks loaded"
+        );
         Ok(Server {
             shared: Arc::new(Shared {
                 dispatcher: Arc::new(Dispatcher::new(config.task_workers, config.queue)),
@@ -180,6 +196,13 @@ impl Server {
             .local_addr()
             .context("the listener has no local address")?;
         tracing::info!(%address, tasks = ?self.registry().ready_names(), "taskhost listening");
+        if self.config().watch {
+            watch::spawn(
+                Arc::clone(&self.shared.registry),
+                self.shared.stopping.clone(),
+            )?;
+        }
+        tokio::spawn(self.clone().push_task_lists());
         let connections = TaskTracker::new();
         tokio::pin!(shutdown);
         loop {
@@ -201,6 +224,20 @@ impl Server {
         drop(listener);
         self.shut_down(connections).await;
         Ok(())
+    }
+
+    /// Sends every connection the new task list whenever it changes, until the server stops.
+    async fn push_task_lists(self) {
+        let mut changes = self.registry().subscribe();
+        loop {
+            tokio::select! {
+                () = self.shared.stopping.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let tasks = self.registry().listing();
+            self.connections()
+                .offer_all(Reply::TasksChanged { tasks: &tasks }.to_json());
+        }
     }
 
     async fn shut_down(&self, connections: TaskTracker) {

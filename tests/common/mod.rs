@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -28,14 +29,74 @@ pub fn tasks_dir() -> PathBuf {
     dir
 }
 
-/// The configuration tests start from: the bundled tasks and a pool small enough that many
-/// servers can run side by side in one test process.
+/// The configuration tests start from: the bundled tasks, a pool small enough that many
+/// servers can run side by side in one test process, a compile cache shared by the tests,
+/// and no folder watching (the reload tests turn it on, on folders of their own).
 pub fn test_config() -> Config {
     let mut config = Config::with_tasks_dir(tasks_dir());
     config.task_workers = 256;
     config.queue = 1000;
     config.grace = Duration::from_secs(5);
+    config.cache_dir = Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache"));
+    config.watch = false;
     config
+}
+
+/// A tasks folder of a test's own, removed when dropped.
+pub struct TaskFolder {
+    pub path: PathBuf,
+}
+
+impl TaskFolder {
+    /// A new folder holding copies of the given bundled task files (`"echo.wasm"`, ...).
+    pub fn with(files: &[&str]) -> TaskFolder {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "tasks-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a tasks folder");
+        let folder = TaskFolder { path };
+        for file in files {
+            folder.copy_in(file, file);
+        }
+        folder
+    }
+
+    /// Copies bundled file `from` in as `to`, the way the README recommends: written under a
+    /// temporary name, then renamed into place.
+    pub fn copy_in(&self, from: &str, to: &str) {
+        let temporary = self.path.join(format!("{to}.tmp"));
+        std::fs::copy(tasks_dir().join(from), &temporary)
+            .unwrap_or_else(|e| panic!("copy {from}: {e}"));
+        std::fs::rename(&temporary, self.path.join(to)).expect("rename into place");
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
+        let temporary = self.path.join(format!("{name}.tmp"));
+        std::fs::write(&temporary, contents).expect("write a file");
+        std::fs::rename(&temporary, self.path.join(name)).expect("rename into place");
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.path.join(name)).expect("remove a file");
+    }
+
+    /// A configuration serving this folder, watched.
+    pub fn config(&self) -> Config {
+        let mut config = test_config();
+        config.tasks_dir = self.path.clone();
+        config.watch = true;
+        config
+    }
+}
+
+impl Drop for TaskFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// A server running in this test's runtime; stopped (gracefully) on drop.
@@ -178,6 +239,26 @@ impl Client {
             .and_then(Result::ok)
     }
 
+    /// Reads until a message of type `kind` satisfying `matches`, within `wait`; others
+    /// are skipped.
+    pub async fn recv_until(
+        &mut self,
+        wait: Duration,
+        kind: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = tokio::time::timeout(left, self.recv_within(wait))
+                .await
+                .unwrap_or_else(|_| panic!("no matching {kind} within {wait:?}"));
+            if message["type"] == kind && matches(&message) {
+                return message;
+            }
+        }
+    }
+
     /// Reads until the terminal message (`finished` or `failed`) of `task_id`.
     pub async fn recv_for(&mut self, task_id: u64) -> Value {
         loop {
@@ -194,7 +275,8 @@ impl Client {
         self.send(message).await;
         loop {
             let reply = self.recv().await;
-            if reply.get("task_id").is_none() {
+            // Skip what is about tasks and pushed lists: they are not answers.
+            if reply.get("task_id").is_none() && reply["type"] != "tasks_changed" {
                 return reply;
             }
         }

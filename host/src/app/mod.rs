@@ -50,12 +50,14 @@ impl Job {
         &self.module.name
     }
 
-    /// What the sandbox needs to run this job.
+    /// What the sandbox needs to run this job; its progress goes to the submitter as
+    /// `progress` messages, rate-limited.
     pub fn run_spec(&self) -> RunSpec {
         RunSpec {
             name: self.module.name.clone(),
             input: self.input.clone(),
             limits: self.limits,
+            progress: Some(protocol::progress_sink(self)),
         }
     }
 }

@@ -1,12 +1,19 @@
 //! The default behaviour on each event: `docs/PROTOCOL.md`. Each function is public so that
 //! an application overriding a callback can still call the default for the cases it keeps.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 
 use crate::connection::Connection;
-use crate::protocol::{PROTOCOL_VERSION, Ref, Reply, Request, TaskRequest, WireError};
-use crate::sandbox::Outcome;
+use crate::protocol::{Delivery, PROTOCOL_VERSION, Ref, Reply, Request, TaskRequest, WireError};
+use crate::sandbox::{Outcome, ProgressSink};
 use crate::server::Server;
+
+/// At most one `progress` message per task in this time; reports in between are dropped
+/// (the next one says more anyway), so a chatty module cannot flood its client.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 use super::{Job, Report};
 
@@ -92,9 +99,46 @@ pub async fn reject(
         .await;
 }
 
-/// `finish`: sends `finished` or `failed` to the submitting connection, if it is still open.
-pub async fn deliver(_server: &Server, report: Report) {
+/// Where a task's progress goes: `progress` messages to its submitter, at most one per
+/// [`PROGRESS_INTERVAL`], dropped rather than waited for when the client is not reading.
+pub fn progress_sink(job: &Job) -> ProgressSink {
+    let origin = job.origin.clone();
+    let task_id = job.task_id;
+    let reference = job.reference.clone();
+    let last_sent: Mutex<Option<Instant>> = Mutex::new(None);
+    ProgressSink::new(move |fraction, message| {
+        {
+            // Std mutex: held for a comparison, never across an await.
+            let mut last = last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < PROGRESS_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let reply = Reply::Progress {
+            task_id,
+            reference: reference.as_ref(),
+            progress: fraction,
+            message,
+        };
+        origin.try_send_text(reply.to_json());
+    })
+}
+
+/// `finish`: sends `finished` or `failed` to the submitting connection, if it is still open;
+/// a task delivered by `broadcast` also sends its result to every open connection first.
+pub async fn deliver(server: &Server, report: Report) {
     let job = &report.job;
+    if let (Delivery::Broadcast, Outcome::Finished { result, .. }) =
+        (job.module.deliver, &report.outcome)
+    {
+        let broadcast = Reply::Broadcast {
+            task_id: job.task_id,
+            task: job.name(),
+            result,
+        };
+        server.connections().broadcast(broadcast.to_json()).await;
+    }
     let elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
     let reply = match &report.outcome {
         Outcome::Finished { result, fuel_used } => Reply::Finished {

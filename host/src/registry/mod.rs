@@ -1,21 +1,27 @@
-//! Task name → the loaded module that serves it.
+//! Task name → the loaded module that serves it; loading, reloading and watching the folder.
 //!
 //! An entry is swapped whole: a task that started holds the `Arc<TaskModule>` of the version
 //! it started with, so replacing or removing a module never touches a running task. A module
-//! that fails to load is recorded with its reason (shown in `list`) and, if an earlier version
-//! loaded, that version stays in service.
+//! or manifest that fails to load is recorded with its reason (shown in `list`) and, if an
+//! earlier version loaded, that version stays in service. Every change bumps a counter that
+//! the server watches to push the new list to clients.
 
 mod loader;
+mod manifest;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use tokio::sync::watch as signal;
+
 use crate::protocol::{Delivery, ErrorCode, Limits, TaskListing, TaskState, WireError};
 use crate::sandbox::{Sandbox, WasmModule};
 
 pub use loader::task_name;
+pub use manifest::Manifest;
 
 /// One version of a task, ready to run.
 #[derive(Debug)]
@@ -25,14 +31,17 @@ pub struct TaskModule {
     /// The task's limits: the server's, lowered by its manifest.
     pub limits: Limits,
     pub deliver: Delivery,
+    pub manifest: Manifest,
     pub wasm: WasmModule,
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// Short hex SHA-256 of the module file.
+    pub hash: String,
     pub loaded_at: SystemTime,
 }
 
 /// What the registry knows about one name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Entry {
     /// The version in service, if any loaded.
     ready: Option<Arc<TaskModule>>,
@@ -40,13 +49,16 @@ struct Entry {
     error: Option<String>,
 }
 
-/// The tasks this server can run. Std lock: lookups and swaps are short and never await.
+/// The tasks this server can run. Std lock: lookups and swaps are short and never await;
+/// compiling happens outside it.
 pub struct Registry {
     sandbox: Arc<Sandbox>,
     dir: PathBuf,
     /// The server's limits: a task's default and maximum.
     server_limits: Limits,
     entries: RwLock<BTreeMap<String, Entry>>,
+    /// Bumped on every change of the list; the server pushes the list to clients on it.
+    changes: signal::Sender<u64>,
 }
 
 impl Registry {
@@ -56,6 +68,7 @@ impl Registry {
             dir: dir.into(),
             server_limits,
             entries: RwLock::new(BTreeMap::new()),
+            changes: signal::Sender::new(0),
         }
     }
 
@@ -63,40 +76,71 @@ impl Registry {
         &self.dir
     }
 
-    /// Loads every module in the tasks folder. A file that fails is logged and listed with
-    /// its reason; the others load regardless.
+    /// A receiver that wakes on every change of the task list.
+    pub fn subscribe(&self) -> signal::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Loads every task in the folder. A file that fails is logged and listed with its
+    /// reason; the others load regardless.
     pub fn load_all(&self) -> anyhow::Result<()> {
-        for path in loader::module_files(&self.dir)? {
-            self.load(&path);
+        for name in loader::task_names(&self.dir)? {
+            self.reload(&name);
         }
         Ok(())
     }
 
-    /// Loads (or reloads) the module at `path` and puts it in service. On failure the
-    /// version already in service, if any, stays.
-    pub fn load(&self, path: &Path) {
-        let Some(name) = task_name(path) else {
-            tracing::warn!(path = %path.display(), "skipped: a task file is NAME.wasm or NAME.wat, NAME made of a-z, 0-9, _ and -");
+    /// Brings task `name` in line with the folder: loads it if its module or manifest is new
+    /// or changed, removes it if its module is gone. Compiles: call it off the async threads.
+    pub fn reload(&self, name: &str) {
+        let Some(path) = loader::module_path(&self.dir, name) else {
+            if self.write().remove(name).is_some() {
+                tracing::info!(task = %name, "task removed");
+                self.changed();
+            }
             return;
         };
-        let loaded = loader::load_module(&self.sandbox, &name, path, self.server_limits);
-        let mut entries = self.write();
-        let entry = entries.entry(name.clone()).or_insert(Entry {
-            ready: None,
-            error: None,
+        let loaded = loader::read_task(&self.dir, name, path.clone()).and_then(|files| {
+            if self.is_current(name, &files.hash, &files.manifest) {
+                return Ok(None);
+            }
+            loader::build_task(&self.sandbox, name, files, self.server_limits).map(Some)
         });
+        let mut entries = self.write();
+        let entry = entries.entry(name.to_owned()).or_default();
         match loaded {
-            Ok(module) => {
-                tracing::info!(task = %name, path = %path.display(), "task loaded");
+            Ok(None) => return, // the same bytes and manifest as the version in service
+            Ok(Some(module)) => {
+                tracing::info!(task = %name, path = %path.display(), hash = %module.hash, kind = module.wasm.kind(), "task loaded");
                 entry.ready = Some(Arc::new(module));
                 entry.error = None;
             }
             Err(error) => {
                 let reason = format!("{error:#}");
-                tracing::warn!(task = %name, path = %path.display(), %reason, "task failed to load");
+                if entry.error.as_ref() == Some(&reason) {
+                    return;
+                }
+                tracing::warn!(task = %name, path = %path.display(), %reason, kept_previous = entry.ready.is_some(), "task failed to load");
                 entry.error = Some(reason);
             }
         }
+        drop(entries);
+        self.changed();
+    }
+
+    /// Whether the version in service came from exactly these files.
+    fn is_current(&self, name: &str, hash: &str, manifest: &Manifest) -> bool {
+        self.read().get(name).is_some_and(|entry| {
+            entry.error.is_none()
+                && entry
+                    .ready
+                    .as_ref()
+                    .is_some_and(|m| m.hash == hash && &m.manifest == manifest)
+        })
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|version| *version += 1);
     }
 
     /// The version of `name` in service, or `unknown_task` saying what exists.
@@ -150,32 +194,26 @@ impl Registry {
     pub fn listing(&self) -> Vec<TaskListing> {
         self.read()
             .iter()
-            .map(|(name, entry)| match (&entry.ready, &entry.error) {
-                (Some(module), None) => TaskListing {
+            .map(|(name, entry)| {
+                let ready = entry.ready.as_deref();
+                TaskListing {
                     name: name.clone(),
-                    description: module.description.clone(),
-                    state: TaskState::Ready,
-                    error: None,
-                    limits: module.limits,
-                    deliver: module.deliver,
-                },
-                (ready, error) => TaskListing {
-                    name: name.clone(),
-                    description: ready
-                        .as_ref()
-                        .map(|m| m.description.clone())
-                        .unwrap_or_default(),
+                    description: ready.map(|m| m.description.clone()).unwrap_or_default(),
                     // A failed reload with an older version still in service can run: it
-                    // says ready, and the error tells why the new file was not taken.
+                    // says ready, and `error` tells why the new file was not taken.
                     state: if ready.is_some() {
                         TaskState::Ready
                     } else {
                         TaskState::Failed
                     },
-                    error: error.clone(),
-                    limits: ready.as_ref().map_or(self.server_limits, |m| m.limits),
-                    deliver: ready.as_ref().map_or(Delivery::Origin, |m| m.deliver),
-                },
+                    error: entry.error.clone(),
+                    limits: ready.map_or(self.server_limits, |m| m.limits),
+                    deliver: ready.map_or(Delivery::Origin, |m| m.deliver),
+                    kind: ready.map(|m| m.wasm.kind()),
+                    hash: ready.map(|m| m.hash.clone()),
+                    loaded_at: ready
+                        .map(|m| humantime::format_rfc3339_seconds(m.loaded_at).to_string()),
+                }
             })
             .collect()
     }

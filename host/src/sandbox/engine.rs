@@ -5,7 +5,12 @@
 //! refused here, with what to change, rather than failing tasks later.
 
 use anyhow::{Context, bail};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use std::path::PathBuf;
+
+use wasmtime::{
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig,
+};
 
 /// Fuel between two voluntary yields to tokio. A guest that never blocks would otherwise hold
 /// its worker thread until it ends; at roughly a nanosecond per unit this is a yield about
@@ -34,17 +39,32 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// Largest table a module may have, in elements; tables also count against the memory cap.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// What the engine must be able to hold.
-#[derive(Debug, Clone, Copy)]
-pub struct EngineSize {
+/// What the engine must be able to hold, and where it keeps compiled code.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
     /// Instances alive at once: one per running task.
     pub instances: usize,
     /// The largest linear memory a task may have, in bytes.
     pub max_memory_bytes: u64,
+    /// Folder of compiled code, keyed by module content and engine settings, so that a
+    /// restart does not compile again. `None`: compile every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
-/// Builds the engine all modules are compiled for and all tasks run in.
-pub fn build_engine(size: EngineSize) -> anyhow::Result<Engine> {
+/// The part of the settings that sizes the pool.
+#[derive(Debug, Clone, Copy)]
+struct EngineSize {
+    instances: usize,
+    max_memory_bytes: u64,
+}
+
+/// Builds the engine all modules are compiled for and all tasks run in, and the handle of
+/// its compile cache, if it has one.
+pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option<Cache>)> {
+    let size = EngineSize {
+        instances: settings.instances,
+        max_memory_bytes: settings.max_memory_bytes,
+    };
     let instances = u32::try_from(size.instances)
         .ok()
         .filter(|&n| n > 0)
@@ -80,13 +100,32 @@ pub fn build_engine(size: EngineSize) -> anyhow::Result<Engine> {
         .pagemap_scan(Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
-    Engine::new(&config).map_err(anyhow::Error::from).with_context(|| {
+    let cache = match &settings.cache_dir {
+        Some(dir) => {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = Cache::new(cache)
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!(
+                        "could not use {} as the compile cache: pass another --cache-dir or --no-cache",
+                        dir.display()
+                    )
+                })?;
+            config.cache(Some(cache.clone()));
+            Some(cache)
+        }
+        None => None,
+    };
+
+    let engine = Engine::new(&config).map_err(anyhow::Error::from).with_context(|| {
         format!(
             "could not reserve the sandbox pool for {instances} task workers of up to {} bytes: \
              lower --task-workers or --memory",
             size.max_memory_bytes
         )
-    })
+    })?;
+    Ok((engine, cache))
 }
 
 /// Chooses each memory slot's reservation and guard from the pool size and the memory limit.

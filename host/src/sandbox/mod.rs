@@ -1,48 +1,69 @@
-//! The only door into wasmtime: the engine, compiling a module once, and running one task in a
-//! fresh, limited instance.
+//! The only door into wasmtime: the engine, compiling a module or component once, and running
+//! one task in a fresh, limited instance.
 //!
 //! A task's store holds its own WASI context (stdin is the input; stdout and stderr are
 //! bounded in-memory pipes; no files, environment, arguments beyond the task's name, host
-//! stdio or sockets) and its memory cap. Fuel bounds its CPU and, through async yields, keeps
-//! it from holding a thread; a timer around the whole run bounds its wall-clock time, which
-//! also covers time blocked in host calls such as WASI's sleep, where fuel does not tick.
+//! stdio or sockets), its memory cap and its progress sink. Fuel bounds its CPU and, through
+//! async yields, keeps it from holding a thread; a timer around the whole run bounds its
+//! wall-clock time, which also covers time blocked in host calls such as WASI's sleep, where
+//! fuel does not tick.
 
 mod engine;
+mod imports;
 mod limiter;
 mod outcome;
 mod output;
+mod state;
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
-pub use engine::{EngineSize, FUEL_YIELD_INTERVAL};
+pub use engine::{EngineSettings, FUEL_YIELD_INTERVAL};
+pub use imports::{PROGRESS_FUNCTION, PROGRESS_INTERFACE, PROGRESS_MODULE};
 pub use outcome::{Outcome, decode_result};
+pub use state::{MAX_PROGRESS_MESSAGE, ProgressSink};
 
-use crate::protocol::Limits;
+use crate::protocol::{ErrorCode, Limits};
 use limiter::MemoryCap;
 use outcome::{Ending, RunError, classify};
 use output::OutputCapture;
+use state::{ComponentState, Controlled, Controls, ModuleState};
 
-/// What a task's store holds.
-pub struct TaskState {
-    wasi: WasiP1Ctx,
-    memory: MemoryCap,
+/// A task's code, compiled and linked once, ready to be instantiated for every task.
+pub struct WasmModule {
+    entry: Entry,
 }
 
-/// A module compiled and linked once, ready to be instantiated for every task.
-pub struct WasmModule {
-    pre: InstancePre<TaskState>,
+enum Entry {
+    /// A WASI preview 1 command module.
+    Module(InstancePre<ModuleState>),
+    /// A WASI preview 2 command component.
+    Component(CommandPre<ComponentState>),
+}
+
+impl WasmModule {
+    /// `module` (preview 1) or `component` (preview 2), as `list` reports it.
+    pub fn kind(&self) -> &'static str {
+        match self.entry {
+            Entry::Module(_) => "module",
+            Entry::Component(_) => "component",
+        }
+    }
 }
 
 impl std::fmt::Debug for WasmModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmModule").finish_non_exhaustive()
+        f.debug_struct("WasmModule")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,28 +75,29 @@ pub struct RunSpec {
     /// The input JSON, handed to the module on stdin.
     pub input: Bytes,
     pub limits: Limits,
+    /// Where the task's progress reports go, if anywhere.
+    pub progress: Option<ProgressSink>,
 }
 
-/// The engine and the WASI imports every module is linked against.
+/// The engine and the imports every module and component is linked against.
 pub struct Sandbox {
     engine: Engine,
-    linker: Linker<TaskState>,
+    /// The on-disk compile cache, if any; kept to report its hits.
+    cache: Option<wasmtime::Cache>,
+    modules: Linker<ModuleState>,
+    components: ComponentLinker<ComponentState>,
     /// Bytes of stdout and stderr together a task may write (`--max-output`).
     max_output: usize,
 }
 
 impl Sandbox {
-    pub fn new(size: EngineSize, max_output: usize) -> anyhow::Result<Sandbox> {
-        let engine = engine::build_engine(size)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut TaskState| {
-            &mut state.wasi
-        })
-        .map_err(anyhow::Error::from)
-        .context("could not link the WASI imports")?;
+    pub fn new(settings: &EngineSettings, max_output: usize) -> anyhow::Result<Sandbox> {
+        let (engine, cache) = engine::build_engine(settings)?;
         Ok(Sandbox {
+            cache,
+            modules: imports::module_linker(&engine)?,
+            components: imports::component_linker(&engine)?,
             engine,
-            linker,
             max_output,
         })
     }
@@ -84,10 +106,28 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Compiles a module (binary or text format) and links it: the work done once per module,
-    /// so that each task only instantiates.
+    /// Modules and components loaded from the compile cache, and compiled afresh, so far.
+    pub fn cache_counts(&self) -> Option<(usize, usize)> {
+        self.cache
+            .as_ref()
+            .map(|cache| (cache.cache_hits(), cache.cache_misses()))
+    }
+
+    /// Compiles a module or component (binary or text format, told apart by its header) and
+    /// links it: the work done once, so that each task only instantiates. Compiled code comes
+    /// from the on-disk cache when the engine has one and the same bytes were seen before.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<WasmModule> {
-        let module = Module::new(&self.engine, bytes).map_err(anyhow::Error::from)?;
+        let binary = wat::parse_bytes(bytes)
+            .context("it is neither WebAssembly nor valid WebAssembly text")?;
+        if is_component(&binary) {
+            self.compile_component(&binary)
+        } else {
+            self.compile_module(&binary)
+        }
+    }
+
+    fn compile_module(&self, binary: &[u8]) -> anyhow::Result<WasmModule> {
+        let module = Module::new(&self.engine, binary).map_err(anyhow::Error::from)?;
         match module.get_export("_start") {
             Some(wasmtime::ExternType::Func(_)) => {}
             _ => anyhow::bail!(
@@ -95,69 +135,144 @@ impl Sandbox {
                  (for Rust, a binary crate built for wasm32-wasip1)"
             ),
         }
+        let pre = self.modules.instantiate_pre(&module).map_err(anyhow::Error::from).context(
+            "it imports something the sandbox does not provide (WASI preview 1 and taskhost.progress)",
+        )?;
+        Ok(WasmModule {
+            entry: Entry::Module(pre),
+        })
+    }
+
+    fn compile_component(&self, binary: &[u8]) -> anyhow::Result<WasmModule> {
+        let component = Component::new(&self.engine, binary).map_err(anyhow::Error::from)?;
         let pre = self
-            .linker
-            .instantiate_pre(&module)
+            .components
+            .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .context("it imports something the sandbox does not provide (only WASI preview 1)")?;
-        Ok(WasmModule { pre })
+            .context(
+                "it imports something the sandbox does not provide (WASI preview 2 and \
+                 taskhost:task/progress)",
+            )?;
+        let command = CommandPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("it is a component but not a WASI command: it must export wasi:cli/run")?;
+        Ok(WasmModule {
+            entry: Entry::Component(command),
+        })
     }
 
     /// Runs one task in a fresh instance and says how it ended. Never panics on a guest's
     /// behaviour; dropping the future stops the guest at its next yield.
     pub async fn run(&self, module: &WasmModule, spec: RunSpec) -> Outcome {
         let capture = OutputCapture::new(self.max_output);
-        let wasi = WasiCtxBuilder::new()
-            .stdin(MemoryInputPipe::new(spec.input))
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdin(MemoryInputPipe::new(spec.input.clone()))
             .stdout(capture.stdout_pipe())
             .stderr(capture.stderr_pipe())
-            .arg(&spec.name)
-            .build_p1();
-        let mut store = Store::new(
-            &self.engine,
-            TaskState {
-                wasi,
-                memory: MemoryCap::new(spec.limits.memory_bytes),
-            },
-        );
-        store.limiter(|state| &mut state.memory);
+            .arg(&spec.name);
+        let controls = Controls {
+            memory: MemoryCap::new(spec.limits.memory_bytes),
+            progress: spec.progress.clone(),
+        };
+        match &module.entry {
+            Entry::Module(pre) => {
+                let state = ModuleState {
+                    wasi: wasi.build_p1(),
+                    controls,
+                };
+                self.metered(state, &spec, &capture, pre).await
+            }
+            Entry::Component(pre) => {
+                let state = ComponentState {
+                    wasi: wasi.build(),
+                    table: ResourceTable::new(),
+                    controls,
+                };
+                self.metered(state, &spec, &capture, pre).await
+            }
+        }
+    }
+
+    /// Runs `start` in a new store under the task's limits and classifies how it ended.
+    async fn metered<T: Controlled>(
+        &self,
+        state: T,
+        spec: &RunSpec,
+        capture: &OutputCapture,
+        entry: &impl Start<T>,
+    ) -> Outcome {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.controls().memory);
         // A new store starts with no fuel: without this, the first instruction would trap.
         if let Err(error) = store
             .set_fuel(spec.limits.fuel)
             .and_then(|()| store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)))
         {
             return Outcome::failed(
-                crate::protocol::ErrorCode::Internal,
+                ErrorCode::Internal,
                 format!("could not meter the task: {error}"),
             );
         }
-
         let deadline = Duration::from_millis(spec.limits.timeout_ms);
-        let ran = tokio::time::timeout(deadline, start(&module.pre, &mut store))
+        let ran = tokio::time::timeout(deadline, entry.start(&mut store))
             .await
             .ok();
         let fuel_used = spec.limits.fuel - store.get_fuel().unwrap_or(0);
         classify(Ending {
             ran,
-            capture: &capture,
-            refused_memory: store.data().memory.refused(),
+            capture,
+            refused_memory: store.data_mut().controls().memory.refused(),
             fuel_used,
             limits: spec.limits,
         })
     }
 }
 
-/// Instantiates the module and calls its `_start`.
-async fn start(pre: &InstancePre<TaskState>, store: &mut Store<TaskState>) -> Result<(), RunError> {
-    let instance = pre
-        .instantiate_async(&mut *store)
-        .await
-        .map_err(RunError::Instantiate)?;
-    let start = instance
-        .get_typed_func::<(), ()>(&mut *store, "_start")
-        .map_err(RunError::Instantiate)?;
-    start
-        .call_async(&mut *store, ())
-        .await
-        .map_err(RunError::Run)
+/// A binary is a component when its header's layer field is 1 (core modules have 0):
+/// `\0asm`, a 2-byte version, then the 2-byte layer.
+fn is_component(binary: &[u8]) -> bool {
+    binary.get(6..8) == Some(&[1, 0])
+}
+
+/// How a task's code starts: instantiate, then call its entry point.
+trait Start<T> {
+    fn start<'a>(
+        &'a self,
+        store: &'a mut Store<T>,
+    ) -> impl Future<Output = Result<(), RunError>> + Send + 'a;
+}
+
+impl Start<ModuleState> for InstancePre<ModuleState> {
+    /// Instantiates a module and calls its `_start`.
+    async fn start(&self, store: &mut Store<ModuleState>) -> Result<(), RunError> {
+        let instance = self
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(RunError::Instantiate)?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut *store, "_start")
+            .map_err(RunError::Instantiate)?;
+        start
+            .call_async(&mut *store, ())
+            .await
+            .map_err(RunError::Run)
+    }
+}
+
+impl Start<ComponentState> for CommandPre<ComponentState> {
+    /// Instantiates a component and calls its `wasi:cli/run`.
+    async fn start(&self, store: &mut Store<ComponentState>) -> Result<(), RunError> {
+        let command = self
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(RunError::Instantiate)?;
+        match command.wasi_cli_run().call_run(&mut *store).await {
+            Ok(Ok(())) => Ok(()),
+            // `run` returned an error: a component's way of exiting with a non-zero status.
+            Ok(Err(())) => Err(RunError::Run(wasmtime::Error::new(wasmtime_wasi::I32Exit(
+                1,
+            )))),
+            Err(error) => Err(RunError::Run(error)),
+        }
+    }
 }

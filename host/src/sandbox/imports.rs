@@ -1,0 +1,88 @@
+//! What a task may import: WASI (preview 1 for modules, preview 2 for components) and the
+//! optional `progress` call, nothing else.
+//!
+//! - Preview 1: module `taskhost`, function `progress(fraction: f64, ptr: i32, len: i32)`,
+//!   the message being UTF-8 bytes in the module's exported `memory`.
+//! - Preview 2: interface `taskhost:task/progress@0.1.0`, `report(fraction: f64, message:
+//!   string)` (`wit/taskhost.wit`).
+//!
+//! A call with a message outside the module's memory traps the task.
+
+use anyhow::Context;
+use wasmtime::component::Linker as ComponentLinker;
+use wasmtime::{Caller, Engine, Extern, Linker, format_err};
+
+use super::state::{ComponentState, ModuleState};
+
+/// The preview 1 import module and function of `progress`.
+pub const PROGRESS_MODULE: &str = "taskhost";
+pub const PROGRESS_FUNCTION: &str = "progress";
+
+/// The preview 2 interface of `progress`.
+pub const PROGRESS_INTERFACE: &str = "taskhost:task/progress@0.1.0";
+
+/// The linker for preview 1 modules.
+pub fn module_linker(engine: &Engine) -> anyhow::Result<Linker<ModuleState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut ModuleState| &mut state.wasi)
+        .map_err(anyhow::Error::from)
+        .context("could not link WASI preview 1")?;
+    linker
+        .func_wrap(PROGRESS_MODULE, PROGRESS_FUNCTION, module_progress)
+        .map_err(anyhow::Error::from)
+        .context("could not link taskhost.progress")?;
+    Ok(linker)
+}
+
+/// The linker for preview 2 components.
+pub fn component_linker(engine: &Engine) -> anyhow::Result<ComponentLinker<ComponentState>> {
+    let mut linker = ComponentLinker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("could not link WASI preview 2")?;
+    linker
+        .instance(PROGRESS_INTERFACE)
+        .and_then(|mut progress| {
+            progress.func_wrap(
+                "report",
+                |mut store: wasmtime::StoreContextMut<'_, ComponentState>,
+                 (fraction, message): (f64, String)| {
+                    store
+                        .data_mut()
+                        .controls
+                        .report_progress(fraction, &message);
+                    Ok(())
+                },
+            )
+        })
+        .map_err(anyhow::Error::from)
+        .context("could not link taskhost:task/progress")?;
+    Ok(linker)
+}
+
+fn module_progress(
+    mut caller: Caller<'_, ModuleState>,
+    fraction: f64,
+    pointer: i32,
+    length: i32,
+) -> wasmtime::Result<()> {
+    let memory = caller
+        .get_export("memory")
+        .and_then(Extern::into_memory)
+        .ok_or_else(|| format_err!("taskhost.progress needs the module to export its `memory`"))?;
+    let (start, length) = (pointer as u32 as usize, length as u32 as usize);
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let bytes = start
+        .checked_add(length)
+        .and_then(|end| data.get(start..end))
+        .ok_or_else(|| {
+            format_err!(
+                "taskhost.progress was given a message at {start}..{start}+{length}, outside the \
+                 module's memory of {} bytes",
+                data.len()
+            )
+        })?;
+    let message = String::from_utf8_lossy(bytes);
+    state.controls.report_progress(fraction, &message);
+    Ok(())
+}

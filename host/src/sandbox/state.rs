@@ -1,0 +1,103 @@
+//! What a task's store holds: its WASI context (preview 1 for modules, preview 2 for
+//! components) and the controls the host keeps on it, the memory cap and the progress sink.
+
+use std::fmt;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::limiter::MemoryCap;
+
+/// Where a task's progress reports go: the host's `progress` import calls it with a fraction
+/// in 0.0..=1.0 and a short message. Whoever supplies it decides about rate limits.
+#[derive(Clone)]
+pub struct ProgressSink(Arc<ReportFn>);
+
+/// The function behind a [`ProgressSink`].
+type ReportFn = dyn Fn(f64, &str) + Send + Sync;
+
+impl ProgressSink {
+    pub fn new(report: impl Fn(f64, &str) + Send + Sync + 'static) -> Self {
+        ProgressSink(Arc::new(report))
+    }
+
+    pub fn report(&self, fraction: f64, message: &str) {
+        (self.0)(fraction, message);
+    }
+}
+
+impl fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+/// The host's hold on a running task, the same for modules and components.
+#[derive(Debug)]
+pub struct Controls {
+    pub memory: MemoryCap,
+    pub progress: Option<ProgressSink>,
+}
+
+impl Controls {
+    /// Forwards a progress report from the guest, tidied: the fraction clamped into 0..=1
+    /// (NaN is 0) and the message cut to [`MAX_PROGRESS_MESSAGE`] characters.
+    pub fn report_progress(&self, fraction: f64, message: &str) {
+        let Some(progress) = &self.progress else {
+            return;
+        };
+        let fraction = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        match message.char_indices().nth(MAX_PROGRESS_MESSAGE) {
+            Some((cut, _)) => progress.report(fraction, &message[..cut]),
+            None => progress.report(fraction, message),
+        }
+    }
+}
+
+/// Longest progress message passed on, in characters: a status line, not a channel for data.
+pub const MAX_PROGRESS_MESSAGE: usize = 200;
+
+/// Access to the controls, whichever kind of store they are in.
+pub trait Controlled: Send + 'static {
+    fn controls(&mut self) -> &mut Controls;
+}
+
+/// A preview 1 module's store.
+pub struct ModuleState {
+    pub wasi: WasiP1Ctx,
+    pub controls: Controls,
+}
+
+/// A preview 2 component's store.
+pub struct ComponentState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub controls: Controls,
+}
+
+impl Controlled for ModuleState {
+    fn controls(&mut self) -> &mut Controls {
+        &mut self.controls
+    }
+}
+
+impl Controlled for ComponentState {
+    fn controls(&mut self) -> &mut Controls {
+        &mut self.controls
+    }
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
