@@ -273,3 +273,35 @@ async fn a_restart_with_a_warm_cache_compiles_nothing() {
     );
     assert_eq!(warm.registry().ready_names(), ["echo", "fib", "upper"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_call_with_a_pointer_outside_memory_traps() {
+    let folder = TaskFolder::with(&[]);
+    folder.write(
+        "reporter.wat",
+        r#"(module
+             (import "taskhost" "progress" (func $progress (param f64 i32 i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 0) "half way")
+             (func (export "_start")
+               (call $progress (f64.const 0.5) (i32.const 0) (i32.const 8))
+               (call $progress (f64.const 0.9) (i32.const 65530) (i32.const 100))))"#,
+    );
+    let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let accepted = client.submit("reporter", Value::Null).await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    let progress = client.recv().await;
+    assert_eq!(progress["type"], "progress", "{progress}");
+    assert_eq!(progress["progress"], 0.5);
+    assert_eq!(progress["message"], "half way");
+    let ended = client.recv().await;
+    assert_eq!(ended["error"]["code"], "trap", "{ended}");
+    assert!(
+        ended["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("outside"),
+        "{ended}"
+    );
+}

@@ -277,3 +277,107 @@ async fn fib_and_the_text_format_module_compute() {
         "{finished}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_2_component_runs_beside_modules() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    let list = client.request(json!({"type": "list"})).await;
+    let kind_of = |name: &str| {
+        list["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["kind"].clone())
+    };
+    assert_eq!(kind_of("wordcount"), Some(json!("component")));
+    assert_eq!(kind_of("echo"), Some(json!("module")));
+    let accepted = client
+        .submit("wordcount", json!({"text": "the cat saw the dog\nthe end"}))
+        .await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    // Its progress comes through the taskhost:task/progress interface.
+    let progress = client.recv().await;
+    assert_eq!(progress["type"], "progress", "{progress}");
+    assert_eq!(progress["task_id"], accepted["task_id"]);
+    let finished = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(finished["type"], "finished", "{finished}");
+    assert_eq!(finished["result"]["words"], 7);
+    assert_eq!(finished["result"]["lines"], 2);
+    assert_eq!(finished["result"]["top"][0], json!(["the", 3]));
+    assert!(
+        finished["fuel_used"].as_u64().unwrap() > 0,
+        "components are metered too"
+    );
+    // The limits hold for components as for modules.
+    client
+        .send(json!({"type": "task", "task": "wordcount", "input": "x",
+                     "limits": {"fuel": 1000}}))
+        .await;
+    assert_eq!(client.recv().await["type"], "accepted");
+    let ended = client.recv().await;
+    assert_eq!(error_code(&ended), "fuel_exhausted", "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_broadcast_reaches_every_connection() {
+    let server = start_server().await;
+    let mut ann = server.client().await;
+    let mut bob = server.client().await;
+    let accepted = ann
+        .submit("broadcast", json!({"user": "ann", "text": "hi all"}))
+        .await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    for client in [&mut ann, &mut bob] {
+        let broadcast = client
+            .recv_until(Duration::from_secs(5), "broadcast", |_| true)
+            .await;
+        assert_eq!(broadcast["task"], "broadcast");
+        assert_eq!(broadcast["result"]["line"], "ann: hi all", "{broadcast}");
+    }
+    let finished = ann.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(finished["result"]["text"], "hi all");
+    // A chat message that breaks the rules fails, and nobody else hears of it.
+    let ended = ann
+        .run("broadcast", json!({"user": "ann", "text": ""}))
+        .await;
+    assert_eq!(error_code(&ended), "exit", "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_mail_validates_renders_and_reports_progress() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    let mail = json!({"to": ["ann@example.com", "bob@example.org"], "template": "welcome",
+                      "vars": {"name": "Ann"}});
+    let accepted = client.submit("send_mail", mail).await;
+    let mut progress = 0;
+    let finished = loop {
+        let message = client.recv().await;
+        match message["type"].as_str().unwrap() {
+            "progress" => progress += 1,
+            "finished" | "failed" => break message,
+            other => panic!("unexpected {other}: {message}"),
+        }
+    };
+    assert_eq!(finished["task_id"], accepted["task_id"]);
+    assert_eq!(finished["type"], "finished", "{finished}");
+    assert_eq!(finished["result"]["recipients"], 2);
+    assert!(
+        finished["result"]["message_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("@taskhost")
+    );
+    assert!(progress >= 1, "delivery reports progress");
+
+    let bad = client
+        .run(
+            "send_mail",
+            json!({"to": ["not-an-address"], "template": "welcome", "vars": {"name": "A"}}),
+        )
+        .await;
+    assert_eq!(error_code(&bad), "exit");
+    assert!(error_message(&bad).contains("not-an-address"), "{bad}");
+}
