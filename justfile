@@ -2,25 +2,37 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# The guest packages (guest-tasks/) and the task files they become.
-guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop"
-guest_tasks := "slow echo fib spin oom panic exit recurse snoop"
+# The guest packages (guest-tasks/) and the task files they become: preview 1 modules
+# (wasm32-wasip1), then preview 2 components (wasm32-wasip2), whose package and task
+# names are the same.
+guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail"
+guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail"
+guest_components := "wordcount"
 
 # List the recipes.
 default:
     @just --list
 
-# Install the WebAssembly target if this toolchain lacks it.
+# Install the WebAssembly targets if this toolchain lacks them.
 wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+    @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# Build the bundled task modules into tasks/.
+# Build the bundled task modules and components into tasks/, with the .wat tasks and
+# the manifests (guest-tasks/manifests/NAME.toml).
 build-guests: wasm-target
+    #!/usr/bin/env bash
+    set -euo pipefail
     cargo build --release --target wasm32-wasip1 {{ guest_packages }} -p taskhost-guest
+    cargo build --release --target wasm32-wasip2 {{ prepend("-p ", guest_components) }}
     mkdir -p tasks
-    for task in {{ guest_tasks }}; do cp "target/wasm32-wasip1/release/$task.wasm" "tasks/$task.wasm.tmp" && mv "tasks/$task.wasm.tmp" "tasks/$task.wasm"; done
-    cp guest-tasks/wat/*.wat tasks/
-    @echo "tasks/: $(ls tasks | tr '\n' ' ')"
+    # Copy under a temporary name, then rename into place: a running server that
+    # watches tasks/ never sees a file half-written (it ignores NAME.wasm.tmp).
+    put() { local name; name="$(basename "$1")"; cp "$1" "tasks/$name.tmp"; mv "tasks/$name.tmp" "tasks/$name"; }
+    for task in {{ guest_tasks }}; do put "target/wasm32-wasip1/release/$task.wasm"; done
+    for task in {{ guest_components }}; do put "target/wasm32-wasip2/release/$task.wasm"; done
+    for file in guest-tasks/wat/*.wat guest-tasks/manifests/*.toml; do put "$file"; done
+    echo "tasks/: $(ls tasks | tr '\n' ' ')"
 
 # Start the server on 127.0.0.1:9501 (pass flags after: just run --task-workers 64).
 run *FLAGS:
@@ -38,7 +50,7 @@ browser:
 
 # Build the guests, then run every test (unit, integration, browser).
 test *ARGS: build-guests browser
-    cargo test --release -p taskhost -p taskhost-guest {{ ARGS }}
+    cargo test --release -p taskhost -p taskhost-guest -p broadcast -p send_mail -p wordcount {{ ARGS }}
 
 # Formatting and lints, as CI would have them.
 check:

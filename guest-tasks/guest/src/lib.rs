@@ -1,8 +1,9 @@
 //! The taskhost task ABI, so that a task is a plain function from input JSON to
 //! result JSON.
 //!
-//! A task is a WASI preview 1 command module (`wasm32-wasip1`). The host hands it the
-//! request's `input` as JSON on stdin, reads the result from stdout (JSON when it
+//! A task is a WASI preview 1 command module (`wasm32-wasip1`) or a WASI preview 2
+//! command component (`wasm32-wasip2`); this crate builds for both. The host hands it
+//! the request's `input` as JSON on stdin, reads the result from stdout (JSON when it
 //! parses, otherwise text), and takes exit status 0 as `finished` and any other status
 //! as `failed` (code `exit`, with the end of stderr as the message). See
 //! `docs/PROTOCOL.md`, "Task modules", and `guest-tasks/README.md`.
@@ -15,9 +16,16 @@
 //!     Ok(taskhost_guest::json!({ "double": n * 2.0 }))
 //! });
 //! ```
+//!
+//! A long task may also tell the client how far it is with [`progress`] (a host
+//! import on preview 1, the WIT interface `taskhost:task/progress` on preview 2).
+
+mod progress;
 
 use std::io::{self, Read, Write};
 use std::process;
+
+pub use progress::progress;
 
 pub use serde_json::{self, Map, Value, json};
 
