@@ -246,6 +246,11 @@ async fn progress_arrives_between_accepted_and_finished() {
         .collect();
     assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
     assert!(fractions.iter().all(|f| (0.0..=1.0).contains(f)));
+    assert_eq!(
+        fractions.last(),
+        Some(&1.0),
+        "the last report is not lost to the rate limit"
+    );
     for report in &progress {
         assert_eq!(report["task_id"], accepted["task_id"]);
         assert_eq!(report["ref"], "p");

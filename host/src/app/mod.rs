@@ -14,6 +14,7 @@
 //! - `close`: a client left (default: nothing; its tasks run on to their end).
 
 pub mod native;
+pub mod progress;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::protocol::{Limits, Ref, Request};
 use crate::registry::TaskModule;
 use crate::sandbox::{Outcome, RunSpec};
 use crate::server::Server;
+use progress::ProgressThrottle;
 
 /// One accepted task, as the `task` and `finish` callbacks see it.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct Job {
     pub reference: Option<Ref>,
     /// The connection that submitted the task. It may have closed by the time the task ends.
     pub origin: Connection,
+    /// Where the task's progress reports go (to `origin`, rate-limited).
+    pub progress: Arc<ProgressThrottle>,
 }
 
 impl Job {
@@ -57,7 +61,7 @@ impl Job {
             name: self.module.name.clone(),
             input: self.input.clone(),
             limits: self.limits,
-            progress: Some(protocol::progress_sink(self)),
+            progress: Some(self.progress.sink()),
         }
     }
 }

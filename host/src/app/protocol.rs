@@ -1,20 +1,16 @@
 //! The default behaviour on each event: `docs/PROTOCOL.md`. Each function is public so that
 //! an application overriding a callback can still call the default for the cases it keeps.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::connection::Connection;
 use crate::protocol::{Delivery, PROTOCOL_VERSION, Ref, Reply, Request, TaskRequest, WireError};
-use crate::sandbox::{Outcome, ProgressSink};
+use crate::sandbox::Outcome;
 use crate::server::Server;
 
-/// At most one `progress` message per task in this time; reports in between are dropped
-/// (the next one says more anyway), so a chatty module cannot flood its client.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-
+use super::progress::ProgressThrottle;
 use super::{Job, Report};
 
 /// `open`: greets the client with `hello`.
@@ -71,6 +67,11 @@ pub async fn submit(server: &Server, connection: &Connection, request: TaskReque
         Some(raw) => Bytes::from(String::from(Box::<str>::from(raw))),
         None => Bytes::from_static(b"null"),
     };
+    let progress = Arc::new(ProgressThrottle::new(
+        connection.clone(),
+        admission.task_id,
+        request.reference.clone(),
+    ));
     let job = Job {
         task_id: admission.task_id,
         module,
@@ -78,6 +79,7 @@ pub async fn submit(server: &Server, connection: &Connection, request: TaskReque
         limits,
         reference: request.reference,
         origin: connection.clone(),
+        progress,
     };
     server.start_task(admission, job);
 }
@@ -99,36 +101,11 @@ pub async fn reject(
         .await;
 }
 
-/// Where a task's progress goes: `progress` messages to its submitter, at most one per
-/// [`PROGRESS_INTERVAL`], dropped rather than waited for when the client is not reading.
-pub fn progress_sink(job: &Job) -> ProgressSink {
-    let origin = job.origin.clone();
-    let task_id = job.task_id;
-    let reference = job.reference.clone();
-    let last_sent: Mutex<Option<Instant>> = Mutex::new(None);
-    ProgressSink::new(move |fraction, message| {
-        {
-            // Std mutex: held for a comparison, never across an await.
-            let mut last = last_sent.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| at.elapsed() < PROGRESS_INTERVAL) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let reply = Reply::Progress {
-            task_id,
-            reference: reference.as_ref(),
-            progress: fraction,
-            message,
-        };
-        origin.try_send_text(reply.to_json());
-    })
-}
-
 /// `finish`: sends `finished` or `failed` to the submitting connection, if it is still open;
 /// a task delivered by `broadcast` also sends its result to every open connection first.
 pub async fn deliver(server: &Server, report: Report) {
     let job = &report.job;
+    job.progress.flush();
     if let (Delivery::Broadcast, Outcome::Finished { result, .. }) =
         (job.module.deliver, &report.outcome)
     {

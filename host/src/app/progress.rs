@@ -1,0 +1,89 @@
+//! A task's progress on its way to the submitter: at most one `progress` message per
+//! [`PROGRESS_INTERVAL`], so a chatty module cannot flood its client. A report that comes too
+//! soon is held, not lost: the latest one held goes out when the next may, or just before the
+//! task's terminal message, so the client always sees where the task got to.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::connection::Connection;
+use crate::protocol::{Ref, Reply};
+use crate::sandbox::ProgressSink;
+
+/// The shortest time between two `progress` messages of one task.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The progress channel of one task.
+#[derive(Debug)]
+pub struct ProgressThrottle {
+    origin: Connection,
+    task_id: u64,
+    reference: Option<Ref>,
+    /// Std mutex: held to compare times and swap the held report, never across an await.
+    state: Mutex<Throttle>,
+}
+
+#[derive(Debug, Default)]
+struct Throttle {
+    last_sent: Option<Instant>,
+    /// The latest report that came too soon after the previous one.
+    held: Option<(f64, String)>,
+}
+
+impl ProgressThrottle {
+    pub fn new(origin: Connection, task_id: u64, reference: Option<Ref>) -> Self {
+        ProgressThrottle {
+            origin,
+            task_id,
+            reference,
+            state: Mutex::new(Throttle::default()),
+        }
+    }
+
+    /// A sink for the sandbox that reports through this throttle.
+    pub fn sink(self: &std::sync::Arc<Self>) -> ProgressSink {
+        let throttle = std::sync::Arc::clone(self);
+        ProgressSink::new(move |fraction, message| throttle.report(fraction, message))
+    }
+
+    /// Sends the report now if the interval has passed, else holds it.
+    pub fn report(&self, fraction: f64, message: &str) {
+        {
+            let mut state = self.lock();
+            let now = Instant::now();
+            if state
+                .last_sent
+                .is_some_and(|at| now.duration_since(at) < PROGRESS_INTERVAL)
+            {
+                state.held = Some((fraction, message.to_owned()));
+                return;
+            }
+            state.last_sent = Some(now);
+            state.held = None;
+        }
+        self.send(fraction, message);
+    }
+
+    /// Sends the held report, if any: called before the task's terminal message.
+    pub fn flush(&self) {
+        let held = self.lock().held.take();
+        if let Some((fraction, message)) = held {
+            self.send(fraction, &message);
+        }
+    }
+
+    fn send(&self, fraction: f64, message: &str) {
+        let reply = Reply::Progress {
+            task_id: self.task_id,
+            reference: self.reference.as_ref(),
+            progress: fraction,
+            message,
+        };
+        // Progress is superseded by the next report: a client not reading misses some.
+        self.origin.try_send_text(reply.to_json());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
