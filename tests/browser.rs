@@ -7,16 +7,25 @@
 //! beside the test binary's temp files (the path is in the error).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
+use taskhost::ProtocolApp;
 
 use crate::cdp::Browser;
-use crate::common::start_server;
+use crate::common::{TaskFolder, start_server, start_server_with};
 
 /// How long the page may take to connect, list tasks or finish a quick task.
 const WAIT: Duration = Duration::from_secs(20);
+
+/// How soon a module dropped into a watched folder must show in the open page's picker:
+/// the promise is "within a second" (it takes about a tenth of one); the rest is slack
+/// for a busy test machine.
+const LIVE_LIST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The states after which a task row changes no more.
+const ENDED_STATES: &str = "['finished', 'failed', 'rejected', 'lost']";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn page_sends_a_task_and_shows_its_result() -> anyhow::Result<()> {
@@ -69,18 +78,7 @@ async fn send_echo_from_the_served_page(browser: &mut Browser, addr: &str) -> an
         .await?;
 
     // The row goes accepted → finished; wait for any end so a failure shows at once.
-    let row = browser
-        .wait_for(
-            r#"(() => {
-                const row = document.querySelector('#tasks [data-ref="page-1"]');
-                if (!row || !['finished', 'failed', 'rejected', 'lost'].includes(row.dataset.state)) return null;
-                return { state: row.dataset.state, taskId: row.dataset.taskId,
-                         result: row.querySelector('.result').textContent };
-            })()"#,
-            WAIT,
-        )
-        .await
-        .context("the task sent as page-1 should end")?;
+    let row = wait_for_end(browser, "page-1").await?;
     ensure!(
         row["state"] == "finished",
         "the echo task should finish, its row is {row}"
@@ -124,6 +122,284 @@ async fn open_from_disk(browser: &mut Browser, ws_url: &str) -> anyhow::Result<(
         "?url= should set the server URL, got {url}"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_shows_progress_of_a_running_task() -> anyhow::Result<()> {
+    let server = start_server().await;
+    let mut browser = Browser::launch().await?;
+    let outcome = watch_progress(&mut browser, &server.addr.to_string()).await;
+    explain_failure(
+        &mut browser,
+        "page_shows_progress_of_a_running_task",
+        outcome,
+    )
+    .await
+}
+
+async fn watch_progress(browser: &mut Browser, addr: &str) -> anyhow::Result<()> {
+    browser.navigate(&format!("http://{addr}/")).await?;
+    wait_until_connected_and_listed(browser, "slow").await?;
+    choose_task(browser, "slow").await?;
+    type_input(browser, r#"{"seconds": 2}"#).await?;
+    click_send(browser).await?;
+
+    // `slow` reports every tenth of its sleep: while the row has not ended, its bar
+    // shows and rises above 0. Polled, so an end reached first is returned too.
+    let seen = browser
+        .wait_for(
+            &format!(
+                r#"(() => {{
+                    const row = document.querySelector('#tasks [data-ref="page-1"]');
+                    if (!row) return null;
+                    const line = row.querySelector('.progress-line');
+                    const bar = line.querySelector('progress');
+                    const seen = {{ state: row.dataset.state, hidden: line.hidden, value: bar.value,
+                                    text: line.querySelector('.progress-message').textContent,
+                                    label: bar.getAttribute('aria-label'),
+                                    result: row.querySelector('.result').textContent }};
+                    if ({ENDED_STATES}.includes(row.dataset.state)) return seen;
+                    return !line.hidden && bar.value > 0 ? seen : null;
+                }})()"#
+            ),
+            WAIT,
+        )
+        .await
+        .context("the row of slow (page-1) should show progress, or end")?;
+    ensure!(
+        seen["state"] == "running",
+        "before it ends, the row of slow should be running with a progress bar above 0; it was {seen}"
+    );
+    ensure!(
+        seen["hidden"] == false && seen["value"].as_f64().is_some_and(|v| v > 0.0 && v <= 1.0),
+        "the progress bar should show a value in (0, 1], got {seen}"
+    );
+    ensure!(
+        seen["text"]
+            .as_str()
+            .is_some_and(|t| t.contains('%') && t.contains("slept")),
+        "beside the bar: the percentage and the module's message, got {seen}"
+    );
+    ensure!(
+        seen["label"].as_str().is_some_and(|l| l.contains("slow")),
+        "the progress bar should have an accessible name, got {seen}"
+    );
+
+    let row = wait_for_end(browser, "page-1").await?;
+    ensure!(
+        row["state"] == "finished",
+        "slow should finish, its row is {row}"
+    );
+    ensure!(
+        row["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("success")),
+        "slow's result is \"success\", the row shows {row}"
+    );
+    let bar = browser
+        .eval(r#"document.querySelector('#tasks [data-ref="page-1"] progress').value"#)
+        .await?;
+    ensure!(bar == json!(1), "a finished task's bar is full, got {bar}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcast_reaches_every_open_page() -> anyhow::Result<()> {
+    let server = start_server().await;
+    let mut browser = Browser::launch().await?;
+    let first = browser.page();
+    let outcome = broadcast_to_two_pages(&mut browser, &server.addr.to_string()).await;
+    // Describe the page that failed (the current one), and the first page too.
+    let current = browser.page();
+    let outcome = explain_failure(&mut browser, "broadcast_reaches_every_open_page", outcome).await;
+    if current == first {
+        return outcome;
+    }
+    browser.switch_to(&first);
+    explain_failure(
+        &mut browser,
+        "broadcast_reaches_every_open_page-first",
+        outcome,
+    )
+    .await
+}
+
+async fn broadcast_to_two_pages(browser: &mut Browser, addr: &str) -> anyhow::Result<()> {
+    let chat_line = "ann: hello room";
+    let sender = browser.page();
+    browser.navigate(&format!("http://{addr}/")).await?;
+    wait_until_connected_and_listed(browser, "broadcast").await?;
+    let listener = browser.open_page().await?;
+    browser.switch_to(&listener);
+    browser.navigate(&format!("http://{addr}/")).await?;
+    wait_until_connected_and_listed(browser, "broadcast").await?;
+
+    browser.switch_to(&sender);
+    choose_task(browser, "broadcast").await?;
+    type_input(browser, r#"{"user":"ann","text":"hello room"}"#).await?;
+    click_send(browser).await?;
+    let row = wait_for_end(browser, "page-1").await?;
+    ensure!(
+        row["state"] == "finished",
+        "the sender still gets finished for a broadcast task, its row is {row}"
+    );
+
+    for (page, name) in [(&sender, "the sending page"), (&listener, "the other page")] {
+        browser.switch_to(page);
+        let shown = browser
+            .wait_for(
+                &format!(
+                    "(() => {{
+                        const items = [...document.querySelectorAll('#broadcasts li')];
+                        const lines = items.map(li => li.querySelector('.broadcast-line')?.textContent ?? '');
+                        return lines.some(l => l.includes({line})) ? {{ lines, taskIds: items.map(li => li.dataset.taskId) }} : null;
+                    }})()",
+                    line = json!(chat_line)
+                ),
+                WAIT,
+            )
+            .await
+            .with_context(|| format!("{name} should show the chat line in #broadcasts"))?;
+        ensure!(
+            shown["lines"] == json!([chat_line]),
+            "{name} should show one broadcast, as the chat line {chat_line:?} (not JSON), got {shown}"
+        );
+        ensure!(
+            shown["taskIds"] == json!([row["taskId"]]),
+            "{name}'s broadcast should carry the sent task's id {}, got {shown}",
+            row["taskId"]
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_follows_the_tasks_folder_without_reload() -> anyhow::Result<()> {
+    let folder = TaskFolder::with(&["echo.wasm"]);
+    let server = start_server_with(folder.config(), ProtocolApp).await;
+    let mut browser = Browser::launch().await?;
+    let outcome = follow_the_folder(&mut browser, &server.addr.to_string(), &folder).await;
+    explain_failure(
+        &mut browser,
+        "page_follows_the_tasks_folder_without_reload",
+        outcome,
+    )
+    .await
+}
+
+async fn follow_the_folder(
+    browser: &mut Browser,
+    addr: &str,
+    folder: &TaskFolder,
+) -> anyhow::Result<()> {
+    browser.navigate(&format!("http://{addr}/")).await?;
+    wait_until_connected_and_listed(browser, "echo").await?;
+    choose_task(browser, "echo").await?;
+    // The version in service: its kind, hash and load time.
+    browser
+        .wait_for(
+            r"(() => {
+                const info = document.querySelector('#task-info .task-version')?.textContent ?? '';
+                return /module/.test(info) && /hash [0-9a-f]{12}\b/.test(info) && /loaded /.test(info) ? info : null;
+            })()",
+            WAIT,
+        )
+        .await
+        .context("#task-info should show echo's kind, hash and load time")?;
+    let options = browser
+        .eval("[...document.querySelectorAll('#task option')].map(o => o.value)")
+        .await?;
+    ensure!(
+        options == json!(["echo"]),
+        "the folder holds only echo, the picker offers {options}"
+    );
+    // Marks this document: a reload would lose the mark.
+    browser.eval("window.__sameDocument = true").await?;
+
+    folder.copy_in("fib.wasm", "fib.wasm");
+    let copied = Instant::now();
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('#task option')].some(o => o.value === 'fib' && !o.disabled)",
+            WAIT,
+        )
+        .await
+        .context("the picker should offer fib once fib.wasm is in the folder")?;
+    let took = copied.elapsed();
+    ensure!(
+        took <= LIVE_LIST_DEADLINE,
+        "fib showed in the picker {took:?} after it was copied in; it should within {LIVE_LIST_DEADLINE:?}"
+    );
+    let after = browser
+        .eval(
+            "({ same: window.__sameDocument === true,
+                selected: document.querySelector('#task').value,
+                log: document.querySelector('#log').textContent })",
+        )
+        .await?;
+    ensure!(
+        after["same"] == true,
+        "the page must not reload, got {after}"
+    );
+    ensure!(
+        after["selected"] == "echo",
+        "the user's choice (echo) should stay selected, got {after}"
+    );
+    ensure!(
+        after["log"]
+            .as_str()
+            .is_some_and(|log| log.contains("The server's tasks changed")),
+        "the log should note that the server's tasks changed, got {after}"
+    );
+
+    // A broken newer echo.wasm: echo keeps serving, and the page warns about it.
+    folder.write("echo.wasm", b"this is not a wasm module");
+    browser
+        .wait_for(
+            "(() => {
+                const warning = document.querySelector('#task-warning').textContent;
+                const echo = [...document.querySelectorAll('#task option')].find(o => o.value === 'echo');
+                return warning.includes('failed to load') && echo && !echo.disabled
+                    && document.querySelector('#task').value === 'echo' ? warning : null;
+            })()",
+            WAIT,
+        )
+        .await
+        .context("a broken newer echo.wasm should show as a warning, echo still ready")?;
+    Ok(())
+}
+
+/// Clicks `#send` once the page enables it.
+async fn click_send(browser: &mut Browser) -> anyhow::Result<()> {
+    browser
+        .wait_for("!document.querySelector('#send').disabled", WAIT)
+        .await
+        .context("#send should be enabled")?;
+    browser
+        .eval("document.querySelector('#send').click()")
+        .await?;
+    Ok(())
+}
+
+/// Waits for the row sent with `reference` to end (any end, so a failure shows at
+/// once) and returns its state, task id and result text.
+async fn wait_for_end(browser: &mut Browser, reference: &str) -> anyhow::Result<Value> {
+    browser
+        .wait_for(
+            &format!(
+                r#"(() => {{
+                    const row = [...document.querySelectorAll('#tasks [data-ref]')]
+                        .find(r => r.dataset.ref === {reference});
+                    if (!row || !{ENDED_STATES}.includes(row.dataset.state)) return null;
+                    return {{ state: row.dataset.state, taskId: row.dataset.taskId,
+                             result: row.querySelector('.result').textContent }};
+                }})()"#,
+                reference = json!(reference)
+            ),
+            WAIT,
+        )
+        .await
+        .with_context(|| format!("the task sent as {reference} should end"))
 }
 
 /// Waits for `#status` to report an open connection and for `task` to be a choice in

@@ -5,6 +5,11 @@
 //! [`Browser::insert_text`] and [`Browser::screenshot_png`]; [`Browser::call`] sends
 //! any other CDP command to the page.
 //!
+//! More pages (tabs) of the same browser: [`Browser::open_page`] opens one and
+//! returns its [`Page`]; [`Browser::switch_to`] chooses the page that the commands
+//! above go to ([`Browser::page`] is the current one). Every page keeps running while
+//! another one is current, so two pages can be connected to a server at once.
+//!
 //! How it works:
 //!
 //! 1. [`Browser::launch`] spawns Chromium (`/usr/bin/chromium`, or the path in the
@@ -57,7 +62,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Browser {
     /// The browser-level DevTools socket; page commands carry `session_id`.
     socket: Socket,
-    /// The flattened session of the page target, from `Target.attachToTarget`.
+    /// The flattened session of the current page target, from `Target.attachToTarget`.
     session_id: String,
     /// The id of the next command; responses are matched to commands by it.
     next_id: u64,
@@ -82,35 +87,56 @@ impl Browser {
             next_id: 1,
             process,
         };
-        browser.session_id = browser.attach_to_page().await?;
-        Ok(browser)
-    }
-
-    /// Finds the page target Chromium opened (creating one if there is none) and
-    /// attaches to it; returns the session id.
-    async fn attach_to_page(&mut self) -> anyhow::Result<String> {
-        let targets = self.send(None, "Target.getTargets", json!({})).await?;
-        let page = targets["targetInfos"]
+        let targets = browser.send(None, "Target.getTargets", json!({})).await?;
+        let opened = targets["targetInfos"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|t| t["type"] == "page")
             .and_then(|t| t["targetId"].as_str())
             .map(str::to_owned);
-        let target_id = match page {
+        let target_id = match opened {
             Some(id) => id,
-            None => {
-                let created = self
-                    .send(None, "Target.createTarget", json!({ "url": "about:blank" }))
-                    .await?;
-                created["targetId"]
-                    .as_str()
-                    .ok_or_else(|| {
-                        anyhow!("Target.createTarget answered without a targetId: {created}")
-                    })?
-                    .to_owned()
-            }
+            None => browser.create_target().await?,
         };
+        browser.session_id = browser.attach(&target_id).await?;
+        Ok(browser)
+    }
+
+    /// Opens a new page (a tab, `about:blank`) in this browser and returns it; the
+    /// current page stays current until [`Browser::switch_to`].
+    pub async fn open_page(&mut self) -> anyhow::Result<Page> {
+        let target_id = self.create_target().await?;
+        let session_id = self.attach(&target_id).await?;
+        Ok(Page { session_id })
+    }
+
+    /// The page that commands go to now.
+    pub fn page(&self) -> Page {
+        Page {
+            session_id: self.session_id.clone(),
+        }
+    }
+
+    /// Makes `page` (from [`Browser::page`] or [`Browser::open_page`]) the one that
+    /// commands go to.
+    pub fn switch_to(&mut self, page: &Page) {
+        self.session_id = page.session_id.clone();
+    }
+
+    /// Creates a page target at `about:blank`; returns its target id.
+    async fn create_target(&mut self) -> anyhow::Result<String> {
+        let created = self
+            .send(None, "Target.createTarget", json!({ "url": "about:blank" }))
+            .await?;
+        created["targetId"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("Target.createTarget answered without a targetId: {created}"))
+    }
+
+    /// Attaches to a target with a flattened session; returns the session id.
+    async fn attach(&mut self, target_id: &str) -> anyhow::Result<String> {
         let attached = self
             .send(
                 None,
@@ -279,6 +305,12 @@ impl Browser {
             )),
         }
     }
+}
+
+/// A page of a [`Browser`]: pass it to [`Browser::switch_to`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    session_id: String,
 }
 
 /// JavaScript truthiness of a value that came back as JSON.
