@@ -88,7 +88,7 @@ pub struct TaskFiles {
 /// Reads a task's module and manifest.
 pub fn read_task(dir: &Path, name: &str, module: PathBuf) -> anyhow::Result<TaskFiles> {
     let bytes =
-        std::fs::read(&module).with_context(|| format!("could not read {}", module.display()))?;
+        std::fs::read(&module).with_context(|| format!("could not read {}", file_name(&module)))?;
     let manifest =
         Manifest::read(&dir.join(format!("{name}.{MANIFEST_EXTENSION}")))?.unwrap_or_default();
     let digest = Sha256::digest(&bytes);
@@ -110,7 +110,7 @@ pub fn build_task(
 ) -> anyhow::Result<TaskModule> {
     let wasm = sandbox
         .compile(&files.bytes)
-        .with_context(|| format!("{} is not a usable task module", files.path.display()))?;
+        .with_context(|| format!("{} is not a usable task module", file_name(&files.path)))?;
     Ok(TaskModule {
         name: name.to_owned(),
         limits: files.manifest.limits(server_limits),
@@ -122,6 +122,15 @@ pub fn build_task(
         hash: files.hash,
         loaded_at: SystemTime::now(),
     })
+}
+
+/// A file's name without its folder: what error messages (which reach clients through
+/// `list`) say, so they do not reveal where the server keeps its files.
+pub fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 #[cfg(test)]

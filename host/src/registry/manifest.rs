@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::loader::file_name;
 use crate::protocol::{Delivery, Limits, RequestedLimits};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -30,14 +31,14 @@ impl Manifest {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => {
-                return Err(error).with_context(|| format!("could not read {}", path.display()));
+                return Err(error).with_context(|| format!("could not read {}", file_name(path)));
             }
         };
         let manifest = toml::from_str(&text).with_context(|| {
             format!(
                 "{} is not a valid manifest (keys: description, timeout_ms, fuel, memory_bytes, \
                  deliver = \"origin\" | \"broadcast\")",
-                path.display()
+                file_name(path)
             )
         })?;
         Ok(Some(manifest))
