@@ -56,3 +56,8 @@ test *ARGS: build-guests browser
 check:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
+
+# Benchmark sandbox against native: a table, target/bench/latest.{json,svg} (--quick: seconds).
+bench *ARGS: build-guests
+    cargo build --release -p taskhost -p taskhost-bench
+    target/release/loadgen {{ ARGS }}

@@ -20,13 +20,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let options = Options::parse();
     let config = options.validate()?;
+    // Listen for Ctrl-C and SIGTERM from here on, before the (possibly slow) start.
+    let shutdown = taskhost::shutdown_signal();
     let listener = TcpListener::bind(options.listen).await.with_context(|| {
         format!(
             "could not listen on {}: is another server using it? pass --listen ADDR",
             options.listen
         )
     })?;
-    let shutdown = taskhost::shutdown_signal();
     if options.native {
         tracing::warn!("--native: echo, fib, slow and spin run unsandboxed in the host");
         taskhost::run(listener, config, NativeTasks, shutdown).await

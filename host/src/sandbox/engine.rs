@@ -13,9 +13,12 @@ use wasmtime::{
 };
 
 /// Fuel between two voluntary yields to tokio. A guest that never blocks would otherwise hold
-/// its worker thread until it ends; at roughly a nanosecond per unit this is a yield about
-/// every 0.1 ms, often enough for other connections' I/O, rare enough to cost little.
-pub const FUEL_YIELD_INTERVAL: u64 = 100_000;
+/// its worker thread until it ends. Compiled code burns about 8 units per nanosecond
+/// (fib(27): 8.7 M units in 1.1 ms), so this is a yield about every 0.12 ms: often enough
+/// that an echo beside CPU hogs answers within a few ms (measured p99 5.4 ms with 4 hogs on
+/// 2 cores), rare enough that yielding costs little (fib at 54% of native, against 47% with
+/// a yield ten times as often; docs/PERFORMANCE.md).
+pub const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
 
 /// The most address space the instance pool may reserve. x86-64 user space is 128 TiB; half of
 /// it leaves room for everything else the process maps.

@@ -1,0 +1,229 @@
+//! What the benchmark reads from Linux about a process and the machine: resident memory,
+//! CPU time, and the facts that make a run comparable with another (cores, kernel, date).
+//!
+//! Everything comes from `/proc` and `/sys`; nothing here starts a process.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+/// A process's resident memory, from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Memory {
+    /// `VmRSS`: resident now, in bytes.
+    pub rss_bytes: u64,
+    /// `VmHWM`: the most it was ever resident (the high-water mark), in bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Resident memory of process `pid` (use `"self"` for this one).
+pub fn memory(pid: &str) -> anyhow::Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .with_context(|| format!("{path} has no {name} line"))?;
+        let kib: u64 = line
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("{path}: {name} is not a number of kB: {line:?}"))?;
+        Ok(kib * 1024)
+    };
+    Ok(Memory {
+        rss_bytes: field("VmRSS:")?,
+        peak_rss_bytes: field("VmHWM:")?,
+    })
+}
+
+/// CPU time (user plus system, all threads) that process `pid` has used so far.
+pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path} has no ')'"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    let ticks = |index: usize| -> anyhow::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse().ok())
+            .with_context(|| format!("{path}: field {} is not a tick count", index + 3))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_secs_f64(
+        total as f64 / clock_ticks_per_second() as f64,
+    ))
+}
+
+/// CPU time that the whole machine has spent busy (all cores, all processes, user, system and
+/// interrupts; not idle or waiting for I/O), from the first line of `/proc/stat`.
+pub fn machine_busy_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    Ok(Duration::from_secs_f64(
+        busy as f64 / clock_ticks_per_second() as f64,
+    ))
+}
+
+/// The unit of `/proc/PID/stat` times (almost always 100 per second).
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// Raises this process's open-file limit to its hard limit, so a thousand connections (two
+/// sockets each on loopback, one here and one in the server, which inherits the limit) fit.
+/// Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> anyhow::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!(
+            "getrlimit(RLIMIT_NOFILE) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(raised.rlim_cur);
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Sends SIGTERM to `pid`, the server's clean-shutdown signal.
+pub fn terminate(pid: u32) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(pid).context("process id out of range")?;
+    // SAFETY: kill has no memory effects; `pid` is our own child, which we have not reaped.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        bail!(
+            "could not send SIGTERM to {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The machine a run was made on, written beside its figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// When the run started, UTC, ISO 8601.
+    pub date: String,
+    pub cores: usize,
+    pub cpu_model: String,
+    pub memory_total_bytes: u64,
+    pub kernel: String,
+    /// Caps the sandbox pool (six mappings per task worker).
+    pub vm_max_map_count: Option<u64>,
+}
+
+impl Machine {
+    pub fn describe() -> Machine {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("model name"))
+            .and_then(|line| line.split_once(':'))
+            .map(|(_, model)| model.trim().to_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let memory_total_bytes = read("/proc/meminfo")
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kib| kib * 1024);
+        Machine {
+            date: utc_now(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            memory_total_bytes,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            vm_max_map_count: read("/proc/sys/vm/max_map_count").trim().parse().ok(),
+        }
+    }
+}
+
+/// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a calendar date (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_000), (2024, 10, 4));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let memory = memory("self").unwrap();
+        assert!(memory.rss_bytes > 0 && memory.peak_rss_bytes >= memory.rss_bytes);
+        cpu_time("self").unwrap();
+    }
+}

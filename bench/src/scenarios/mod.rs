@@ -1,0 +1,222 @@
+//! The seven scenarios of issue 5, one file each, and what they share: the [`Plan`] (how long
+//! and how many, quick or full) and the closed-loop rate measurement behind the two
+//! throughput scenarios.
+//!
+//! Each scenario measures the sandbox and its baseline in the same run and returns a typed
+//! result; [`crate::report`] turns results into table rows and [`crate::chart`] into bars.
+
+pub mod connections;
+pub mod cpu;
+pub mod echo_latency;
+pub mod echo_throughput;
+pub mod fairness;
+pub mod sleeping;
+pub mod startup;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::time::sleep_until;
+
+use crate::client::{Client, Expect, Load, Tally, run_all};
+use crate::procfs;
+use crate::server::Server;
+use crate::stats::Percentiles;
+
+/// How long each scenario runs and how much it submits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub quick: bool,
+    /// Load before a throughput window opens, so pools, caches and the CPU's clocks settle.
+    pub warmup: Duration,
+    /// How long throughput is counted.
+    pub window: Duration,
+    /// How long the latency probe runs (scenarios 2 and 5).
+    pub probe: Duration,
+    /// Wall-clock limit of each `spin` hog; hogs are resubmitted as they end.
+    pub hog_timeout_ms: u64,
+    /// CPU hogs in flight during the fairness probe (two per core on two cores).
+    pub hogs: usize,
+    /// Sleeping tasks, and the connections they are spread over.
+    pub sleepers: usize,
+    pub sleeper_connections: usize,
+    /// Idle connections whose memory is measured.
+    pub idle_connections: usize,
+    /// Server starts timed in the start-up scenario (and in its baseline).
+    pub starts: usize,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                warmup: Duration::from_millis(500),
+                window: Duration::from_secs(2),
+                probe: Duration::from_secs(2),
+                hog_timeout_ms: 1_000,
+                hogs: 4,
+                sleepers: 2_000,
+                sleeper_connections: 20,
+                idle_connections: 200,
+                starts: 3,
+            }
+        } else {
+            Plan {
+                quick,
+                warmup: Duration::from_secs(1),
+                window: Duration::from_secs(5),
+                probe: Duration::from_secs(5),
+                hog_timeout_ms: 2_000,
+                hogs: 4,
+                sleepers: 10_000,
+                sleeper_connections: 100,
+                idle_connections: 1_000,
+                starts: 6,
+            }
+        }
+    }
+}
+
+/// How long tasks still in flight when a window closes may take to end.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// The task ids, refs and outcomes a scenario did not expect, by kind (empty when all is well).
+pub type Unexpected = BTreeMap<String, u64>;
+
+/// A reading of the CPU clocks: the server's, this load generator's and the whole machine's.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMeter {
+    at: Instant,
+    server: Duration,
+    loadgen: Duration,
+    machine: Duration,
+}
+
+/// Where the cores went between two readings, in cores (2.0 = both cores of a two-core
+/// machine, the whole time).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuShare {
+    pub server_cores: f64,
+    /// The load generator shares the cores with the server.
+    pub loadgen_cores: f64,
+    /// Every other process: anything well above zero means the figures are skewed.
+    pub other_cores: f64,
+    /// Server CPU over the interval, in microseconds.
+    #[serde(skip)]
+    pub server_us: f64,
+    #[serde(skip)]
+    pub loadgen_us: f64,
+}
+
+impl CpuMeter {
+    pub fn read(server: &Server) -> anyhow::Result<CpuMeter> {
+        Ok(CpuMeter {
+            at: Instant::now(),
+            server: server.cpu_time()?,
+            loadgen: procfs::cpu_time("self")?,
+            machine: procfs::machine_busy_time()?,
+        })
+    }
+
+    /// The share of each since `earlier`.
+    pub fn since(&self, earlier: &CpuMeter) -> CpuShare {
+        let wall = (self.at - earlier.at).as_secs_f64().max(1e-9);
+        let server = self.server.saturating_sub(earlier.server).as_secs_f64();
+        let loadgen = self.loadgen.saturating_sub(earlier.loadgen).as_secs_f64();
+        let machine = self.machine.saturating_sub(earlier.machine).as_secs_f64();
+        CpuShare {
+            server_cores: server / wall,
+            loadgen_cores: loadgen / wall,
+            other_cores: ((machine - server - loadgen) / wall).max(0.0),
+            server_us: server * 1e6,
+            loadgen_us: loadgen * 1e6,
+        }
+    }
+}
+
+/// Throughput of a closed loop over one window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rate {
+    pub connections: usize,
+    pub in_flight_per_connection: usize,
+    /// Tasks that ended (as expected) inside the window.
+    pub tasks: usize,
+    pub window_s: f64,
+    pub tasks_per_s: f64,
+    /// Server CPU (user + system, all threads) over the window, per task.
+    pub server_cpu_us_per_task: f64,
+    /// The load generator's own CPU per task: it shares the cores with the server.
+    pub loadgen_cpu_us_per_task: f64,
+    /// Where the cores went during the window.
+    pub cpu: CpuShare,
+    /// Submit to `finished`, under this load.
+    pub latency: Percentiles,
+    /// Mean `fuel_used` of a task (0 for native tasks, which have no fuel).
+    pub fuel_per_task: f64,
+    pub unexpected: Unexpected,
+}
+
+/// Runs `connections` × `in_flight` of `task` against `server`: warm up, then count the tasks
+/// that end within the window and the CPU the server spends meanwhile.
+pub async fn measure_rate(
+    server: &Server,
+    plan: &Plan,
+    connections: usize,
+    in_flight: usize,
+    task: &str,
+    input: &str,
+) -> anyhow::Result<Rate> {
+    let clients = Client::connect_many(server.addr, connections, &[task]).await?;
+    let begin = Instant::now();
+    let (from, to) = (begin + plan.warmup, begin + plan.warmup + plan.window);
+    let load = Load {
+        task: task.to_owned(),
+        input: input.to_owned(),
+        limits: None,
+        in_flight,
+        max_tasks: u64::MAX,
+        stop: to,
+        cancel_at_stop: false,
+        expect: Expect::Finished,
+        deadline: to + DRAIN,
+    };
+    let run = tokio::spawn(async move { run_all(clients, &load).await });
+    sleep_until(from.into()).await;
+    let before = CpuMeter::read(server)?;
+    sleep_until(to.into()).await;
+    let cpu = CpuMeter::read(server)?.since(&before);
+    let tally: Tally = run.await.context("the load panicked")??;
+
+    let in_window: Vec<_> = tally.ended_between(from, to).collect();
+    let tasks = in_window.len();
+    let window = (to - from).as_secs_f64();
+    let per_task = |us: f64| if tasks == 0 { 0.0 } else { us / tasks as f64 };
+    Ok(Rate {
+        connections,
+        in_flight_per_connection: in_flight,
+        tasks,
+        window_s: window,
+        tasks_per_s: tasks as f64 / window,
+        server_cpu_us_per_task: per_task(cpu.server_us),
+        loadgen_cpu_us_per_task: per_task(cpu.loadgen_us),
+        cpu,
+        latency: Percentiles::of(in_window.iter().map(|sample| sample.to_end())),
+        fuel_per_task: if tally.samples.is_empty() {
+            0.0
+        } else {
+            tally.fuel_used as f64 / tally.samples.len() as f64
+        },
+        unexpected: tally.unexpected,
+    })
+}
+
+/// `1.62 / 0.31 / 0.02`: server, load generator and other processes, in cores.
+pub fn cores_text(cpu: &CpuShare) -> String {
+    format!(
+        "{:.2} / {:.2} / {:.2}",
+        cpu.server_cores, cpu.loadgen_cores, cpu.other_cores
+    )
+}

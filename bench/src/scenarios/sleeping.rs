@@ -1,0 +1,191 @@
+//! Scenario 4, sleeping: 10,000 `slow` tasks of one second, all in flight at once over 100
+//! connections: the wall time until the last one finished, and the server's peak RSS.
+//!
+//! A sleeping sandbox holds a pool slot (its instance, memory and stack) but no thread; ideal is
+//! one second plus the time to instantiate 10,000 instances on two cores. The server runs with
+//! `--task-workers` equal to the task count, so none waits in the queue.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{CpuMeter, CpuShare, Plan, Unexpected};
+use crate::client::{Client, Expect, Load};
+use crate::report::{Row, Target, Unit};
+use crate::server::{Launcher, Mode, Server};
+use crate::stats::Percentiles;
+
+pub const NAME: &str = "4 sleeping";
+const SLEEP_SECONDS: f64 = 1.0;
+/// The whole scenario, per mode, is bounded by this.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sleepers {
+    pub tasks: usize,
+    pub connections: usize,
+    /// The `--task-workers` the server ran with (lower than `tasks` if the machine refused).
+    pub task_workers: usize,
+    pub finished: usize,
+    /// First submit to the last `finished`.
+    pub wall_s: f64,
+    /// Submit to `accepted`, over all tasks: how fast the burst is taken in.
+    pub accepted: Percentiles,
+    /// Submit to `finished`, over all tasks.
+    pub finished_latency: Percentiles,
+    /// Resident memory after start-up (the pool reserved, nothing run) and at its peak.
+    pub idle_rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// Server CPU per task, from the first submit to the last `finished`.
+    pub server_cpu_us_per_task: f64,
+    /// Where the cores went meanwhile.
+    pub cpu: CpuShare,
+    /// `progress` messages per task: the bundled `slow` reports ten, the native one none.
+    pub progress_per_task: f64,
+    pub unexpected: Unexpected,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sleeping {
+    pub sandbox: Sleepers,
+    pub native: Option<Sleepers>,
+}
+
+pub async fn run(launcher: &Launcher, plan: &Plan, with_native: bool) -> anyhow::Result<Sleeping> {
+    let sandbox = measure(launcher, Mode::Sandbox, plan).await?;
+    let native = if with_native {
+        Some(measure(launcher, Mode::Native, plan).await?)
+    } else {
+        None
+    };
+    Ok(Sleeping { sandbox, native })
+}
+
+/// Starts a server with `--task-workers` = the task count, or the most the machine allows.
+async fn start(
+    launcher: &Launcher,
+    mode: Mode,
+    wanted: usize,
+) -> anyhow::Result<(Server, usize, Option<String>)> {
+    let label = format!("sleeping-{}", mode.name());
+    let args = |workers: usize| vec!["--task-workers".to_owned(), workers.to_string()];
+    match launcher.start(&label, mode, &args(wanted)).await {
+        Ok(server) => Ok((server, wanted, None)),
+        Err(error) => {
+            // The server names the most it accepts: "use at most --task-workers N".
+            let text = format!("{error:#}");
+            let Some(fits) = text
+                .split("at most --task-workers ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse::<usize>().ok())
+            else {
+                return Err(error);
+            };
+            let server = launcher.start(&label, mode, &args(fits)).await?;
+            let note = format!(
+                "the server refused --task-workers {wanted} (vm.max_map_count); ran with {fits}, so {} tasks queued",
+                wanted.saturating_sub(fits)
+            );
+            Ok((server, fits, Some(note)))
+        }
+    }
+}
+
+async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result<Sleepers> {
+    let (server, task_workers, note) = start(launcher, mode, plan.sleepers).await?;
+    let idle_rss_bytes = server.memory()?.rss_bytes;
+    let per_connection = plan.sleepers / plan.sleeper_connections;
+    let clients = Client::connect_many(server.addr, plan.sleeper_connections, &["slow"]).await?;
+    let before = CpuMeter::read(&server)?;
+    let begin = Instant::now();
+    let load = Load {
+        task: "slow".to_owned(),
+        input: format!(r#"{{"seconds":{SLEEP_SECONDS}}}"#),
+        limits: None,
+        in_flight: per_connection,
+        max_tasks: per_connection as u64,
+        stop: begin + DEADLINE,
+        cancel_at_stop: false,
+        expect: Expect::Finished,
+        deadline: begin + DEADLINE,
+    };
+    let tally = crate::client::run_all(clients, &load).await?;
+    let cpu = CpuMeter::read(&server)?.since(&before);
+    let last = tally
+        .samples
+        .iter()
+        .map(|sample| sample.ended)
+        .max()
+        .unwrap_or(begin);
+    let peak_rss_bytes = server.memory()?.peak_rss_bytes;
+    server.stop().await?;
+    Ok(Sleepers {
+        tasks: per_connection * plan.sleeper_connections,
+        connections: plan.sleeper_connections,
+        task_workers,
+        finished: tally.samples.len(),
+        wall_s: (last - begin).as_secs_f64(),
+        accepted: Percentiles::of(tally.samples.iter().map(|sample| sample.to_accepted())),
+        finished_latency: Percentiles::of(tally.samples.iter().map(|sample| sample.to_end())),
+        idle_rss_bytes,
+        peak_rss_bytes,
+        server_cpu_us_per_task: cpu.server_us
+            / (per_connection * plan.sleeper_connections).max(1) as f64,
+        cpu,
+        progress_per_task: tally.progress as f64 / tally.samples.len().max(1) as f64,
+        unexpected: tally.unexpected,
+        note,
+    })
+}
+
+impl Sleeping {
+    pub fn rows(&self) -> Vec<Row> {
+        let sandbox = &self.sandbox;
+        let native = self.native.as_ref();
+        let count = Unit::Count.format(sandbox.tasks as f64);
+        let mut wall = Row::new(
+            NAME,
+            format!("wall time, {count} × 1 s"),
+            Unit::Seconds,
+            sandbox.wall_s,
+        )
+        .baseline("native", native.map(|n| n.wall_s))
+        .target(Target::AtMost { value: 1.5 });
+        let mut notes = vec![format!(
+            "{} of {} finished; progress messages per task: sandbox {:.1}, native {}; \
+             cores used by server / loadgen / other: sandbox {}, native {}",
+            sandbox.finished,
+            sandbox.tasks,
+            sandbox.progress_per_task,
+            native.map_or("n/a".to_owned(), |n| format!("{:.1}", n.progress_per_task)),
+            super::cores_text(&sandbox.cpu),
+            native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
+        )];
+        notes.extend(sandbox.note.clone());
+        wall = wall.note(notes.join("; "));
+        vec![
+            wall,
+            Row::new(NAME, "peak RSS", Unit::Bytes, sandbox.peak_rss_bytes as f64)
+                .baseline("native", native.map(|n| n.peak_rss_bytes as f64))
+                .target(Target::AtMost {
+                    value: f64::from(1 << 30),
+                }),
+            Row::new(
+                NAME,
+                "submit to accepted, p99",
+                Unit::Micros,
+                sandbox.accepted.p99_us,
+            )
+            .baseline("native", native.map(|n| n.accepted.p99_us)),
+            Row::new(
+                NAME,
+                "server CPU per task",
+                Unit::Micros,
+                sandbox.server_cpu_us_per_task,
+            )
+            .baseline("native", native.map(|n| n.server_cpu_us_per_task)),
+        ]
+    }
+}

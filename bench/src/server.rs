@@ -1,0 +1,249 @@
+//! One taskhost server under test, run as a child process on a free loopback port.
+//!
+//! [`Server::start`] spawns `taskhost --listen 127.0.0.1:PORT --tasks DIR ...`, sends its log to
+//! a file, and returns once `GET /healthz` answers `200`; [`Server::stop`] sends SIGTERM and waits.
+//! The child is killed if the benchmark drops it without stopping it (an error path), so no
+//! server outlives the benchmark.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::procfs;
+
+/// How long a server may take to answer `/healthz` before the benchmark gives up on it.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Between two `/healthz` polls while a server starts; also the resolution of start-up times.
+const READY_POLL: Duration = Duration::from_millis(2);
+
+/// How long a server may take to exit after SIGTERM before it is killed. Its own grace period
+/// (`--grace-ms`, which the benchmark sets lower) bounds this in practice.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The grace period the benchmark's servers get on SIGTERM: every scenario drains its tasks
+/// before stopping a server, so a longer wait would only hide a hang.
+const GRACE_MS: &str = "2000";
+
+/// Which tasks run where: in sandboxes, or as the host's native Rust functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Sandbox,
+    Native,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sandbox => "sandbox",
+            Mode::Native => "native",
+        }
+    }
+}
+
+/// What every server of a run shares: the binary, the tasks and where logs go.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub binary: PathBuf,
+    pub tasks: PathBuf,
+    pub log_dir: PathBuf,
+    /// Flags every server gets (the compile cache's folder, when the server has one).
+    pub common_args: Vec<String>,
+    /// The compile cache every server shares, if the server has `--cache-dir`: the start-up
+    /// scenario empties it for its cold start.
+    pub cache_dir: Option<PathBuf>,
+    /// Oddities worth reporting that spoil no figure (a server that died of the SIGTERM meant
+    /// to stop it cleanly); every server adds to it, the report reads it at the end.
+    /// Std mutex: held only to push or take, never across an `.await`.
+    pub warnings: Arc<Mutex<Vec<String>>>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// Killed on drop (`kill_on_drop`) unless [`Server::stop`] reaped it first.
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub label: String,
+    /// From just before the spawn to the first `200` from `/healthz`.
+    pub ready_after: Duration,
+    log: PathBuf,
+    warnings: Arc<Mutex<Vec<String>>>,
+}
+
+impl Launcher {
+    /// Starts a server in `mode` with extra flags `args`; `label` names its log file.
+    pub async fn start(&self, label: &str, mode: Mode, args: &[String]) -> anyhow::Result<Server> {
+        self.start_with_tasks(label, mode, &self.tasks, args).await
+    }
+
+    /// Like [`Launcher::start`], serving the modules in `tasks`.
+    pub async fn start_with_tasks(
+        &self,
+        label: &str,
+        mode: Mode,
+        tasks: &Path,
+        args: &[String],
+    ) -> anyhow::Result<Server> {
+        let addr = free_port()?;
+        let log = self.log_dir.join(format!("{label}.log"));
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("could not create the server log {}", log.display()))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--tasks")
+            .arg(tasks)
+            .args(["--grace-ms", GRACE_MS])
+            .args(&self.common_args)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(
+                log_file
+                    .try_clone()
+                    .context("could not share the log file")?,
+            )
+            .stderr(log_file)
+            .kill_on_drop(true);
+        if mode == Mode::Native {
+            command.arg("--native");
+        }
+        // Per-task log lines would cost the server CPU that the figures would blame on it.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("could not start {}", self.binary.display()))?;
+        let pid = child.id().context("the server exited at once")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "server {label} exited before it was ready ({status}); its log {} ends:\n{}",
+                    log.display(),
+                    log_tail(&log)
+                );
+            }
+            if healthy(addr).await {
+                break;
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "server {label} did not answer /healthz on {addr} within {READY_TIMEOUT:?}; \
+                     its log {} ends:\n{}",
+                    log.display(),
+                    log_tail(&log)
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        Ok(Server {
+            child,
+            pid,
+            addr,
+            label: label.to_owned(),
+            ready_after: started.elapsed(),
+            log,
+            warnings: Arc::clone(&self.warnings),
+        })
+    }
+}
+
+impl Server {
+    pub fn memory(&self) -> anyhow::Result<procfs::Memory> {
+        procfs::memory(&self.pid.to_string())
+            .with_context(|| format!("server {} is gone", self.label))
+    }
+
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        procfs::cpu_time(&self.pid.to_string())
+            .with_context(|| format!("server {} is gone", self.label))
+    }
+
+    /// SIGTERM, then wait for the exit; an unclean exit is an error naming the log.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            return self.check_exit(status);
+        }
+        procfs::terminate(self.pid)?;
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => self.check_exit(status?),
+            Err(_) => {
+                self.child.kill().await?;
+                bail!(
+                    "server {} did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed; see {}",
+                    self.label,
+                    self.log.display()
+                )
+            }
+        }
+    }
+
+    fn check_exit(&self, status: ExitStatus) -> anyhow::Result<()> {
+        if status.success() {
+            return Ok(());
+        }
+        if status.signal() == Some(libc::SIGTERM) {
+            // The default action of SIGTERM: the server answered /healthz before it listened
+            // for the signal. Its figures stand; its shutdown was not clean.
+            let warning = format!(
+                "server {} died of the SIGTERM meant to stop it cleanly, sent once it answered \
+                 /healthz ({:?} after its start): it did not handle the signal yet",
+                self.label, self.ready_after
+            );
+            self.warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(warning);
+            return Ok(());
+        }
+        bail!(
+            "server {} ended with {status}; its log {} ends:\n{}",
+            self.label,
+            self.log.display(),
+            log_tail(&self.log)
+        )
+    }
+}
+
+/// A loopback port nobody listens on: bind port 0, note the port, release it.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("could not bind a loopback port to find a free one")?;
+    Ok(listener.local_addr()?)
+}
+
+/// Whether `GET /healthz` answers `200` now.
+async fn healthy(addr: SocketAddr) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0_u8; 16];
+        stream.read_exact(&mut head).await?;
+        std::io::Result::Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(true))
+    )
+}
+
+/// The last lines of a server log, for an error message.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
