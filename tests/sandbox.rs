@@ -381,3 +381,30 @@ async fn send_mail_validates_renders_and_reports_progress() {
     assert_eq!(error_code(&bad), "exit");
     assert!(error_message(&bad).contains("not-an-address"), "{bad}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_of_components_runs_without_running_out_of_slots() {
+    // A component is several core instances: the pool is sized for that, so that every
+    // running-task permit can hold one.
+    let mut config = test_config();
+    config.task_workers = 2;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    for i in 0..8 {
+        client
+            .send(json!({"type": "task", "task": "wordcount", "input": format!("word {i} word")}))
+            .await;
+    }
+    let mut ended = 0;
+    while ended < 8 {
+        let message = client.recv().await;
+        match message["type"].as_str().unwrap() {
+            "accepted" | "progress" => {}
+            "finished" => {
+                assert_eq!(message["result"]["words"], 3);
+                ended += 1;
+            }
+            _ => panic!("{message}"),
+        }
+    }
+}

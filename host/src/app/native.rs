@@ -30,7 +30,7 @@ impl Callbacks for NativeTasks {
         match job.name() {
             "echo" => Box::pin(async move { echo(&job.input) }),
             "fib" => Box::pin(async move { fib_task(&job.input) }),
-            "slow" => Box::pin(within_timeout(job, slow(&job.input))),
+            "slow" => Box::pin(within_timeout(job, slow(job))),
             "spin" => Box::pin(within_timeout(job, spin())),
             _ => Box::pin(server.sandbox().run(&job.module.wasm, job.run_spec())),
         }
@@ -81,18 +81,30 @@ fn fib_task(input: &[u8]) -> Outcome {
     }
 }
 
-/// `{"seconds": S}` or a bare S; anything else is the default 5 seconds.
-async fn slow(input: &[u8]) -> Outcome {
-    let value: Value = serde_json::from_slice(input).unwrap_or(Value::Null);
+/// `{"seconds": S}` or a bare S; anything else is the default 5 seconds. Like the guest, it
+/// sleeps in [`SLOW_STEPS`] parts and reports progress after each, so that the benchmark
+/// compares like with like.
+async fn slow(job: &Job) -> Outcome {
+    let value: Value = serde_json::from_slice(&job.input).unwrap_or(Value::Null);
     let seconds = value
         .get("seconds")
         .unwrap_or(&value)
         .as_f64()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .unwrap_or(5.0);
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let total = Duration::from_secs_f64(seconds);
+    let started = tokio::time::Instant::now();
+    for step in 1..=SLOW_STEPS {
+        let fraction = f64::from(step) / f64::from(SLOW_STEPS);
+        tokio::time::sleep_until(started + total.mul_f64(fraction)).await;
+        let message = format!("slept {:.1} of {seconds:.1} s", seconds * fraction);
+        job.progress.report(fraction, &message);
+    }
     finished("\"success\"".to_owned())
 }
+
+/// Progress reports per native `slow`, as many as the guest's.
+const SLOW_STEPS: u32 = 10;
 
 /// Busy forever; the dispatcher's timeout or cancel ends it.
 async fn spin() -> Outcome {

@@ -39,6 +39,12 @@ const MAPPINGS_FOR_THE_REST: u64 = 2_000;
 /// Memory kept mapped in a freed slot so the next task does not fault it in again.
 const KEEP_RESIDENT: usize = 1 << 20;
 
+/// Core instances (and tables) one task may hold: a component has a few.
+const CORE_INSTANCES_PER_TASK: u32 = 8;
+
+/// Linear memories one task may hold: a component may have a second one.
+const MEMORIES_PER_TASK: u32 = 2;
+
 /// Largest table a module may have, in elements; tables also count against the memory cap.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
@@ -85,17 +91,20 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
     config.memory_reservation_for_growth(0);
 
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_core_instances(instances)
+    // One running task holds one fiber stack and one module instance, or one component
+    // instance made of several core instances (the WASI adapter's among them), each with
+    // its tables, and rarely more than one memory: the pool must not run out before the
+    // running-task permits do, or a task would fail with `module_error` under load.
+    pool.total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_TASK))
         .total_component_instances(instances)
-        .total_memories(instances)
-        .total_tables(instances)
+        .total_memories(instances.saturating_mul(MEMORIES_PER_TASK))
+        .total_tables(instances.saturating_mul(CORE_INSTANCES_PER_TASK))
         .total_stacks(instances)
         .max_memory_size(usize::try_from(size.max_memory_bytes).unwrap_or(usize::MAX))
         .table_elements(MAX_TABLE_ELEMENTS)
-        // A component (the WASI adapter) has a few core instances, memories and tables.
-        .max_core_instances_per_component(8)
-        .max_memories_per_component(2)
-        .max_tables_per_component(4)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_TASK)
+        .max_memories_per_component(MEMORIES_PER_TASK)
+        .max_tables_per_component(CORE_INSTANCES_PER_TASK)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
         // Resetting a slot's memory by scanning which pages were touched avoids the
@@ -133,7 +142,7 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
 
 /// Chooses each memory slot's reservation and guard from the pool size and the memory limit.
 fn reservation_for(size: EngineSize) -> anyhow::Result<(u64, u64)> {
-    let slots = size.instances as u64;
+    let slots = size.instances as u64 * u64::from(MEMORIES_PER_TASK);
     if size.max_memory_bytes <= STATIC_RESERVATION
         && slots.saturating_mul(STATIC_RESERVATION + STATIC_GUARD) <= ADDRESS_SPACE_BUDGET
     {
@@ -146,7 +155,7 @@ fn reservation_for(size: EngineSize) -> anyhow::Result<(u64, u64)> {
         bail!(
             "--task-workers {} with --memory {} needs {} GiB of address space, more than the \
              {} GiB this process can reserve: lower --task-workers or --memory",
-            slots,
+            size.instances,
             size.max_memory_bytes,
             slots.saturating_mul(per_slot) >> 30,
             ADDRESS_SPACE_BUDGET >> 30
