@@ -45,6 +45,9 @@ const CORE_INSTANCES_PER_TASK: u32 = 8;
 /// Linear memories one task may hold: a component may have a second one.
 const MEMORIES_PER_TASK: u32 = 2;
 
+/// Fiber stack kept mapped after a task, so the next task on it does not fault it in again.
+const STACK_KEEP_RESIDENT: usize = 128 << 10;
+
 /// Largest table a module may have, in elements; tables also count against the memory cap.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
@@ -106,6 +109,7 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
         .max_memories_per_component(MEMORIES_PER_TASK)
         .max_tables_per_component(CORE_INSTANCES_PER_TASK)
         .linear_memory_keep_resident(KEEP_RESIDENT)
+        .async_stack_keep_resident(STACK_KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
         // Resetting a slot's memory by scanning which pages were touched avoids the
         // cross-core interrupts that `madvise` costs (Linux 6.7+; otherwise it falls back).
