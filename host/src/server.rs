@@ -197,10 +197,15 @@ impl Server {
             .context("the listener has no local address")?;
         tracing::info!(%address, tasks = ?self.registry().ready_names(), "taskhost listening");
         if self.config().watch {
-            watch::spawn(
-                Arc::clone(&self.shared.registry),
-                self.shared.stopping.clone(),
-            )?;
+            // Serving matters more than watching: without a watcher (out of inotify watches,
+            // say) the server still runs, with the modules it loaded at start.
+            let registry = Arc::clone(&self.shared.registry);
+            if let Err(error) = watch::spawn(registry, self.shared.stopping.clone()) {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the tasks folder is not watched: restart to pick up changes"
+                );
+            }
         }
         tokio::spawn(self.clone().push_task_lists());
         let connections = TaskTracker::new();
