@@ -150,9 +150,8 @@ impl Callbacks for ChatRoom {
                     result,
                 }
                 .to_json();
-                for connection in server.connections().all() {
-                    connection.send_text(text.clone()).await;
-                }
+                // A connection that closes meanwhile simply misses the broadcast.
+                server.connections().broadcast(text).await;
             }
             taskhost::app::protocol::deliver(server, report).await;
         })

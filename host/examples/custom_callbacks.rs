@@ -42,10 +42,8 @@ impl Callbacks for ShoutingRoom {
                     result,
                 }
                 .to_json();
-                for connection in server.connections().all() {
-                    // A connection that closed meanwhile simply misses the broadcast.
-                    connection.send_text(text.clone()).await;
-                }
+                // A connection that closes meanwhile simply misses the broadcast.
+                server.connections().broadcast(text).await;
             }
             taskhost::app::protocol::deliver(server, report).await;
         })
