@@ -310,3 +310,28 @@ async fn a_progress_call_with_a_pointer_outside_memory_traps() {
         "{ended}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_that_could_never_run_are_refused_at_load() {
+    let folder = TaskFolder::with(&["echo.wasm"]);
+    folder.write(
+        "args.wat",
+        r#"(module (func (export "_start") (param i32)))"#,
+    );
+    // A table larger than a pool slot holds could never be instantiated.
+    folder.write(
+        "bigtable.wat",
+        r#"(module (table 200000 funcref) (func (export "_start")))"#,
+    );
+    let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let list = client.request(json!({"type": "list"})).await;
+    for (name, reason) in [("args", "`_start`"), ("bigtable", "exceeds the limit")] {
+        let task = entry(&list, name).unwrap();
+        assert_eq!(task["state"], "failed", "{task}");
+        assert!(task["error"].as_str().unwrap().contains(reason), "{task}");
+        let rejected = client.submit(name, Value::Null).await;
+        assert_eq!(rejected["error"]["code"], "unknown_task", "{rejected}");
+    }
+    assert_eq!(client.run("echo", json!(1)).await["result"], 1);
+}

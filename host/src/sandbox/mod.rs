@@ -129,8 +129,12 @@ impl Sandbox {
     fn compile_module(&self, binary: &[u8]) -> anyhow::Result<WasmModule> {
         let module = Module::new(&self.engine, binary).map_err(anyhow::Error::from)?;
         match module.get_export("_start") {
-            Some(wasmtime::ExternType::Func(_)) => {}
-            _ => anyhow::bail!(
+            Some(wasmtime::ExternType::Func(start))
+                if start.params().len() == 0 && start.results().len() == 0 => {}
+            Some(_) => anyhow::bail!(
+                "its `_start` is not a function without parameters or results, as WASI commands have"
+            ),
+            None => anyhow::bail!(
                 "it has no `_start` function: task modules are WASI command programs \
                  (for Rust, a binary crate built for wasm32-wasip1)"
             ),
