@@ -261,7 +261,14 @@ impl Server {
         {
             tracing::warn!("grace period over: ending the remaining tasks with `shutdown`");
             shared.dispatcher.stop_running();
-            shared.tasks.wait().await;
+            // Tasks end at once now; delivering an outcome can still wait on a client that
+            // does not read, which must not hold the shutdown up for ever.
+            if tokio::time::timeout(CLOSE_TIMEOUT, shared.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some outcomes could not be delivered: their clients do not read");
+            }
         }
         shared.close_connections.cancel();
         connections.close();
