@@ -186,3 +186,88 @@ fn an_impossible_pool_is_refused_at_start_with_what_to_change() {
     let message = format!("{error:#}");
     assert!(message.contains("--task-workers"), "{message}");
 }
+
+/// The `taskhost` binary itself: started as a user would, stopped with SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let help = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .arg("--help")
+        .output()
+        .expect("run taskhost --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--listen",
+        "--task-workers",
+        "--queue",
+        "--max-frame",
+        "[default: 127.0.0.1:9501]",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--task-workers",
+            "64",
+            "--grace-ms",
+            "5000",
+        ])
+        .arg("--tasks")
+        .arg(crate::common::tasks_dir())
+        .arg("--cache-dir")
+        .arg(cache)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start taskhost");
+    // The log says where it listens: "taskhost listening address=127.0.0.1:PORT".
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "taskhost exited before listening"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in log.lines() {});
+
+    let mut client = crate::common::Client::connect(&format!("ws://{address}/")).await;
+    let accepted = client.submit("slow", json!({"seconds": 1})).await;
+    assert_eq!(accepted["type"], "accepted");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+
+    let finished = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(
+        finished["result"], "success",
+        "the running task finished: {finished}"
+    );
+    let close = loop {
+        match client.next_frame().await {
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => {}
+            None => panic!("closed without a close frame"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Away);
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exit.success(),
+        "taskhost exits 0 after a graceful stop: {exit}"
+    );
+}
