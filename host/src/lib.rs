@@ -13,10 +13,12 @@
 //! - [`http`]: the plain HTTP side of the port: the page, `/healthz`, `/metrics`, upgrades.
 //! - [`connection`]: one WebSocket client: reader loop and writer task.
 //! - [`protocol`]: the wire types and frame parsing; no I/O.
-//! - [`app`]: the events (open, message, task, finish, close) and the default application.
+//! - [`app`]: the events (open, message, task, finish, close), the default application, the
+//!   native baseline (`--native`) and the rate-limited progress channel.
 //! - [`dispatch`]: task ids, the queue bound, running permits, cancel handles.
-//! - [`registry`]: task name → loaded module.
-//! - [`sandbox`]: the only door into wasmtime: engine, per-task store, outcomes.
+//! - [`registry`]: task name → loaded module; manifests; watching the tasks folder.
+//! - [`sandbox`]: the only door into wasmtime: engine and pool, compile cache, imports
+//!   (WASI and `progress`), per-task store and limits, outcomes.
 //! - [`metrics`]: the counters behind `/metrics` and `stats`.
 
 pub mod app;
