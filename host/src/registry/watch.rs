@@ -4,8 +4,8 @@
 //! Design: the watcher's callback (on notify's thread) forwards events into a channel; one
 //! tokio task turns them into per-task deadlines and reloads each task when its deadline
 //! passes, compiling on the blocking pool. A file is loaded once it is complete: when its
-//! writer closes it or it is renamed into place (then after [`SETTLE`], to gather the burst of
-//! events one copy makes), or, for writers that never close, after [`QUIET`] without events.
+//! writer closes it or it is renamed into place (then after `SETTLE`, to gather the burst of
+//! events one copy makes), or, for writers that never close, after `QUIET` without events.
 //! A half-written file that is loaded anyway fails validation and the version in service stays.
 
 use std::collections::HashMap;
