@@ -271,3 +271,30 @@ async fn the_binary_stops_gracefully_on_sigterm() {
         "taskhost exits 0 after a graceful stop: {exit}"
     );
 }
+
+/// An application whose `task` callback never ends on its own.
+struct NeverDone;
+
+impl Callbacks for NeverDone {
+    fn on_task<'a>(&'a self, _: &'a Server, _: &'a Job) -> BoxFuture<'a, Outcome> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_clock_limit_holds_for_any_task_callback() {
+    let server = start_server_with(test_config(), NeverDone).await;
+    let mut client = server.client().await;
+    client
+        .send(json!({"type": "task", "task": "echo", "limits": {"timeout_ms": 300}}))
+        .await;
+    let accepted = client.recv().await;
+    let started = std::time::Instant::now();
+    let ended = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(ended["error"]["code"], "timeout", "{ended}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::{ErrorCode, WireError};
 use crate::sandbox::Outcome;
 
+/// How much longer than its wall-clock limit a task may run before the dispatcher ends it,
+/// for `task` callbacks that do not enforce the limit themselves.
+pub const TIMEOUT_BACKSTOP: Duration = Duration::from_millis(50);
+
 /// A task's cancel handle, kept while it is queued or running.
 struct CancelHandle {
     /// The connection that submitted the task: the only one allowed to cancel it.
@@ -143,8 +147,15 @@ impl Dispatcher {
 
     /// Waits for a worker, runs `task` and returns how it ended and how long it ran (time in
     /// the queue excluded). A cancel or a shutdown drops the task's future, which stops a
-    /// sandboxed guest at its next yield.
-    pub async fn run<F>(&self, admission: Admission, task: F) -> (Outcome, Duration)
+    /// sandboxed guest at its next yield. So does the wall-clock limit `timeout`, for any
+    /// `task` callback: the sandbox enforces it itself (to report the fuel used), so this one
+    /// waits [`TIMEOUT_BACKSTOP`] longer and only catches callbacks that do not.
+    pub async fn run<F>(
+        &self,
+        admission: Admission,
+        timeout: Duration,
+        task: F,
+    ) -> (Outcome, Duration)
     where
         F: Future<Output = Outcome>,
     {
@@ -164,7 +175,9 @@ impl Dispatcher {
         let outcome = tokio::select! {
             biased;
             () = admission.token.cancelled() => self.cancelled_outcome(),
-            outcome = task => outcome,
+            outcome = tokio::time::timeout(timeout + TIMEOUT_BACKSTOP, task) => {
+                outcome.unwrap_or_else(|_| Outcome::timed_out(timeout.as_millis() as u64, None))
+            }
         };
         (outcome, started.elapsed())
     }

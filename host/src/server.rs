@@ -168,7 +168,8 @@ impl Server {
         self.shared.tasks.spawn(
             async move {
                 let run = server.callbacks().on_task(&server, &job);
-                let (outcome, elapsed) = server.dispatcher().run(admission, run).await;
+                let timeout = Duration::from_millis(job.limits.timeout_ms);
+                let (outcome, elapsed) = server.dispatcher().run(admission, timeout, run).await;
                 let fuel_used = outcome.fuel_used();
                 server
                     .metrics()

@@ -34,6 +34,21 @@ impl Outcome {
         }
     }
 
+    /// A task stopped at its wall-clock limit of `limit_ms`.
+    pub fn timed_out(limit_ms: u64, fuel_used: Option<u64>) -> Outcome {
+        Outcome::Failed {
+            error: WireError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the task was still running after its wall-clock limit of {limit_ms} ms; ask \
+                     for a higher `limits.timeout_ms` (up to the server's --timeout-ms) or give \
+                     it less work"
+                ),
+            ),
+            fuel_used,
+        }
+    }
+
     /// The outcome label for logs and metrics: `finished` or the error code.
     pub fn label(&self) -> &'static str {
         match self {
@@ -85,14 +100,7 @@ pub fn classify(ending: Ending<'_>) -> Outcome {
         fuel_used: Some(fuel_used),
     };
     let Some(ran) = ran else {
-        return failed(
-            ErrorCode::Timeout,
-            format!(
-                "the task was still running after its wall-clock limit of {} ms; ask for a \
-                 higher `limits.timeout_ms` (up to the server's --timeout-ms) or give it less work",
-                limits.timeout_ms
-            ),
-        );
+        return Outcome::timed_out(limits.timeout_ms, Some(fuel_used));
     };
     if capture.overflowed() {
         return failed(
