@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::common::{Client, start_server, start_server_with, test_config};
+use crate::common::{Client, listed, start_server, start_server_with, test_config};
 
 /// Checks the connection still answers: an echo round trip.
 async fn assert_still_works(client: &mut Client) {
@@ -41,12 +41,7 @@ async fn hello_list_and_stats_describe_the_server() {
 
     let list = client.request(json!({"type": "list"})).await;
     assert_eq!(list["type"], "list");
-    let echo = list["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "echo")
-        .expect("echo is listed");
+    let echo = listed(&list, "echo").expect("echo is listed");
     assert_eq!(echo["state"], "ready");
     assert_eq!(echo["deliver"], "origin");
     assert_eq!(echo["limits"]["timeout_ms"], 30_000);

@@ -7,19 +7,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Client, TaskFolder, start_server_with, test_config};
+use crate::common::{Client, TaskFolder, listed, start_server_with, test_config};
 
 /// How soon a change in the folder must be visible to clients.
 const RELOAD: Duration = Duration::from_secs(1);
 
-fn entry<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
-    list["tasks"].as_array()?.iter().find(|t| t["name"] == name)
-}
-
 /// Waits for a pushed list in which `name` satisfies `check` (`None`: absent).
 async fn pushed(client: &mut Client, name: &str, check: impl Fn(Option<&Value>) -> bool) -> Value {
     client
-        .recv_until(RELOAD * 3, "tasks_changed", |list| check(entry(list, name)))
+        .recv_until(RELOAD * 3, "tasks_changed", |list| {
+            check(listed(list, name))
+        })
         .await
 }
 
@@ -35,7 +33,7 @@ async fn a_module_dropped_in_is_served_without_a_restart() {
     })
     .await;
     assert!(dropped.elapsed() < RELOAD, "took {:?}", dropped.elapsed());
-    let fib = entry(&list, "fib").unwrap();
+    let fib = listed(&list, "fib").unwrap();
     assert_eq!(fib["kind"], "module");
     assert_eq!(fib["hash"].as_str().unwrap().len(), 12);
     assert!(fib["loaded_at"].as_str().unwrap().ends_with('Z'));
@@ -56,7 +54,7 @@ async fn a_replaced_module_serves_new_tasks_while_running_ones_finish_on_the_old
     folder.copy_in("echo.wasm", "job.wasm");
     let old_hash = {
         let list = client.request(json!({"type": "list"})).await;
-        entry(&list, "job").unwrap()["hash"].clone()
+        listed(&list, "job").unwrap()["hash"].clone()
     };
     pushed(&mut client, "job", |t| {
         t.is_some_and(|t| t["hash"] != old_hash)
@@ -114,7 +112,7 @@ async fn a_file_written_slowly_is_loaded_once_whole() {
     pushes.push(list);
     let fib_states: Vec<&Value> = pushes
         .iter()
-        .filter_map(|list| entry(list, "fib"))
+        .filter_map(|list| listed(list, "fib"))
         .collect();
     assert_eq!(fib_states.len(), 1, "loaded exactly once: {pushes:?}");
     assert_eq!(fib_states[0]["state"], "ready");
@@ -153,7 +151,7 @@ async fn a_broken_file_is_listed_with_its_reason_while_the_old_version_serves() 
                 .is_some_and(|e| e.contains(reason))
         })
         .await;
-        let echo = entry(&list, "echo").unwrap();
+        let echo = listed(&list, "echo").unwrap();
         assert_eq!(echo["state"], "ready", "the previous version stays: {echo}");
         let finished = client.run("echo", json!("still served")).await;
         assert_eq!(finished["result"], "still served", "{name}: {finished}");
@@ -162,7 +160,7 @@ async fn a_broken_file_is_listed_with_its_reason_while_the_old_version_serves() 
     // A name whose only version is broken is listed failed, and a task for it says why.
     folder.write("broken.wasm", b"garbage");
     let list = pushed(&mut client, "broken", |t| t.is_some()).await;
-    assert_eq!(entry(&list, "broken").unwrap()["state"], "failed");
+    assert_eq!(listed(&list, "broken").unwrap()["state"], "failed");
     let rejected = client.submit("broken", json!(1)).await;
     assert_eq!(rejected["error"]["code"], "unknown_task");
     assert!(
@@ -191,7 +189,7 @@ async fn manifests_lower_limits_describe_and_broadcast() {
     let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
     let mut client = server.client().await;
     let list = client.request(json!({"type": "list"})).await;
-    let nap = entry(&list, "nap").unwrap();
+    let nap = listed(&list, "nap").unwrap();
     assert_eq!(nap["description"], "a short nap");
     assert_eq!(nap["limits"]["timeout_ms"], 400);
     let ended = client.run("nap", json!({"seconds": 2})).await;
@@ -327,7 +325,7 @@ async fn modules_that_could_never_run_are_refused_at_load() {
     let mut client = server.client().await;
     let list = client.request(json!({"type": "list"})).await;
     for (name, reason) in [("args", "`_start`"), ("bigtable", "exceeds the limit")] {
-        let task = entry(&list, name).unwrap();
+        let task = listed(&list, name).unwrap();
         assert_eq!(task["state"], "failed", "{task}");
         assert!(task["error"].as_str().unwrap().contains(reason), "{task}");
         let rejected = client.submit(name, Value::Null).await;

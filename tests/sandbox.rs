@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Client, TestServer, start_server, start_server_with, test_config};
+use crate::common::{Client, TestServer, listed, start_server, start_server_with, test_config};
 
 /// An echo on its own connection must answer within this, whatever else runs.
 const PROMPT: Duration = Duration::from_millis(500);
@@ -197,19 +197,10 @@ async fn hundreds_of_sleeping_tasks_finish_together() {
     }
     let mut finished = 0;
     for client in &mut clients {
-        let mut ended = 0;
-        while ended < TASKS / 4 {
-            let message = client.recv().await;
-            match message["type"].as_str().unwrap() {
-                "accepted" | "progress" => {}
-                "finished" => {
-                    assert_eq!(message["result"], "success");
-                    ended += 1;
-                }
-                _ => panic!("{message}"),
-            }
+        for end in client.ends(TASKS / 4).await {
+            assert_eq!(end["result"], "success", "{end}");
+            finished += 1;
         }
-        finished += ended;
     }
     let wall = started.elapsed();
     assert_eq!(finished, TASKS);
@@ -283,16 +274,8 @@ async fn a_preview_2_component_runs_beside_modules() {
     let server = start_server().await;
     let mut client = server.client().await;
     let list = client.request(json!({"type": "list"})).await;
-    let kind_of = |name: &str| {
-        list["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .map(|t| t["kind"].clone())
-    };
-    assert_eq!(kind_of("wordcount"), Some(json!("component")));
-    assert_eq!(kind_of("echo"), Some(json!("module")));
+    assert_eq!(listed(&list, "wordcount").unwrap()["kind"], "component");
+    assert_eq!(listed(&list, "echo").unwrap()["kind"], "module");
     let accepted = client
         .submit("wordcount", json!({"text": "the cat saw the dog\nthe end"}))
         .await;
@@ -395,16 +378,7 @@ async fn a_full_pool_of_components_runs_without_running_out_of_slots() {
             .send(json!({"type": "task", "task": "wordcount", "input": format!("word {i} word")}))
             .await;
     }
-    let mut ended = 0;
-    while ended < 8 {
-        let message = client.recv().await;
-        match message["type"].as_str().unwrap() {
-            "accepted" | "progress" => {}
-            "finished" => {
-                assert_eq!(message["result"]["words"], 3);
-                ended += 1;
-            }
-            _ => panic!("{message}"),
-        }
+    for end in client.ends(8).await {
+        assert_eq!(end["result"]["words"], 3, "{end}");
     }
 }

@@ -203,20 +203,12 @@ impl Client {
         };
         let may_submit = |submitted: u64, stopping: bool| !stopping && submitted < load.max_tasks;
 
+        let task_frame =
+            |reference: u64| Message::text(format!(r#"{prefix},"ref":{reference}{suffix}"#));
+
         while pending.len() < load.in_flight && may_submit(next_ref, stopping) {
-            self.sink
-                .feed(Message::text(format!(
-                    r#"{prefix},"ref":{next_ref}{suffix}"#
-                )))
+            self.submit(task_frame(next_ref), next_ref, &mut pending)
                 .await?;
-            pending.insert(
-                next_ref,
-                Pending {
-                    sent: Instant::now(),
-                    accepted: None,
-                    task_id: None,
-                },
-            );
             next_ref += 1;
         }
         self.sink.flush().await?;
@@ -312,25 +304,34 @@ impl Client {
                 count(&mut tally, &message.kind, message.error.as_ref());
             }
             if pending.len() < load.in_flight && may_submit(next_ref, stopping) && now < load.stop {
-                self.sink
-                    .send(Message::text(format!(
-                        r#"{prefix},"ref":{next_ref}{suffix}"#
-                    )))
+                self.submit(task_frame(next_ref), next_ref, &mut pending)
                     .await?;
-                pending.insert(
-                    next_ref,
-                    Pending {
-                        sent: Instant::now(),
-                        accepted: None,
-                        task_id: None,
-                    },
-                );
+                self.sink.flush().await?;
                 next_ref += 1;
             }
         }
         // The figures are in; a close that fails changes none of them.
         let _ = self.sink.close().await;
         Ok(tally)
+    }
+
+    /// Queues one task frame (it leaves at the next flush) and times it from now.
+    async fn submit(
+        &mut self,
+        frame: Message,
+        reference: u64,
+        pending: &mut HashMap<u64, Pending>,
+    ) -> anyhow::Result<()> {
+        self.sink.feed(frame).await?;
+        pending.insert(
+            reference,
+            Pending {
+                sent: Instant::now(),
+                accepted: None,
+                task_id: None,
+            },
+        );
+        Ok(())
     }
 
     async fn cancel(&mut self, task_id: u64) -> anyhow::Result<()> {

@@ -42,6 +42,14 @@ pub fn test_config() -> Config {
     config
 }
 
+/// The entry for task `name` in a `list` or `tasks_changed` message.
+pub fn listed<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list["tasks"]
+        .as_array()?
+        .iter()
+        .find(|task| task["name"] == name)
+}
+
 /// A tasks folder of a test's own, removed when dropped.
 pub struct TaskFolder {
     pub path: PathBuf,
@@ -257,6 +265,21 @@ impl Client {
                 return message;
             }
         }
+    }
+
+    /// Reads the terminal messages of the next `count` tasks to end, skipping `accepted` and
+    /// `progress`; any other message fails the test.
+    pub async fn ends(&mut self, count: usize) -> Vec<Value> {
+        let mut ends = Vec::with_capacity(count);
+        while ends.len() < count {
+            let message = self.recv().await;
+            match message["type"].as_str().unwrap_or_default() {
+                "accepted" | "progress" => {}
+                "finished" | "failed" => ends.push(message),
+                _ => panic!("unexpected while waiting for tasks to end: {message}"),
+            }
+        }
+        ends
     }
 
     /// Reads until the terminal message (`finished` or `failed`) of `task_id`.
