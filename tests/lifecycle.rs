@@ -61,6 +61,49 @@ async fn the_port_serves_the_page_health_and_metrics() {
     assert_eq!(status, 404);
 }
 
+/// Polls `/metrics` until the pool warming is over; returns the metrics then.
+async fn metrics_once_warm(addr: std::net::SocketAddr) -> String {
+    for _ in 0..500 {
+        let (_, metrics) = get(addr, "/metrics").await;
+        if metrics.contains("taskhost_pool_warming 0") {
+            return metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the pool was still warming after 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_warms_at_start_without_keeping_tasks_waiting() {
+    let mut config = test_config();
+    config.task_workers = 64;
+    config.warm_slots = 64;
+
+    // At rest, every slot is warmed, and none counts as a running task.
+    let server = start_server_with(config.clone(), taskhost::ProtocolApp).await;
+    let metrics = metrics_once_warm(server.addr).await;
+    for line in ["taskhost_pool_warmed_slots 64", "taskhost_running_tasks 0"] {
+        assert!(metrics.contains(line), "{line:?} missing from:\n{metrics}");
+    }
+
+    // A burst at once, while warming holds slots: every task runs (warming gives its
+    // permits back as soon as one waits), more tasks than slots included.
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    for _ in 0..100 {
+        client
+            .send(json!({"type": "task", "task": "slow", "input": {"seconds": 0.1}}))
+            .await;
+    }
+    let ends = client.ends(100).await;
+    assert!(
+        ends.iter().all(|end| end["type"] == "finished"),
+        "{:?}",
+        ends.iter().find(|end| end["type"] != "finished")
+    );
+    metrics_once_warm(server.addr).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_running_tasks_finish_and_fails_queued_ones() {
     let mut config = test_config();

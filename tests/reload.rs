@@ -264,14 +264,14 @@ async fn a_restart_with_a_warm_cache_compiles_nothing() {
     let cold = taskhost::Server::new(config.clone(), taskhost::ProtocolApp).unwrap();
     assert_eq!(
         cold.sandbox().cache_counts(),
-        Some((0, 3)),
-        "a cold cache compiles all"
+        Some((0, 4)),
+        "a cold cache compiles all: the three tasks and the pool-warming module"
     );
     drop(cold);
     let warm = taskhost::Server::new(config, taskhost::ProtocolApp).unwrap();
     assert_eq!(
         warm.sandbox().cache_counts(),
-        Some((3, 0)),
+        Some((4, 0)),
         "a warm cache compiles none"
     );
     assert_eq!(warm.registry().ready_names(), ["echo", "fib", "upper"]);

@@ -25,6 +25,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Between two `/healthz` polls while a server starts; also the resolution of start-up times.
 const READY_POLL: Duration = Duration::from_millis(2);
 
+/// Between two `/metrics` polls while a server warms its pool.
+const WARM_POLL: Duration = Duration::from_millis(10);
+
 /// How long a server may take to exit after SIGTERM before it is killed. Its own grace period
 /// (`--grace-ms`, which the benchmark sets lower) bounds this in practice.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,6 +79,8 @@ pub struct Server {
     pub label: String,
     /// From just before the spawn to the first `200` from `/healthz`.
     pub ready_after: Duration,
+    /// From just before the spawn to the end of its pool warming (`taskhost_pool_warming 0`).
+    pub warm_after: Duration,
     log: PathBuf,
     warnings: Arc<Mutex<Vec<String>>>,
 }
@@ -148,12 +153,21 @@ impl Launcher {
             }
             tokio::time::sleep(READY_POLL).await;
         }
+        let ready_after = started.elapsed();
+        // Figures are of a server at rest: wait for its pool warming (--warm-slots) to end.
+        while warming(addr).await {
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("server {label} was still warming its pool after {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(WARM_POLL).await;
+        }
         Ok(Server {
             child,
             pid,
             addr,
             label: label.to_owned(),
-            ready_after: started.elapsed(),
+            ready_after,
+            warm_after: started.elapsed(),
             log,
             warnings: Arc::clone(&self.warnings),
         })
@@ -234,6 +248,27 @@ async fn healthy(addr: SocketAddr) -> bool {
         let mut head = [0_u8; 16];
         stream.read_exact(&mut head).await?;
         std::io::Result::Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Whether `/metrics` says the server is still warming its sandbox pool.
+async fn warming(addr: SocketAddr) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        std::io::Result::Ok(
+            response
+                .lines()
+                .any(|line| line == "taskhost_pool_warming 1"),
+        )
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), probe).await,

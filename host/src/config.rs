@@ -75,6 +75,12 @@ pub struct Options {
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 
+    /// Task slots to prepare at start, in the background, while no task needs them (default:
+    /// all of --task-workers; none with --native). A prepared slot spares the first task in
+    /// it the page faults of a fresh stack and memory, for about 40 KiB of memory kept.
+    #[arg(long)]
+    pub warm_slots: Option<usize>,
+
     /// Do not watch the tasks folder: modules load at start only.
     #[arg(long)]
     pub no_watch: bool,
@@ -104,6 +110,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Whether changes in the tasks folder are picked up while running.
     pub watch: bool,
+    /// Slots of the sandbox pool warmed at start (at most `task_workers`).
+    pub warm_slots: usize,
 }
 
 impl Options {
@@ -154,6 +162,11 @@ impl Options {
                 self.cache_dir.clone().or_else(default_cache_dir)
             },
             watch: !self.no_watch,
+            warm_slots: match self.warm_slots {
+                Some(slots) => slots.min(self.task_workers),
+                None if self.native => 0,
+                None => self.task_workers,
+            },
         })
     }
 }

@@ -8,6 +8,10 @@
 //! token is a child of `stop_running`, cancelled when the shutdown grace period ends, so one
 //! `select!` serves both a client's cancel and the shutdown. Queued tasks also watch
 //! `stop_starting`, cancelled when the shutdown begins, so they fail at once.
+//!
+//! Background work that needs a task slot (warming the sandbox pool) borrows a permit with
+//! [`Dispatcher::lend`] and gives it back when [`Dispatcher::reclaimed`] fires: as soon as a
+//! task has to wait for a permit, or the server stops. Tasks never wait on a loan.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorCode, WireError};
@@ -37,7 +41,12 @@ pub struct Dispatcher {
     next_task_id: AtomicU64,
     task_workers: usize,
     /// Permits for running tasks; a queued task waits here.
-    workers: Semaphore,
+    workers: Arc<Semaphore>,
+    /// Cancelled when a task waits for a permit or the server stops: permits lent to
+    /// background work must come back.
+    reclaim: CancellationToken,
+    /// Permits lent now; they are not running tasks.
+    lent: Arc<AtomicUsize>,
     /// Tasks admitted and not yet ended (queued or running), and the most there may be.
     admitted: AtomicUsize,
     capacity: usize,
@@ -71,6 +80,18 @@ impl Drop for Admission {
     }
 }
 
+/// A worker permit lent to background work; dropping it gives it back.
+pub struct Loan {
+    _permit: OwnedSemaphorePermit,
+    lent: Arc<AtomicUsize>,
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        self.lent.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The counts `stats` and `/metrics` report.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
@@ -81,14 +102,17 @@ pub struct Load {
 impl Dispatcher {
     /// `task_workers` tasks run at once and `queue` more may wait.
     pub fn new(task_workers: usize, queue: usize) -> Dispatcher {
+        let stop_starting = CancellationToken::new();
         Dispatcher {
             next_task_id: AtomicU64::new(1),
             task_workers,
-            workers: Semaphore::new(task_workers),
+            workers: Arc::new(Semaphore::new(task_workers)),
+            reclaim: stop_starting.child_token(),
+            lent: Arc::new(AtomicUsize::new(0)),
             admitted: AtomicUsize::new(0),
             capacity: task_workers.saturating_add(queue),
             cancel_handles: Mutex::new(HashMap::new()),
-            stop_starting: CancellationToken::new(),
+            stop_starting,
             stop_running: CancellationToken::new(),
         }
     }
@@ -99,7 +123,9 @@ impl Dispatcher {
 
     pub fn load(&self) -> Load {
         let admitted = self.admitted.load(Ordering::Acquire);
-        let running = self.task_workers - self.workers.available_permits();
+        // Read apart, the two counts can be a loan out of step: never below zero.
+        let running = (self.task_workers - self.workers.available_permits())
+            .saturating_sub(self.lent.load(Ordering::Acquire));
         Load {
             queued: admitted.saturating_sub(running) as u64,
             running: running as u64,
@@ -159,11 +185,18 @@ impl Dispatcher {
     where
         F: Future<Output = Outcome>,
     {
-        let permit = tokio::select! {
-            biased;
-            () = admission.token.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
-            () = self.stop_starting.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
-            permit = self.workers.acquire() => permit,
+        let permit = match self.workers.try_acquire() {
+            Ok(permit) => Ok(permit),
+            Err(_) => {
+                // Busy: whatever background work borrowed permits gives them back now.
+                self.reclaim.cancel();
+                tokio::select! {
+                    biased;
+                    () = admission.token.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
+                    () = self.stop_starting.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
+                    permit = self.workers.acquire() => permit,
+                }
+            }
         };
         let Ok(_permit) = permit else {
             return (
@@ -180,6 +213,25 @@ impl Dispatcher {
             }
         };
         (outcome, started.elapsed())
+    }
+
+    /// A free worker permit for background work, if no task needs it: `None` once the permits
+    /// are reclaimed or none is free. Give it back when [`Dispatcher::reclaimed`] fires.
+    pub fn lend(&self) -> Option<Loan> {
+        if self.reclaim.is_cancelled() {
+            return None;
+        }
+        let permit = Arc::clone(&self.workers).try_acquire_owned().ok()?;
+        self.lent.fetch_add(1, Ordering::AcqRel);
+        Some(Loan {
+            _permit: permit,
+            lent: Arc::clone(&self.lent),
+        })
+    }
+
+    /// Fires when lent permits must come back: a task is waiting for one, or the server stops.
+    pub fn reclaimed(&self) -> CancellationToken {
+        self.reclaim.clone()
     }
 
     /// Cancels task `task_id` for connection `owner`.
@@ -258,5 +310,25 @@ mod tests {
         dispatcher.cancel(7, admission.task_id).unwrap();
         drop(admission);
         assert!(dispatcher.cancel(7, 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_task_reclaims_lent_permits() {
+        let dispatcher = Arc::new(Dispatcher::new(1, 1));
+        let loan = dispatcher.lend().expect("a free permit is lent");
+        assert_eq!(dispatcher.load().running, 0, "a loan is not a running task");
+        let reclaimed = dispatcher.reclaimed();
+        assert!(dispatcher.lend().is_none(), "only one permit exists");
+        let admission = dispatcher.admit(1).unwrap();
+        let give_back = async {
+            reclaimed.cancelled().await;
+            drop(loan);
+        };
+        let run = dispatcher.run(admission, Duration::from_secs(5), async {
+            Outcome::failed(ErrorCode::Internal, "ran")
+        });
+        let ((outcome, _), ()) = tokio::join!(run, give_back);
+        assert_eq!(outcome.label(), "internal");
+        assert!(dispatcher.lend().is_none(), "no loans once reclaimed");
     }
 }

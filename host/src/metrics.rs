@@ -28,6 +28,10 @@ pub struct Metrics {
     pub queued: Gauge,
     pub running: Gauge,
     pub connections: Gauge,
+    /// 1 while the sandbox pool is being warmed at start, then 0.
+    pub pool_warming: Gauge,
+    /// Slots of the sandbox pool warmed at start.
+    pub pool_warmed_slots: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,6 +55,8 @@ impl Metrics {
             queued: Gauge::default(),
             running: Gauge::default(),
             connections: Gauge::default(),
+            pool_warming: Gauge::default(),
+            pool_warmed_slots: Gauge::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -87,6 +93,16 @@ impl Metrics {
             "connections",
             "Open WebSocket connections",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "pool_warming",
+            "1 while the sandbox pool is being warmed at start (--warm-slots), then 0",
+            metrics.pool_warming.clone(),
+        );
+        registry.register(
+            "pool_warmed_slots",
+            "Slots of the sandbox pool warmed at start",
+            metrics.pool_warmed_slots.clone(),
         );
         metrics
     }

@@ -209,6 +209,11 @@ impl Server {
             }
         }
         tokio::spawn(self.clone().push_task_lists());
+        if self.config().warm_slots > 0 {
+            // Set before the first connection, so that a client can wait for the warm pool.
+            self.metrics().pool_warming.set(1);
+            tokio::spawn(self.clone().warm_pool());
+        }
         let connections = TaskTracker::new();
         tokio::pin!(shutdown);
         loop {
@@ -234,6 +239,36 @@ impl Server {
     }
 
     /// Sends every connection the new task list whenever it changes, until the server stops.
+    /// Warms `--warm-slots` slots of the sandbox pool with worker permits the dispatcher
+    /// lends, giving them back at once if a task needs one (see `sandbox::warm`).
+    async fn warm_pool(self) {
+        let slots = self.config().warm_slots;
+        let started = Instant::now();
+        let dispatcher = self.dispatcher();
+        let release = dispatcher.reclaimed().child_token();
+        match self
+            .sandbox()
+            .warm_pool(slots, || dispatcher.lend(), release)
+            .await
+        {
+            Ok(warmed) => {
+                self.metrics().pool_warmed_slots.set(warmed as i64);
+                tracing::info!(
+                    warmed,
+                    of = slots,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sandbox pool warmed"
+                );
+            }
+            // Only the first tasks' speed depends on it: serve on.
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "could not warm the sandbox pool; the first tasks in each slot start cold"
+            ),
+        }
+        self.metrics().pool_warming.set(0);
+    }
+
     async fn push_task_lists(self) {
         let mut changes = self.registry().subscribe();
         loop {

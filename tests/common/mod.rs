@@ -39,6 +39,9 @@ pub fn test_config() -> Config {
     config.grace = Duration::from_secs(5);
     config.cache_dir = Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache"));
     config.watch = false;
+    // Warming holds worker permits for a moment after start; tests that count running tasks
+    // must not see them. `lifecycle` tests warming on its own.
+    config.warm_slots = 0;
     config
 }
 

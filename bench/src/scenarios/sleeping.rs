@@ -33,6 +33,9 @@ pub struct Sleepers {
     pub accepted: Percentiles,
     /// Submit to `finished`, over all tasks.
     pub finished_latency: Percentiles,
+    /// From ready (`/healthz`) to the end of the server's pool warming (`--warm-slots`); the
+    /// burst starts after it.
+    pub warming_s: f64,
     /// Resident memory after start-up (the pool reserved, nothing run) and at its peak.
     pub idle_rss_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -95,6 +98,7 @@ async fn start(
 
 async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result<Sleepers> {
     let (server, task_workers, note) = start(launcher, mode, plan.sleepers).await?;
+    let warming_s = (server.warm_after - server.ready_after).as_secs_f64();
     let idle_rss_bytes = server.memory()?.rss_bytes;
     let per_connection = plan.sleepers / plan.sleeper_connections;
     let clients = Client::connect_many(server.addr, plan.sleeper_connections, &["slow"]).await?;
@@ -125,6 +129,7 @@ async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result
         tasks: per_connection * plan.sleeper_connections,
         connections: plan.sleeper_connections,
         task_workers,
+        warming_s,
         finished: tally.samples.len(),
         wall_s: (last - begin).as_secs_f64(),
         accepted: Percentiles::of(tally.samples.iter().map(|sample| sample.to_accepted())),
@@ -155,13 +160,15 @@ impl Sleeping {
         .target(Target::AtMost { value: 1.5 });
         let mut notes = vec![format!(
             "{} of {} finished; progress messages per task: sandbox {:.1}, native {}; \
-             cores used by server / loadgen / other: sandbox {}, native {}",
+             cores used by server / loadgen / other: sandbox {}, native {}; the sandbox \
+             server warmed its pool in {:.2} s before the burst",
             sandbox.finished,
             sandbox.tasks,
             sandbox.progress_per_task,
             native.map_or("n/a".to_owned(), |n| format!("{:.1}", n.progress_per_task)),
             super::cores_text(&sandbox.cpu),
             native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
+            sandbox.warming_s,
         )];
         notes.extend(sandbox.note.clone());
         wall = wall.note(notes.join("; "));

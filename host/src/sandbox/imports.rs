@@ -24,9 +24,10 @@ pub const PROGRESS_INTERFACE: &str = "taskhost:task/progress@0.1.0";
 /// The linker for preview 1 modules.
 pub fn module_linker(engine: &Engine) -> anyhow::Result<Linker<ModuleState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut ModuleState| &mut state.wasi)
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, ModuleState::wasi)
         .map_err(anyhow::Error::from)
         .context("could not link WASI preview 1")?;
+    super::stdio::shadow_wasi(&mut linker)?;
     linker
         .func_wrap(PROGRESS_MODULE, PROGRESS_FUNCTION, module_progress)
         .map_err(anyhow::Error::from)

@@ -14,6 +14,8 @@ mod limiter;
 mod outcome;
 mod output;
 mod state;
+mod stdio;
+mod warm;
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,6 +38,8 @@ use limiter::MemoryCap;
 use outcome::{Ending, RunError, classify};
 use output::OutputCapture;
 use state::{ComponentState, Controlled, Controls, ModuleState};
+use stdio::Stdio;
+use warm::Warmer;
 
 /// A task's code, compiled and linked once, ready to be instantiated for every task.
 pub struct WasmModule {
@@ -88,6 +92,7 @@ pub struct Sandbox {
     components: ComponentLinker<ComponentState>,
     /// Bytes of stdout and stderr together a task may write (`--max-output`).
     max_output: usize,
+    warmer: Warmer,
 }
 
 impl Sandbox {
@@ -97,6 +102,7 @@ impl Sandbox {
             cache,
             modules: imports::module_linker(&engine)?,
             components: imports::component_linker(&engine)?,
+            warmer: Warmer::new(&engine)?,
             engine,
             max_output,
         })
@@ -165,30 +171,40 @@ impl Sandbox {
         })
     }
 
+    /// Warms up to `slots` slots of the instance pool (see [`warm`]), each held with a permit
+    /// from `lend`; stops early when `lend` has none or `release` is cancelled. Returns how
+    /// many slots were warmed.
+    pub async fn warm_pool<P: Send + 'static>(
+        &self,
+        slots: usize,
+        lend: impl FnMut() -> Option<P>,
+        release: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<usize> {
+        self.warmer.warm(slots, lend, release).await
+    }
+
     /// Runs one task in a fresh instance and says how it ended. Never panics on a guest's
     /// behaviour; dropping the future stops the guest at its next yield.
     pub async fn run(&self, module: &WasmModule, spec: RunSpec) -> Outcome {
         let capture = OutputCapture::new(self.max_output);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdin(MemoryInputPipe::new(spec.input.clone()))
-            .stdout(capture.stdout_pipe())
-            .stderr(capture.stderr_pipe())
-            .arg(&spec.name);
         let controls = Controls {
             memory: MemoryCap::new(spec.limits.memory_bytes),
             progress: spec.progress.clone(),
         };
         match &module.entry {
             Entry::Module(pre) => {
-                let state = ModuleState {
-                    wasi: wasi.build_p1(),
-                    controls,
-                };
+                let stdio = Stdio::new(spec.name.clone(), spec.input.clone(), capture.clone());
+                let state = ModuleState::new(stdio, controls);
                 self.metered(state, &spec, &capture, pre).await
             }
             Entry::Component(pre) => {
                 let state = ComponentState {
-                    wasi: wasi.build(),
+                    wasi: WasiCtxBuilder::new()
+                        .stdin(MemoryInputPipe::new(spec.input.clone()))
+                        .stdout(capture.stdout_pipe())
+                        .stderr(capture.stderr_pipe())
+                        .arg(&spec.name)
+                        .build(),
                     table: ResourceTable::new(),
                     controls,
                 };

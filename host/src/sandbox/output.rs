@@ -77,6 +77,16 @@ impl OutputCapture {
         self.captured.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Appends to stdout; `Err` (and remembered) past the budget.
+    pub fn append_stdout(&self, bytes: &[u8]) -> Result<(), ()> {
+        self.lock().append(Stream::Stdout, bytes)
+    }
+
+    /// Appends to stderr; `Err` (and remembered) past the budget.
+    pub fn append_stderr(&self, bytes: &[u8]) -> Result<(), ()> {
+        self.lock().append(Stream::Stderr, bytes)
+    }
+
     /// Whether the task tried to write more than its budget.
     pub fn overflowed(&self) -> bool {
         self.lock().overflowed
@@ -101,20 +111,26 @@ impl OutputCapture {
     }
 }
 
-impl CapturePipe {
+impl Captured {
     /// Appends `bytes`, or records the overflow and refuses them all.
-    fn append(&self, bytes: &[u8]) -> Result<(), ()> {
-        let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
-        if bytes.len() > captured.remaining {
-            captured.overflowed = true;
+    fn append(&mut self, stream: Stream, bytes: &[u8]) -> Result<(), ()> {
+        if bytes.len() > self.remaining {
+            self.overflowed = true;
             return Err(());
         }
-        captured.remaining -= bytes.len();
-        match self.stream {
-            Stream::Stdout => captured.stdout.extend_from_slice(bytes),
-            Stream::Stderr => captured.stderr.extend_from_slice(bytes),
+        self.remaining -= bytes.len();
+        match stream {
+            Stream::Stdout => self.stdout.extend_from_slice(bytes),
+            Stream::Stderr => self.stderr.extend_from_slice(bytes),
         }
         Ok(())
+    }
+}
+
+impl CapturePipe {
+    fn append(&self, bytes: &[u8]) -> Result<(), ()> {
+        let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        captured.append(self.stream, bytes)
     }
 
     fn overflow_error() -> StreamError {

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::limiter::MemoryCap;
+use super::stdio::Stdio;
 
 /// Where a task's progress reports go: the host's `progress` import calls it with a fraction
 /// in 0.0..=1.0 and a short message. Whoever supplies it decides about rate limits.
@@ -70,8 +72,36 @@ pub trait Controlled: Send + 'static {
 
 /// A preview 1 module's store.
 pub struct ModuleState {
-    pub wasi: WasiP1Ctx,
+    /// The standard streams and arguments, served by [`super::stdio`].
+    pub stdio: Stdio,
+    /// wasmtime-wasi's context for the preview 1 calls `stdio` does not answer, built the
+    /// first time the task makes one: most tasks never do.
+    wasi: Option<WasiP1Ctx>,
     pub controls: Controls,
+}
+
+impl ModuleState {
+    pub fn new(stdio: Stdio, controls: Controls) -> ModuleState {
+        ModuleState {
+            stdio,
+            wasi: None,
+            controls,
+        }
+    }
+
+    /// wasmtime-wasi's context, with the same streams: stdin from where the task's reads
+    /// have got to, stdout and stderr into the same capture.
+    pub fn wasi(&mut self) -> &mut WasiP1Ctx {
+        let stdio = &self.stdio;
+        self.wasi.get_or_insert_with(|| {
+            WasiCtxBuilder::new()
+                .stdin(MemoryInputPipe::new(stdio.input.slice(stdio.read..)))
+                .stdout(stdio.capture.stdout_pipe())
+                .stderr(stdio.capture.stderr_pipe())
+                .arg(&stdio.name)
+                .build_p1()
+        })
+    }
 }
 
 /// A preview 2 component's store.

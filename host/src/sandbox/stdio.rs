@@ -1,0 +1,505 @@
+//! The WASI preview 1 calls every task makes, answered straight from the task's store: its
+//! arguments and (empty) environment, stdin from the input bytes, stdout and stderr into the
+//! bounded capture, the clocks, sleeping in `poll_oneoff`, randomness and `proc_exit`.
+//!
+//! Why: wasmtime-wasi's preview 1 runs on its preview 2 implementation, so every task would
+//! first build a full WASI context (a resource table, boxed streams, a seeded random number
+//! generator) and then go through the preview 2 stream types for each read and write. That
+//! was about a third of the sandbox's cost on a small task (docs/PERFORMANCE.md). Here a
+//! task's standard streams are a byte slice, a position and the capture.
+//!
+//! Every other preview 1 function stays wasmtime-wasi's, on a context built the first time
+//! a task calls one ([`ModuleState::wasi`]): with no files, sockets or environment, they
+//! mostly answer "bad file descriptor", exactly as before. That context gets the same
+//! streams (stdin from where the task's reads have got to), so `fd_seek` or `fd_filestat_get`
+//! on them answer as they did; a task that closes or renumbers a standard stream and then
+//! uses it through both sets of functions may find them disagree.
+//!
+//! The behaviour follows wasmtime-wasi's own: out-of-bounds or misaligned pointers trap,
+//! the CPU-time clocks are "bad file descriptor", exit statuses of 126 and above trap.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use wasmtime::{Caller, Extern, Linker, format_err};
+use wasmtime_wasi::I32Exit;
+
+use super::output::OutputCapture;
+use super::state::ModuleState;
+
+/// The preview 1 import module.
+const WASI: &str = "wasi_snapshot_preview1";
+
+/// Errno values of preview 1 (`wasi_snapshot_preview1.witx`).
+mod errno {
+    pub const SUCCESS: i32 = 0;
+    pub const BADF: i32 = 8;
+    pub const INVAL: i32 = 28;
+}
+
+/// Standard stream file descriptors.
+const STDIN: u32 = 0;
+const STDOUT: u32 = 1;
+const STDERR: u32 = 2;
+
+/// A task's standard streams, as this module serves them.
+#[derive(Debug)]
+pub struct Stdio {
+    /// argv\[0\], the task's name; there are no other arguments.
+    pub name: String,
+    pub input: bytes::Bytes,
+    /// How much of `input` the task has read.
+    pub read: usize,
+    pub capture: OutputCapture,
+    /// Standard streams the task closed.
+    pub closed: [bool; 3],
+}
+
+impl Stdio {
+    pub fn new(name: String, input: bytes::Bytes, capture: OutputCapture) -> Stdio {
+        Stdio {
+            name,
+            input,
+            read: 0,
+            capture,
+            closed: [false; 3],
+        }
+    }
+
+    fn is_open(&self, fd: u32) -> bool {
+        fd <= STDERR && !self.closed[fd as usize]
+    }
+}
+
+/// Defines this module's functions in `linker`, over wasmtime-wasi's of the same names.
+pub fn shadow_wasi(linker: &mut Linker<ModuleState>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    define(linker)
+        .map_err(anyhow::Error::from)
+        .context("could not link the sandbox's own WASI preview 1 calls")?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+fn define(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
+    linker.func_wrap(WASI, "args_sizes_get", args_sizes_get)?;
+    linker.func_wrap(WASI, "args_get", args_get)?;
+    linker.func_wrap(WASI, "environ_sizes_get", environ_sizes_get)?;
+    linker.func_wrap(
+        WASI,
+        "environ_get",
+        |_: Caller<'_, ModuleState>, _: i32, _: i32| Ok(errno::SUCCESS),
+    )?;
+    linker.func_wrap(WASI, "clock_res_get", clock_res_get)?;
+    linker.func_wrap(WASI, "clock_time_get", clock_time_get)?;
+    linker.func_wrap(WASI, "fd_read", fd_read)?;
+    linker.func_wrap(WASI, "fd_write", fd_write)?;
+    linker.func_wrap(WASI, "fd_fdstat_get", fd_fdstat_get)?;
+    linker.func_wrap(WASI, "fd_close", fd_close)?;
+    linker.func_wrap(WASI, "random_get", random_get)?;
+    linker.func_wrap(WASI, "sched_yield", |_: Caller<'_, ModuleState>| {
+        Ok(errno::SUCCESS)
+    })?;
+    linker.func_wrap(WASI, "proc_exit", proc_exit)?;
+    linker.func_wrap_async(
+        WASI,
+        "poll_oneoff",
+        |caller, (subscriptions, events, count, written): (i32, i32, i32, i32)| {
+            Box::new(poll_oneoff(caller, subscriptions, events, count, written))
+        },
+    )?;
+    Ok(())
+}
+
+/// The task's exported memory: WASI hands pointers into it.
+fn memory<'a>(
+    caller: &'a mut Caller<'_, ModuleState>,
+) -> wasmtime::Result<(&'a mut [u8], &'a mut ModuleState)> {
+    let memory = caller
+        .get_export("memory")
+        .and_then(Extern::into_memory)
+        .ok_or_else(|| format_err!("WASI calls need the module to export its `memory`"))?;
+    Ok(memory.data_and_store_mut(caller))
+}
+
+/// `len` bytes at `pointer` in guest memory, or a trap.
+fn bytes(memory: &[u8], pointer: i32, len: usize) -> wasmtime::Result<&[u8]> {
+    let start = pointer as u32 as usize;
+    start
+        .checked_add(len)
+        .and_then(|end| memory.get(start..end))
+        .ok_or_else(|| out_of_bounds(start, len, memory.len()))
+}
+
+fn bytes_mut(memory: &mut [u8], pointer: i32, len: usize) -> wasmtime::Result<&mut [u8]> {
+    let start = pointer as u32 as usize;
+    let size = memory.len();
+    start
+        .checked_add(len)
+        .and_then(|end| memory.get_mut(start..end))
+        .ok_or_else(|| out_of_bounds(start, len, size))
+}
+
+fn out_of_bounds(start: usize, len: usize, size: usize) -> wasmtime::Error {
+    format_err!(
+        "a WASI call was given {len} bytes at {start}, outside the module's memory of {size} bytes"
+    )
+}
+
+/// Checks that `pointer` is aligned for a value of `align` bytes, as WASI requires.
+fn aligned(pointer: i32, align: u32) -> wasmtime::Result<()> {
+    if (pointer as u32).is_multiple_of(align) {
+        Ok(())
+    } else {
+        Err(format_err!(
+            "a WASI call was given a pointer {pointer:#x} not aligned to {align} bytes"
+        ))
+    }
+}
+
+fn write_u32(memory: &mut [u8], pointer: i32, value: u32) -> wasmtime::Result<()> {
+    aligned(pointer, 4)?;
+    bytes_mut(memory, pointer, 4)?.copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
+fn write_u64(memory: &mut [u8], pointer: i32, value: u64) -> wasmtime::Result<()> {
+    aligned(pointer, 8)?;
+    bytes_mut(memory, pointer, 8)?.copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
+/// The `(pointer, length)` pairs of an iovec array of `count` entries.
+fn iovecs(memory: &[u8], array: i32, count: i32) -> wasmtime::Result<Vec<(i32, usize)>> {
+    aligned(array, 4)?;
+    let count = count as u32 as usize;
+    let entries = bytes(memory, array, count.saturating_mul(8))?;
+    Ok(entries
+        .chunks_exact(8)
+        .map(|entry| {
+            let pointer = u32::from_le_bytes(entry[..4].try_into().expect("4 bytes"));
+            let len = u32::from_le_bytes(entry[4..].try_into().expect("4 bytes"));
+            (pointer as i32, len as usize)
+        })
+        .collect())
+}
+
+fn args_sizes_get(
+    mut caller: Caller<'_, ModuleState>,
+    count: i32,
+    size: i32,
+) -> wasmtime::Result<i32> {
+    let (memory, state) = memory(&mut caller)?;
+    write_u32(memory, count, 1)?;
+    write_u32(memory, size, state.stdio.name.len() as u32 + 1)?;
+    Ok(errno::SUCCESS)
+}
+
+fn args_get(mut caller: Caller<'_, ModuleState>, argv: i32, buffer: i32) -> wasmtime::Result<i32> {
+    let (memory, state) = memory(&mut caller)?;
+    write_u32(memory, argv, buffer as u32)?;
+    let name = state.stdio.name.as_bytes();
+    let target = bytes_mut(memory, buffer, name.len() + 1)?;
+    target[..name.len()].copy_from_slice(name);
+    target[name.len()] = 0;
+    Ok(errno::SUCCESS)
+}
+
+fn environ_sizes_get(
+    mut caller: Caller<'_, ModuleState>,
+    count: i32,
+    size: i32,
+) -> wasmtime::Result<i32> {
+    let (memory, _) = memory(&mut caller)?;
+    write_u32(memory, count, 0)?;
+    write_u32(memory, size, 0)?;
+    Ok(errno::SUCCESS)
+}
+
+/// Clock ids of preview 1.
+const REALTIME: i32 = 0;
+const MONOTONIC: i32 = 1;
+
+/// Nanoseconds on `clock`, or `None` for the CPU-time clocks and unknown ids.
+fn now(clock: i32) -> Option<u64> {
+    match clock {
+        REALTIME => Some(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as u64),
+        ),
+        MONOTONIC => Some(monotonic_origin().elapsed().as_nanos() as u64),
+        _ => None,
+    }
+}
+
+/// Where the monotonic clock counts from: the first time a task read it.
+fn monotonic_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn clock_res_get(
+    mut caller: Caller<'_, ModuleState>,
+    clock: i32,
+    resolution: i32,
+) -> wasmtime::Result<i32> {
+    if now(clock).is_none() {
+        return Ok(errno::BADF);
+    }
+    let (memory, _) = memory(&mut caller)?;
+    write_u64(memory, resolution, 1)?;
+    Ok(errno::SUCCESS)
+}
+
+fn clock_time_get(
+    mut caller: Caller<'_, ModuleState>,
+    clock: i32,
+    _precision: i64,
+    time: i32,
+) -> wasmtime::Result<i32> {
+    let Some(now) = now(clock) else {
+        return Ok(errno::BADF);
+    };
+    let (memory, _) = memory(&mut caller)?;
+    write_u64(memory, time, now)?;
+    Ok(errno::SUCCESS)
+}
+
+/// Reads stdin into the iovecs, as far as the input goes.
+fn fd_read(
+    mut caller: Caller<'_, ModuleState>,
+    fd: i32,
+    iovs: i32,
+    count: i32,
+    read: i32,
+) -> wasmtime::Result<i32> {
+    let (memory, state) = memory(&mut caller)?;
+    let stdio = &mut state.stdio;
+    if fd as u32 != STDIN || !stdio.is_open(STDIN) {
+        return Ok(errno::BADF);
+    }
+    let mut total = 0;
+    for (pointer, len) in iovecs(memory, iovs, count)? {
+        let rest = &stdio.input[stdio.read..];
+        let n = len.min(rest.len());
+        bytes_mut(memory, pointer, n)?.copy_from_slice(&rest[..n]);
+        stdio.read += n;
+        total += n;
+        if n < len {
+            break;
+        }
+    }
+    write_u32(memory, read, total as u32)?;
+    Ok(errno::SUCCESS)
+}
+
+/// Appends the iovecs to stdout or stderr. Past the output budget the task traps, and the
+/// capture remembers why.
+fn fd_write(
+    mut caller: Caller<'_, ModuleState>,
+    fd: i32,
+    iovs: i32,
+    count: i32,
+    written: i32,
+) -> wasmtime::Result<i32> {
+    let (memory, state) = memory(&mut caller)?;
+    let stdio = &state.stdio;
+    let fd = fd as u32;
+    if !(fd == STDOUT || fd == STDERR) || !stdio.is_open(fd) {
+        return Ok(errno::BADF);
+    }
+    let mut total = 0_usize;
+    for (pointer, len) in iovecs(memory, iovs, count)? {
+        let data = bytes(memory, pointer, len)?;
+        let appended = if fd == STDOUT {
+            stdio.capture.append_stdout(data)
+        } else {
+            stdio.capture.append_stderr(data)
+        };
+        appended.map_err(|()| {
+            format_err!("the task wrote more output than its limit (--max-output)")
+        })?;
+        total += len;
+    }
+    write_u32(memory, written, total as u32)?;
+    Ok(errno::SUCCESS)
+}
+
+/// Rights of preview 1 that the standard streams have.
+const RIGHT_FD_READ: u64 = 1 << 1;
+const RIGHT_FD_WRITE: u64 = 1 << 6;
+
+/// The standard streams' `fdstat`: not terminals (filetype unknown), no flags, read or
+/// write rights. There are no other descriptors.
+fn fd_fdstat_get(mut caller: Caller<'_, ModuleState>, fd: i32, stat: i32) -> wasmtime::Result<i32> {
+    let (memory, state) = memory(&mut caller)?;
+    let fd = fd as u32;
+    if !state.stdio.is_open(fd) {
+        return Ok(errno::BADF);
+    }
+    let rights = if fd == STDIN {
+        RIGHT_FD_READ
+    } else {
+        RIGHT_FD_WRITE
+    };
+    aligned(stat, 8)?;
+    let target = bytes_mut(memory, stat, 24)?;
+    target.fill(0);
+    target[8..16].copy_from_slice(&rights.to_le_bytes());
+    target[16..24].copy_from_slice(&rights.to_le_bytes());
+    Ok(errno::SUCCESS)
+}
+
+fn fd_close(mut caller: Caller<'_, ModuleState>, fd: i32) -> wasmtime::Result<i32> {
+    let stdio = &mut caller.data_mut().stdio;
+    let fd = fd as u32;
+    if !stdio.is_open(fd) {
+        return Ok(errno::BADF);
+    }
+    stdio.closed[fd as usize] = true;
+    Ok(errno::SUCCESS)
+}
+
+fn random_get(mut caller: Caller<'_, ModuleState>, buffer: i32, len: i32) -> wasmtime::Result<i32> {
+    let (memory, _) = memory(&mut caller)?;
+    let target = bytes_mut(memory, buffer, len as u32 as usize)?;
+    getrandom::fill(target).map_err(|error| format_err!("no randomness for the task: {error}"))?;
+    Ok(errno::SUCCESS)
+}
+
+fn proc_exit(_: Caller<'_, ModuleState>, status: i32) -> wasmtime::Result<()> {
+    // WASI's range; wasmtime-wasi refuses the rest the same way.
+    if !(0..126).contains(&status) {
+        return Err(format_err!(
+            "exit with invalid exit status outside of [0..126)"
+        ));
+    }
+    Err(I32Exit(status).into())
+}
+
+/// Subscription and event layouts of preview 1, in bytes.
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const EVENT_CLOCK: u8 = 0;
+const EVENT_FD_READ: u8 = 1;
+const EVENT_FD_WRITE: u8 = 2;
+const SUBSCRIPTION_CLOCK_ABSTIME: u16 = 1;
+
+/// Longest single wait: tokio's timer wheel reaches about two years; the task's wall-clock
+/// limit ends it long before.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// One subscription, decoded.
+enum Wait {
+    /// Ready at this instant.
+    Clock(Instant),
+    /// A standard stream, always ready: stdin has its bytes, the capture takes writes.
+    Stream { kind: u8, ready: u64 },
+}
+
+/// Waits for the first of the subscriptions: clocks sleep without holding a thread; the
+/// standard streams are always ready.
+async fn poll_oneoff(
+    mut caller: Caller<'_, ModuleState>,
+    subscriptions: i32,
+    events: i32,
+    count: i32,
+    written: i32,
+) -> wasmtime::Result<i32> {
+    let count = count as u32 as usize;
+    if count == 0 {
+        return Ok(errno::INVAL);
+    }
+    aligned(subscriptions, 8)?;
+    aligned(events, 8)?;
+    let mut waits = Vec::with_capacity(count);
+    {
+        let (memory, state) = memory(&mut caller)?;
+        let all = bytes(
+            memory,
+            subscriptions,
+            count.saturating_mul(SUBSCRIPTION_SIZE),
+        )?;
+        bytes(memory, events, count.saturating_mul(EVENT_SIZE))?;
+        let started = Instant::now();
+        for subscription in all.chunks_exact(SUBSCRIPTION_SIZE) {
+            let userdata = u64::from_le_bytes(subscription[0..8].try_into().expect("8 bytes"));
+            let field = |at: usize| {
+                u64::from_le_bytes(subscription[at..at + 8].try_into().expect("8 bytes"))
+            };
+            let wait = match subscription[8] {
+                EVENT_CLOCK => {
+                    let clock =
+                        i32::from_le_bytes(subscription[16..20].try_into().expect("4 bytes"));
+                    let timeout = field(24);
+                    let flags =
+                        u16::from_le_bytes(subscription[40..42].try_into().expect("2 bytes"));
+                    let Some(now) = now(clock) else {
+                        return Ok(errno::INVAL);
+                    };
+                    let after = if flags & SUBSCRIPTION_CLOCK_ABSTIME != 0 {
+                        timeout.saturating_sub(now)
+                    } else {
+                        timeout
+                    };
+                    let after = Duration::from_nanos(after).min(LONGEST_WAIT);
+                    Wait::Clock(started + after)
+                }
+                kind @ (EVENT_FD_READ | EVENT_FD_WRITE) => {
+                    let fd = u32::from_le_bytes(subscription[16..20].try_into().expect("4 bytes"));
+                    let readable = kind == EVENT_FD_READ && fd == STDIN;
+                    let writable = kind == EVENT_FD_WRITE && (fd == STDOUT || fd == STDERR);
+                    if !(readable || writable) || !state.stdio.is_open(fd) {
+                        return Ok(errno::BADF);
+                    }
+                    let ready = if readable {
+                        (state.stdio.input.len() - state.stdio.read) as u64
+                    } else {
+                        u64::from(u32::MAX)
+                    };
+                    Wait::Stream { kind, ready }
+                }
+                _ => return Ok(errno::INVAL),
+            };
+            waits.push((userdata, wait));
+        }
+    }
+    let streams_ready = waits
+        .iter()
+        .any(|(_, wait)| matches!(wait, Wait::Stream { .. }));
+    if !streams_ready {
+        let first = waits
+            .iter()
+            .filter_map(|(_, wait)| match wait {
+                Wait::Clock(at) => Some(*at),
+                Wait::Stream { .. } => None,
+            })
+            .min()
+            .expect("every subscription is a clock");
+        tokio::time::sleep_until(first.into()).await;
+    }
+    let now = Instant::now();
+    let (memory, _) = memory(&mut caller)?;
+    let mut fired = 0;
+    for (userdata, wait) in waits {
+        let (kind, ready) = match wait {
+            Wait::Clock(at) if at <= now => (EVENT_CLOCK, 0),
+            Wait::Clock(_) => continue,
+            Wait::Stream { kind, ready } => (kind, ready),
+        };
+        let event = bytes_mut(
+            memory,
+            events.wrapping_add((fired * EVENT_SIZE) as i32),
+            EVENT_SIZE,
+        )?;
+        event.fill(0);
+        event[0..8].copy_from_slice(&userdata.to_le_bytes());
+        event[10] = kind;
+        event[16..24].copy_from_slice(&ready.to_le_bytes());
+        fired += 1;
+    }
+    write_u32(memory, written, fired as u32)?;
+    Ok(errno::SUCCESS)
+}

@@ -1,0 +1,177 @@
+//! Warming the instance pool at start, so that the first burst of tasks does not pay for it.
+//!
+//! A slot the pool has never handed out is cold: the first task in it faults in its fiber
+//! stack and the pages of linear memory it writes, one page fault and one zeroed page at a
+//! time, while freed slots keep those pages resident for the next task. A burst of 10,000
+//! sleeping tasks on a cold pool took twice as long as the same burst right after it
+//! (docs/PERFORMANCE.md). Warming runs a tiny built-in module in as many slots as it may,
+//! all at once (so each lands in a slot of its own), has each touch what a task's first
+//! moments touch, then frees them all.
+//!
+//! The slots come from the caller's `lend`, so warming never takes a slot a task needs: the
+//! dispatcher lends only free permits and reclaims them (cancelling `release`) as soon as a
+//! task waits.
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+
+/// What the warming module does: write to the pages just below 1 MiB, where a Rust guest's
+/// stack starts (its data and heap lie above, in the module's own memory image), then wait
+/// in a host call until released, holding its slot and fiber stack.
+const WARM_MODULE: &str = r#"
+(module
+  (import "taskhost-warm" "hold" (func $hold))
+  (memory 17)
+  (func (export "_start")
+    (local $address i32)
+    (local.set $address (i32.const 0xfc000))
+    (loop $touch
+      (i32.store8 (local.get $address) (i32.const 1))
+      (local.set $address (i32.add (local.get $address) (i32.const 4096)))
+      (br_if $touch (i32.lt_u (local.get $address) (i32.const 0x100000))))
+    (call $hold)))
+"#;
+
+/// Fuel for the warming module's few dozen instructions, with room to spare.
+const WARM_FUEL: u64 = 100_000;
+
+/// Fiber stack a task's host calls touch, about: WASI's `poll_oneoff` under a sleeping task,
+/// with wasmtime's and tokio's frames.
+const STACK_TOUCHED: usize = 16 << 10;
+
+/// Slots started between two yields to the scheduler, so that warming shares the threads.
+const BATCH: usize = 64;
+
+/// A warming instance's store.
+struct Holding {
+    release: CancellationToken,
+    /// Told when the instance holds its slot.
+    holding: mpsc::UnboundedSender<anyhow::Result<()>>,
+}
+
+/// The warming module, linked once.
+pub struct Warmer {
+    pre: InstancePre<Holding>,
+}
+
+impl Warmer {
+    pub fn new(engine: &Engine) -> anyhow::Result<Warmer> {
+        let module = Module::new(engine, WARM_MODULE)
+            .map_err(anyhow::Error::from)
+            .context("could not compile the pool-warming module")?;
+        let mut linker = Linker::<Holding>::new(engine);
+        linker
+            .func_wrap_async("taskhost-warm", "hold", |caller, ()| {
+                touch_stack();
+                let _ = caller.data().holding.send(Ok(()));
+                let release = caller.data().release.clone();
+                Box::new(async move {
+                    release.cancelled().await;
+                    Ok(())
+                })
+            })
+            .map_err(anyhow::Error::from)?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(anyhow::Error::from)
+            .context("could not link the pool-warming module")?;
+        Ok(Warmer { pre })
+    }
+
+    /// Warms up to `slots` slots, each held with a permit from `lend`, until all are held or
+    /// `lend` has none left, then frees them all (at once if `release` is cancelled first).
+    /// Returns how many were warmed.
+    ///
+    /// Each slot is held by a task of its own, so that the scheduler spreads them over its
+    /// worker threads: the pool keeps a shard of slots per thread, and a task takes its
+    /// slot from its thread's shard first.
+    pub async fn warm<P: Send + 'static>(
+        &self,
+        slots: usize,
+        mut lend: impl FnMut() -> Option<P>,
+        release: CancellationToken,
+    ) -> anyhow::Result<usize> {
+        let mut held = JoinSet::new();
+        let (holding_tx, mut holding) = mpsc::unbounded_channel();
+        let mut warmed = 0;
+        let mut failure = None;
+        'fill: while warmed < slots && !release.is_cancelled() {
+            let mut started = 0;
+            for _ in 0..BATCH.min(slots - warmed) {
+                let Some(permit) = lend() else {
+                    break 'fill;
+                };
+                let (pre, release, holding) =
+                    (self.pre.clone(), release.clone(), holding_tx.clone());
+                held.spawn(async move {
+                    let held = hold_slot(pre, release, holding).await;
+                    drop(permit);
+                    held
+                });
+                started += 1;
+            }
+            // Wait for the batch to be in place before the next, so warming shares the threads.
+            for _ in 0..started {
+                if let Some(Err(error)) = holding.recv().await {
+                    failure.get_or_insert(error);
+                    break 'fill;
+                }
+            }
+            warmed += started;
+        }
+        release.cancel();
+        while held.join_next().await.is_some() {}
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(warmed),
+        }
+    }
+}
+
+/// Instantiates the warming module in a fresh store and runs it until released. Says on
+/// `holding` when it holds its slot, or that it could not.
+async fn hold_slot(
+    pre: InstancePre<Holding>,
+    release: CancellationToken,
+    holding: mpsc::UnboundedSender<anyhow::Result<()>>,
+) {
+    let mut store = Store::new(
+        pre.module().engine(),
+        Holding {
+            release,
+            holding: holding.clone(),
+        },
+    );
+    let started = async {
+        store.set_fuel(WARM_FUEL).map_err(anyhow::Error::from)?;
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("could not instantiate the pool-warming module")?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(anyhow::Error::from)?;
+        start
+            .call_async(&mut store, ())
+            .await
+            .map_err(anyhow::Error::from)
+            .context("the pool-warming module failed")
+    };
+    if let Err(error) = started.await {
+        let _ = holding.send(Err(error));
+    }
+}
+
+/// Writes to [`STACK_TOUCHED`] bytes of the current (fiber) stack, one byte a page.
+#[inline(never)]
+fn touch_stack() {
+    let mut pages = [0u8; STACK_TOUCHED];
+    for page in pages.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&mut pages);
+}
