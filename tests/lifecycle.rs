@@ -61,6 +61,53 @@ async fn the_port_serves_the_page_health_and_metrics() {
     assert_eq!(status, 404);
 }
 
+/// Sends a WebSocket upgrade request with `extra` headers; returns the status code.
+async fn upgrade_status(addr: std::net::SocketAddr, method: &str, path: &str, extra: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut status = [0_u8; 12];
+    stream.read_exact(&mut status).await.unwrap();
+    std::str::from_utf8(&status[9..12])
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_channel_is_get_slash_from_local_or_allowed_origins() {
+    let mut config = test_config();
+    config.allowed_origins = vec!["https://app.example".to_owned()];
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let addr = server.addr;
+    assert_eq!(
+        upgrade_status(addr, "GET", "/", "").await,
+        101,
+        "no Origin: not a browser"
+    );
+    assert_eq!(
+        upgrade_status(addr, "GET", "/", "Origin: null\r\n").await,
+        101,
+        "a file"
+    );
+    let own = format!("Origin: http://{addr}\r\n");
+    assert_eq!(
+        upgrade_status(addr, "GET", "/", &own).await,
+        101,
+        "the served page"
+    );
+    let allowed = "Origin: https://app.example\r\n";
+    assert_eq!(upgrade_status(addr, "GET", "/", allowed).await, 101);
+    let foreign = "Origin: https://evil.example\r\n";
+    assert_eq!(upgrade_status(addr, "GET", "/", foreign).await, 403);
+    assert_eq!(upgrade_status(addr, "GET", "/healthz", "").await, 404);
+    assert_eq!(upgrade_status(addr, "POST", "/", "").await, 405);
+}
+
 /// Polls `/metrics` until the pool warming is over; returns the metrics then.
 async fn metrics_once_warm(addr: std::net::SocketAddr) -> String {
     for _ in 0..500 {

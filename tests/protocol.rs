@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 use crate::common::{Client, listed, start_server, start_server_with, test_config};
 
@@ -142,7 +144,7 @@ async fn bad_frames_get_an_error_and_the_connection_goes_on() {
         ("{\"type\": \"cancel\"}", "task_id"),
         (
             "{\"type\": \"cancel\", \"task_id\": \"seven\"}",
-            "invalid type",
+            "the id `accepted` gave",
         ),
         ("   {\"type\": \"list\", ", "EOF"),
     ];
@@ -239,18 +241,46 @@ async fn an_oversized_frame_closes_with_1009_and_others_are_unaffected() {
     client
         .send(json!({"type": "task", "task": "echo", "input": big}))
         .await;
-    let close = loop {
+    assert_eq!(close_code(&mut client).await, CloseCode::Size);
+    assert_still_works(&mut bystander).await;
+    let mut again = server.client().await;
+    assert_still_works(&mut again).await;
+}
+
+/// The code of the close frame the server ends the connection with.
+async fn close_code(client: &mut Client) -> CloseCode {
+    loop {
         match client.next_frame().await {
-            Some(Message::Close(frame)) => break frame,
+            Some(Message::Close(frame)) => return frame.expect("a close frame with a code").code,
             Some(Message::Text(text)) => panic!("expected a close, got {text}"),
             Some(_) => continue,
             None => panic!("closed without a close frame"),
         }
-    };
-    assert_eq!(close.expect("a close frame").code, CloseCode::Size);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_are_answered_and_broken_frames_close_with_their_code() {
+    let server = start_server().await;
+    let mut bystander = server.client().await;
+
+    // RFC 6455: a close is answered with a close, so the client sees a clean end.
+    let mut client = server.client().await;
+    client
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await;
+    assert_eq!(close_code(&mut client).await, CloseCode::Normal);
+
+    // Text that is not UTF-8 cannot be read at all: 1007, not a silent drop.
+    let mut client = server.client().await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    client.send_raw(Message::Frame(frame)).await;
+    assert_eq!(close_code(&mut client).await, CloseCode::Invalid);
+
     assert_still_works(&mut bystander).await;
-    let mut again = server.client().await;
-    assert_still_works(&mut again).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

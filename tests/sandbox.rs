@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Client, TestServer, listed, start_server, start_server_with, test_config};
+use crate::common::{
+    Client, TaskFolder, TestServer, listed, start_server, start_server_with, test_config,
+};
 
 /// An echo on its own connection must answer within this, whatever else runs.
 const PROMPT: Duration = Duration::from_millis(500);
@@ -232,6 +234,52 @@ async fn running_tasks_can_be_cancelled_sleeping_or_spinning() {
         );
         assert!(ended["elapsed_ms"].as_u64().unwrap() >= 300);
     }
+}
+
+/// A module that asks for 64 KiB of randomness, forever: host work that burns no fuel.
+const RANDOM_FOREVER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (loop $again
+      (drop (call $random (i32.const 0) (i32.const 65536)))
+      (br $again))))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_of_host_calls_still_times_out_cancels_and_shares_the_threads() {
+    let folder = TaskFolder::with(&["echo.wasm"]);
+    folder.write("random_forever.wat", RANDOM_FOREVER);
+    let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+
+    // One per core, and one more: none may hold a thread past its slice.
+    for _ in 0..3 {
+        client
+            .send(json!({"type": "task", "task": "random_forever", "limits": {"timeout_ms": 1000}}))
+            .await;
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(echo_round_trip(&server).await < PROMPT);
+    for ended in client.ends(3).await {
+        assert_eq!(error_code(&ended), "timeout", "{ended}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the wall-clock limit held: {:?}",
+        started.elapsed()
+    );
+
+    let accepted = client.submit("random_forever", Value::Null).await;
+    let task_id = accepted["task_id"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancelled_at = Instant::now();
+    client
+        .send(json!({"type": "cancel", "task_id": task_id}))
+        .await;
+    let ended = client.recv_for(task_id).await;
+    assert_eq!(error_code(&ended), "cancelled", "{ended}");
+    assert!(cancelled_at.elapsed() < Duration::from_millis(500));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

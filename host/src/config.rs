@@ -81,6 +81,12 @@ pub struct Options {
     #[arg(long)]
     pub warm_slots: Option<usize>,
 
+    /// A web origin whose pages may open WebSocket connections (repeat for more; `*` for
+    /// any). Pages served by this server, from a loopback host or from a file always may;
+    /// other sites may not, so that no web page a user visits can run tasks here.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+
     /// Do not watch the tasks folder: modules load at start only.
     #[arg(long)]
     pub no_watch: bool,
@@ -112,6 +118,8 @@ pub struct Config {
     pub watch: bool,
     /// Slots of the sandbox pool warmed at start (at most `task_workers`).
     pub warm_slots: usize,
+    /// Web origins allowed to open WebSocket connections beyond the local ones (`*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Options {
@@ -167,6 +175,7 @@ impl Options {
                 None if self.native => 0,
                 None => self.task_workers,
             },
+            allowed_origins: self.allow_origins.clone(),
         })
     }
 }

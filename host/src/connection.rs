@@ -183,6 +183,25 @@ async fn read_loop(
                     reason: format!("frame of {size} bytes is over the limit of {max_size}").into(),
                 });
             }
+            Some(Err(WsError::Utf8(_))) => {
+                tracing::info!("text frame that is not UTF-8; closing with 1007");
+                return Some(CloseFrame {
+                    code: CloseCode::Invalid,
+                    reason: "a text frame was not valid UTF-8".into(),
+                });
+            }
+            Some(Err(WsError::Protocol(error))) => {
+                tracing::info!(%error, "WebSocket protocol violation; closing with 1002");
+                let mut reason = format!("WebSocket protocol error: {error}");
+                // A close frame's reason holds at most 123 bytes.
+                while reason.len() > 123 {
+                    reason.pop();
+                }
+                return Some(CloseFrame {
+                    code: CloseCode::Protocol,
+                    reason: reason.into(),
+                });
+            }
             Some(Err(error)) => {
                 tracing::debug!(%error, "connection ended");
                 return None;
@@ -234,13 +253,18 @@ async fn write_loop(
             frame = &mut close => {
                 queued.close();
                 while let Ok(message) = queued.try_recv() {
+                    // Refused once the client has closed: what is left cannot reach it.
                     if sink.feed(message).await.is_err() {
-                        return;
+                        break;
                     }
                 }
-                let frame = frame.ok().flatten();
                 // The peer may already be gone; the close is a courtesy then.
-                let _ = sink.send(Message::Close(frame)).await;
+                let _ = match frame.ok().flatten() {
+                    Some(frame) => sink.send(Message::Close(Some(frame))).await,
+                    // The client closed, and tungstenite queued the reply it is owed (RFC 6455
+                    // 5.5.1): closing the sink sends it. Or the socket broke: nothing to send.
+                    None => sink.close().await,
+                };
                 return;
             }
         };

@@ -56,8 +56,14 @@ pub async fn handle(server: Server, mut stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    if let Some(key) = request.websocket_key {
-        upgrade(server, stream, peer, &key, head.leftover()).await;
+    if let Some(key) = &request.websocket_key {
+        match request.upgrade_refusal(&server.config().allowed_origins) {
+            None => upgrade(server, stream, peer, key, head.leftover()).await,
+            Some((status, why)) => {
+                tracing::info!(%peer, status, why, "WebSocket upgrade refused");
+                let _ = respond(&mut stream, status, "text/plain", why.as_bytes()).await;
+            }
+        }
         return;
     }
     let result = match (request.method.as_str(), request.path.as_str()) {
@@ -172,6 +178,11 @@ struct Request {
     path: String,
     /// `Sec-WebSocket-Key`, present when the request is a valid WebSocket upgrade.
     websocket_key: Option<String>,
+    /// Whether `Connection` names `upgrade`, as a WebSocket handshake must.
+    connection_upgrade: bool,
+    /// The `Origin` a browser sends, and the `Host` the request was sent to.
+    origin: Option<String>,
+    host: Option<String>,
 }
 
 impl Request {
@@ -205,12 +216,85 @@ impl Request {
         };
         let path = request.path.unwrap_or("/");
         let path = path.split('?').next().unwrap_or("/");
+        let connection_upgrade = header("connection").is_some_and(|value| {
+            value
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        });
         Ok(Request {
             method: request.method.unwrap_or("GET").to_owned(),
             path: path.to_owned(),
             websocket_key,
+            connection_upgrade,
+            origin: header("origin").map(str::to_owned),
+            host: header("host").map(str::to_owned),
         })
     }
+
+    /// Why a WebSocket upgrade is refused (status and a message), if it is: the task channel
+    /// is `GET /`, and a browser page may open it only from the server's own origin, a
+    /// loopback host, a file (`Origin: null`) or an origin in `--allow-origin`. Without the
+    /// origin check any web site a user visits could run tasks on their local server.
+    fn upgrade_refusal(&self, allowed: &[String]) -> Option<(u16, String)> {
+        if self.method != "GET" {
+            return Some((
+                405,
+                "a WebSocket upgrade must be a GET request\n".to_owned(),
+            ));
+        }
+        if self.path != "/" {
+            return Some((
+                404,
+                format!(
+                    "no WebSocket endpoint at {}: connect to / (ws://HOST:PORT/)\n",
+                    self.path
+                ),
+            ));
+        }
+        if !self.connection_upgrade {
+            return Some((
+                400,
+                "a WebSocket upgrade needs the header `Connection: Upgrade`\n".to_owned(),
+            ));
+        }
+        match &self.origin {
+            Some(origin) if !origin_allowed(origin, self.host.as_deref(), allowed) => Some((
+                403,
+                format!(
+                    "WebSocket connections from pages at {origin} are refused: start the \
+                     server with --allow-origin {origin} to allow them\n"
+                ),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a page at `origin` may open the task channel of the server at `host`.
+fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    if origin == "null"
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some((_scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if host.is_some_and(|host| host.eq_ignore_ascii_case(authority)) {
+        return true;
+    }
+    // The host name without its port; an IPv6 literal keeps its brackets.
+    let name = match authority.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name == "[::1]"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn respond(
@@ -222,6 +306,7 @@ async fn respond(
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         503 => "Service Unavailable",
@@ -235,4 +320,42 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn only_local_same_or_allowed_origins_may_connect() {
+        let allowed = ["https://app.example".to_owned()];
+        for origin in [
+            "null",
+            "http://127.0.0.1:9501",
+            "http://localhost:8080",
+            "http://[::1]:9501",
+            "https://app.example",
+            "http://tasks.internal:9501",
+        ] {
+            assert!(
+                origin_allowed(origin, Some("tasks.internal:9501"), &allowed),
+                "{origin}"
+            );
+        }
+        for origin in [
+            "https://evil.example",
+            "http://127.0.0.1.evil.example",
+            "junk",
+        ] {
+            assert!(
+                !origin_allowed(origin, Some("127.0.0.1:9501"), &allowed),
+                "{origin}"
+            );
+        }
+        assert!(origin_allowed(
+            "https://any.example",
+            None,
+            &["*".to_owned()]
+        ));
+    }
 }

@@ -14,33 +14,88 @@ use serde_json::value::RawValue;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A client's `ref`: a string or a number, echoed back on every message about its task.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
+///
+/// A number is kept as the client wrote it (`1e400`, `-0`, thirty digits), so that the echo
+/// is exact whatever the client's number type.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Ref {
     Text(String),
-    Number(serde_json::Number),
+    /// The number's JSON text.
+    Number(String),
+}
+
+impl Serialize for Ref {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Ref::Text(text) => serializer.serialize_str(text),
+            Ref::Number(number) => RawValue::from_string(number.clone())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(serializer),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Ref {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match serde_json::Value::deserialize(deserializer)? {
-            serde_json::Value::String(text) => Ok(Ref::Text(text)),
-            serde_json::Value::Number(number) => Ok(Ref::Number(number)),
-            other => Err(de::Error::custom(format_args!(
-                "`ref` must be a string or a number, not {}",
-                json_kind(&other)
-            ))),
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str(text)
+                .map(Ref::Text)
+                .map_err(de::Error::custom),
+            Some(b'-' | b'0'..=b'9') => Ok(Ref::Number(text.to_owned())),
+            _ => {
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(de::Error::custom)?;
+                Err(de::Error::custom(format_args!(
+                    "`ref` must be a string or a number, not {}",
+                    json_kind(&value)
+                )))
+            }
         }
     }
 }
 
 /// Limits as a client asks for them: each may only lower the task's configured limit.
+///
+/// Each is a number of zero or more; one beyond what a 64-bit integer holds (`1e30`) asks for
+/// no lowering, like any value above the configured limit, and a fraction is rounded down.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestedLimits {
+    #[serde(default, deserialize_with = "limit")]
     pub timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "limit")]
     pub fuel: Option<u64>,
+    #[serde(default, deserialize_with = "limit")]
     pub memory_bytes: Option<u64>,
+}
+
+/// A limit value: any JSON number of zero or more (saturating at `u64::MAX`), or `null`.
+fn limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(number)) => match (number.as_u64(), number.as_f64()) {
+            (Some(value), _) => Ok(Some(value)),
+            (None, Some(value)) if value >= 0.0 => Ok(Some(value as u64)),
+            _ => Err(de::Error::custom(format_args!(
+                "a limit must be zero or more, not {number}"
+            ))),
+        },
+        Some(other) => Err(de::Error::custom(format_args!(
+            "a limit must be a number, not {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// `null` as the default, for optional objects.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The limits a task runs under, as reported in `accepted` and `list`.
@@ -74,7 +129,7 @@ pub struct TaskRequest {
     pub input: Option<Box<RawValue>>,
     #[serde(rename = "ref")]
     pub reference: Option<Ref>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub limits: RequestedLimits,
 }
 
@@ -102,6 +157,7 @@ struct TypeTag<'a> {
 
 #[derive(Deserialize)]
 struct CancelFrame {
+    #[serde(deserialize_with = "task_id")]
     task_id: u64,
 }
 
@@ -186,6 +242,16 @@ fn bad_json(error: &serde_json::Error, what: &str) -> WireError {
         ErrorCode::BadRequest,
         format!("this is not {what}: {error}{hint}"),
     )
+}
+
+/// A task id as `accepted` gave it, with a message a person can act on otherwise.
+fn task_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    value.as_u64().ok_or_else(|| {
+        de::Error::custom(format_args!(
+            "`task_id` must be the id `accepted` gave the task (a whole number), not {value}"
+        ))
+    })
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -424,6 +490,40 @@ mod tests {
     }
 
     #[test]
+    fn numeric_refs_are_echoed_exactly() {
+        for number in ["123456789012345678901234567890", "-0", "1e400", "0.1"] {
+            let frame = format!(r#"{{"type":"task","task":"echo","ref":{number}}}"#);
+            let Request::Task(task) = parse_frame(&frame, "slow").unwrap() else {
+                panic!("not a task");
+            };
+            let echoed = serde_json::to_string(&task.reference).unwrap();
+            assert_eq!(echoed, number);
+        }
+    }
+
+    #[test]
+    fn huge_limits_ask_for_nothing_and_null_limits_are_none() {
+        let frame = r#"{"type":"task","task":"echo","limits":{"timeout_ms":1e30,"fuel":2.5}}"#;
+        let Request::Task(task) = parse_frame(frame, "slow").unwrap() else {
+            panic!("not a task");
+        };
+        assert_eq!(task.limits.timeout_ms, Some(u64::MAX));
+        assert_eq!(task.limits.fuel, Some(2));
+        let frame = r#"{"type":"task","task":"echo","limits":null}"#;
+        let Request::Task(task) = parse_frame(frame, "slow").unwrap() else {
+            panic!("not a task");
+        };
+        assert_eq!(task.limits, RequestedLimits::default());
+        let frame = r#"{"type":"task","task":"echo","limits":{"timeout_ms":-1}}"#;
+        let bad = parse_frame(frame, "slow").unwrap_err();
+        assert!(
+            bad.error().message.contains("zero or more"),
+            "{}",
+            bad.error().message
+        );
+    }
+
+    #[test]
     fn wrong_types_and_unknown_types_are_bad_requests() {
         for frame in [
             r#"{"type": 3}"#,
@@ -456,10 +556,7 @@ mod tests {
             panic!("not a task")
         };
         assert_eq!(task.input_json(), r#"{"a": [1, 2]}"#);
-        assert_eq!(
-            task.reference,
-            Some(Ref::Number(serde_json::Number::from(7)))
-        );
+        assert_eq!(task.reference, Some(Ref::Number("7".to_owned())));
     }
 
     #[test]

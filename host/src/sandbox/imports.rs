@@ -29,7 +29,16 @@ pub fn module_linker(engine: &Engine) -> anyhow::Result<Linker<ModuleState>> {
         .context("could not link WASI preview 1")?;
     super::stdio::shadow_wasi(&mut linker)?;
     linker
-        .func_wrap(PROGRESS_MODULE, PROGRESS_FUNCTION, module_progress)
+        .func_wrap_async(
+            PROGRESS_MODULE,
+            PROGRESS_FUNCTION,
+            |mut caller, (fraction, pointer, length)| {
+                Box::new(async move {
+                    super::stdio::pause_if_due(&mut caller).await;
+                    module_progress(caller, fraction, pointer, length)
+                })
+            },
+        )
         .map_err(anyhow::Error::from)
         .context("could not link taskhost.progress")?;
     Ok(linker)
@@ -83,6 +92,9 @@ fn module_progress(
                 data.len()
             )
         })?;
+    // Only the first MAX_PROGRESS_MESSAGE characters are passed on: decode no more than
+    // those can take (4 bytes each), however long the message.
+    let bytes = &bytes[..bytes.len().min(4 * super::MAX_PROGRESS_MESSAGE)];
     let message = String::from_utf8_lossy(bytes);
     state.controls.report_progress(fraction, &message);
     Ok(())

@@ -15,8 +15,17 @@
 //! on them answer as they did; a task that closes or renumbers a standard stream and then
 //! uses it through both sets of functions may find them disagree.
 //!
+//! A host call runs on the task's own fiber and burns no fuel of its own, so fuel alone cannot
+//! stop a guest that loops over expensive calls (64 MiB of randomness at a time, say) from
+//! holding its thread: the timeout and cancel, which need the task to yield, would never
+//! come. So the calls that do work in proportion to their arguments yield to the scheduler
+//! once the task has run [`HOST_SLICE`] without yielding, and big buffers are filled in
+//! pieces with a check between them.
+//!
 //! The behaviour follows wasmtime-wasi's own: out-of-bounds or misaligned pointers trap,
-//! the CPU-time clocks are "bad file descriptor", exit statuses of 126 and above trap.
+//! the CPU-time clocks are "bad file descriptor". Two differences: any non-zero exit status
+//! is an exit (wasmtime-wasi traps on 126 and above), and reads and writes take at most
+//! 1024 iovecs and `poll_oneoff` 4096 subscriptions (more is `EINVAL`).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +47,18 @@ mod errno {
     pub const INVAL: i32 = 28;
 }
 
+/// How long a task may run host calls without yielding to the scheduler.
+const HOST_SLICE: Duration = Duration::from_millis(1);
+
+/// Largest piece of a `random_get` filled between two checks of the slice.
+const RANDOM_PIECE: usize = 64 << 10;
+
+/// Most iovecs one read or write takes (POSIX's `IOV_MAX`); more is `EINVAL`.
+const MAX_IOVECS: usize = 1024;
+
+/// Most subscriptions one `poll_oneoff` takes; more is `EINVAL`. Each costs host memory.
+const MAX_SUBSCRIPTIONS: usize = 4096;
+
 /// Standard stream file descriptors.
 const STDIN: u32 = 0;
 const STDOUT: u32 = 1;
@@ -54,6 +75,8 @@ pub struct Stdio {
     pub capture: OutputCapture,
     /// Standard streams the task closed.
     pub closed: [bool; 3],
+    /// When the task last yielded to the scheduler from a host call (or started).
+    slice_started: Instant,
 }
 
 impl Stdio {
@@ -64,6 +87,7 @@ impl Stdio {
             read: 0,
             capture,
             closed: [false; 3],
+            slice_started: Instant::now(),
         }
     }
 
@@ -93,13 +117,22 @@ fn define(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(WASI, "clock_res_get", clock_res_get)?;
     linker.func_wrap(WASI, "clock_time_get", clock_time_get)?;
-    linker.func_wrap(WASI, "fd_read", fd_read)?;
-    linker.func_wrap(WASI, "fd_write", fd_write)?;
+    linker.func_wrap_async(WASI, "fd_read", |caller, (fd, iovs, count, read)| {
+        Box::new(fd_read(caller, fd, iovs, count, read))
+    })?;
+    linker.func_wrap_async(WASI, "fd_write", |caller, (fd, iovs, count, written)| {
+        Box::new(fd_write(caller, fd, iovs, count, written))
+    })?;
     linker.func_wrap(WASI, "fd_fdstat_get", fd_fdstat_get)?;
     linker.func_wrap(WASI, "fd_close", fd_close)?;
-    linker.func_wrap(WASI, "random_get", random_get)?;
-    linker.func_wrap(WASI, "sched_yield", |_: Caller<'_, ModuleState>| {
-        Ok(errno::SUCCESS)
+    linker.func_wrap_async(WASI, "random_get", |caller, (buffer, len)| {
+        Box::new(random_get(caller, buffer, len))
+    })?;
+    linker.func_wrap_async(WASI, "sched_yield", |mut caller, ()| {
+        Box::new(async move {
+            pause_if_due(&mut caller).await;
+            Ok(errno::SUCCESS)
+        })
     })?;
     linker.func_wrap(WASI, "proc_exit", proc_exit)?;
     linker.func_wrap_async(
@@ -110,6 +143,15 @@ fn define(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// Yields to the scheduler if the task has run host calls for [`HOST_SLICE`] since it last
+/// did, so that its timeout, a cancel and other tasks get their turn.
+pub async fn pause_if_due(caller: &mut Caller<'_, ModuleState>) {
+    if caller.data().stdio.slice_started.elapsed() >= HOST_SLICE {
+        tokio::task::yield_now().await;
+        caller.data_mut().stdio.slice_started = Instant::now();
+    }
 }
 
 /// The task's exported memory: WASI hands pointers into it.
@@ -268,13 +310,17 @@ fn clock_time_get(
 }
 
 /// Reads stdin into the iovecs, as far as the input goes.
-fn fd_read(
+async fn fd_read(
     mut caller: Caller<'_, ModuleState>,
     fd: i32,
     iovs: i32,
     count: i32,
     read: i32,
 ) -> wasmtime::Result<i32> {
+    pause_if_due(&mut caller).await;
+    if count as u32 as usize > MAX_IOVECS {
+        return Ok(errno::INVAL);
+    }
     let (memory, state) = memory(&mut caller)?;
     let stdio = &mut state.stdio;
     if fd as u32 != STDIN || !stdio.is_open(STDIN) {
@@ -297,13 +343,17 @@ fn fd_read(
 
 /// Appends the iovecs to stdout or stderr. Past the output budget the task traps, and the
 /// capture remembers why.
-fn fd_write(
+async fn fd_write(
     mut caller: Caller<'_, ModuleState>,
     fd: i32,
     iovs: i32,
     count: i32,
     written: i32,
 ) -> wasmtime::Result<i32> {
+    pause_if_due(&mut caller).await;
+    if count as u32 as usize > MAX_IOVECS {
+        return Ok(errno::INVAL);
+    }
     let (memory, state) = memory(&mut caller)?;
     let stdio = &state.stdio;
     let fd = fd as u32;
@@ -362,20 +412,33 @@ fn fd_close(mut caller: Caller<'_, ModuleState>, fd: i32) -> wasmtime::Result<i3
     Ok(errno::SUCCESS)
 }
 
-fn random_get(mut caller: Caller<'_, ModuleState>, buffer: i32, len: i32) -> wasmtime::Result<i32> {
-    let (memory, _) = memory(&mut caller)?;
-    let target = bytes_mut(memory, buffer, len as u32 as usize)?;
-    getrandom::fill(target).map_err(|error| format_err!("no randomness for the task: {error}"))?;
-    Ok(errno::SUCCESS)
+/// Fills the buffer from the operating system's randomness, in pieces, pausing between
+/// them when the task's slice is up.
+async fn random_get(
+    mut caller: Caller<'_, ModuleState>,
+    buffer: i32,
+    len: i32,
+) -> wasmtime::Result<i32> {
+    let len = len as u32 as usize;
+    bytes(memory(&mut caller)?.0, buffer, len)?;
+    let mut filled = 0;
+    loop {
+        pause_if_due(&mut caller).await;
+        let piece = (len - filled).min(RANDOM_PIECE);
+        let (memory, _) = memory(&mut caller)?;
+        let target = bytes_mut(memory, buffer.wrapping_add(filled as i32), piece)?;
+        getrandom::fill(target)
+            .map_err(|error| format_err!("no randomness for the task: {error}"))?;
+        filled += piece;
+        if filled == len {
+            return Ok(errno::SUCCESS);
+        }
+    }
 }
 
+/// Ends the task with `status`; any status but 0 is an `exit` failure (WASI reserves 126
+/// and above, but a task that uses them still meant to fail, not to trap).
 fn proc_exit(_: Caller<'_, ModuleState>, status: i32) -> wasmtime::Result<()> {
-    // WASI's range; wasmtime-wasi refuses the rest the same way.
-    if !(0..126).contains(&status) {
-        return Err(format_err!(
-            "exit with invalid exit status outside of [0..126)"
-        ));
-    }
     Err(I32Exit(status).into())
 }
 
@@ -409,9 +472,10 @@ async fn poll_oneoff(
     written: i32,
 ) -> wasmtime::Result<i32> {
     let count = count as u32 as usize;
-    if count == 0 {
+    if count == 0 || count > MAX_SUBSCRIPTIONS {
         return Ok(errno::INVAL);
     }
+    pause_if_due(&mut caller).await;
     aligned(subscriptions, 8)?;
     aligned(events, 8)?;
     let mut waits = Vec::with_capacity(count);
@@ -479,6 +543,7 @@ async fn poll_oneoff(
             .min()
             .expect("every subscription is a clock");
         tokio::time::sleep_until(first.into()).await;
+        caller.data_mut().stdio.slice_started = Instant::now();
     }
     let now = Instant::now();
     let (memory, _) = memory(&mut caller)?;
