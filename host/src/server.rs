@@ -197,6 +197,14 @@ impl Server {
             .local_addr()
             .context("the listener has no local address")?;
         tracing::info!(%address, tasks = ?self.registry().ready_names(), "taskhost listening");
+        let default_task = &self.config().default_task;
+        if !self.registry().ready_names().contains(default_task) {
+            tracing::warn!(
+                default_task = %default_task,
+                "plain-text frames run the default task, which is not in the tasks folder: add \
+                 it, or pass --default-task with one that is"
+            );
+        }
         if self.config().watch {
             // Serving matters more than watching: without a watcher (out of inotify watches,
             // say) the server still runs, with the modules it loaded at start.

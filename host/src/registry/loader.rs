@@ -85,10 +85,30 @@ pub struct TaskFiles {
     pub hash: String,
 }
 
+/// Largest module file read. Compiling takes memory and time in proportion (a 400 MB text
+/// module took 8 GB); real modules, even language runtimes, are far smaller.
+pub const MAX_MODULE_BYTES: u64 = 128 << 20;
+
+/// Reads at most `max` bytes of the file at `path`; a longer file is an error (`InvalidData`).
+/// Files that report no size (such as those under /proc) are measured by reading.
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than {} MiB", max >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Reads a task's module and manifest.
 pub fn read_task(dir: &Path, name: &str, module: PathBuf) -> anyhow::Result<TaskFiles> {
-    let bytes =
-        std::fs::read(&module).with_context(|| format!("could not read {}", file_name(&module)))?;
+    let bytes = read_capped(&module, MAX_MODULE_BYTES)
+        .with_context(|| format!("could not read {}", file_name(&module)))?;
     let manifest =
         Manifest::read(&dir.join(format!("{name}.{MANIFEST_EXTENSION}")))?.unwrap_or_default();
     let digest = Sha256::digest(&bytes);

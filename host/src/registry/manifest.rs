@@ -24,24 +24,56 @@ pub struct Manifest {
     pub deliver: Delivery,
 }
 
+/// Largest manifest read: a few settings and a line of description.
+const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+
+/// Longest description, in characters: it goes to every client in every `list`.
+const MAX_DESCRIPTION_CHARS: usize = 1000;
+
 impl Manifest {
     /// Reads and checks the manifest at `path`; `None` when there is none.
     pub fn read(path: &Path) -> anyhow::Result<Option<Manifest>> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let name = file_name(path);
+        let bytes = match super::loader::read_capped(path, MAX_MANIFEST_BYTES) {
+            Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => {
-                return Err(error).with_context(|| format!("could not read {}", file_name(path)));
-            }
+            Err(error) => return Err(error).with_context(|| format!("could not read {name}")),
         };
-        let manifest = toml::from_str(&text).with_context(|| {
-            format!(
-                "{} is not a valid manifest (keys: description, timeout_ms, fuel, memory_bytes, \
-                 deliver = \"origin\" | \"broadcast\")",
-                file_name(path)
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{name} is not UTF-8 text, as a TOML manifest must be"))?;
+        // The parser's own message quotes the offending line; this file may be anything
+        // (a link to a host file, say) and the message reaches every client: say where only.
+        let manifest: Manifest = toml::from_str(&text).map_err(|error| {
+            let line = error
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+            anyhow::anyhow!(
+                "{name} is not a valid manifest: {} (line {line}); its keys are description, \
+                 timeout_ms, fuel, memory_bytes and deliver = \"origin\" | \"broadcast\"",
+                error.message().trim()
             )
         })?;
+        manifest
+            .check()
+            .with_context(|| format!("{name} is not a valid manifest"))?;
         Ok(Some(manifest))
+    }
+
+    /// Refuses limits no task could run under, and descriptions too long to send around.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.timeout_ms == Some(0) {
+            anyhow::bail!("timeout_ms must be at least 1");
+        }
+        if self.fuel == Some(0) {
+            anyhow::bail!("fuel must be at least 1");
+        }
+        if self.memory_bytes.is_some_and(|bytes| bytes < 64 << 10) {
+            anyhow::bail!("memory_bytes must be at least 65536, one WebAssembly page");
+        }
+        if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
+            anyhow::bail!("description must be at most {MAX_DESCRIPTION_CHARS} characters");
+        }
+        Ok(())
     }
 
     /// The task's limits: the server's, lowered where the manifest asks.
@@ -77,5 +109,19 @@ mod tests {
         assert_eq!(manifest.deliver, Delivery::Broadcast);
         assert!(toml::from_str::<Manifest>("timeout = 5").is_err());
         assert!(toml::from_str::<Manifest>("deliver = \"everyone\"").is_err());
+        let zero: Manifest = toml::from_str("memory_bytes = 0").unwrap();
+        assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn errors_say_where_without_quoting_the_file() {
+        let dir = std::env::temp_dir().join(format!("manifest-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "description = \"x\"\nsecret: hunter2\n").unwrap();
+        let message = format!("{:#}", Manifest::read(&path).unwrap_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(message.contains("line 2"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }

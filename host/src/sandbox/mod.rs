@@ -123,8 +123,12 @@ impl Sandbox {
     /// links it: the work done once, so that each task only instantiates. Compiled code comes
     /// from the on-disk cache when the engine has one and the same bytes were seen before.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<WasmModule> {
-        let binary = wat::parse_bytes(bytes)
-            .context("it is neither WebAssembly nor valid WebAssembly text")?;
+        let binary = wat::parse_bytes(bytes).map_err(|error| {
+            anyhow::anyhow!(
+                "it is neither WebAssembly nor valid WebAssembly text: {}",
+                text_error(&error.to_string())
+            )
+        })?;
         if is_component(&binary) {
             self.compile_component(&binary)
         } else {
@@ -133,7 +137,7 @@ impl Sandbox {
     }
 
     fn compile_module(&self, binary: &[u8]) -> anyhow::Result<WasmModule> {
-        let module = Module::new(&self.engine, binary).map_err(anyhow::Error::from)?;
+        let module = Module::new(&self.engine, binary).map_err(pool_misfit)?;
         match module.get_export("_start") {
             Some(wasmtime::ExternType::Func(start))
                 if start.params().len() == 0 && start.results().len() == 0 => {}
@@ -154,7 +158,7 @@ impl Sandbox {
     }
 
     fn compile_component(&self, binary: &[u8]) -> anyhow::Result<WasmModule> {
-        let component = Component::new(&self.engine, binary).map_err(anyhow::Error::from)?;
+        let component = Component::new(&self.engine, binary).map_err(pool_misfit)?;
         let pre = self
             .components
             .instantiate_pre(&component)
@@ -248,6 +252,64 @@ impl Sandbox {
     }
 }
 
+/// Says in the server's terms why a module does not fit the instance pool, when that is the
+/// compile error: its initial memory above `--memory`, or a table longer than the sandbox's
+/// maximum. Any other error is passed on as it is.
+fn pool_misfit(error: wasmtime::Error) -> anyhow::Error {
+    let text = format!("{error:#}");
+    let number_after = |marker: &str| -> Option<u64> {
+        let rest = text.split(marker).nth(1)?;
+        let digits: String = rest
+            .trim_start_matches("0x")
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        if rest.starts_with("0x") {
+            u64::from_str_radix(&digits, 16).ok()
+        } else {
+            digits.parse().ok()
+        }
+    };
+    if let (Some(wanted), Some(limit)) = (
+        number_after("minimum byte size of "),
+        number_after("exceeds the limit of "),
+    ) {
+        return anyhow::anyhow!(
+            "its memory starts at {wanted} bytes, more than the server's memory limit of \
+             {limit} bytes (--memory): start the server with a higher --memory, or give the \
+             module a smaller initial memory"
+        );
+    }
+    if let (Some(wanted), Some(limit)) = (
+        number_after("minimum element size of "),
+        number_after("exceeds the limit of "),
+    ) {
+        return anyhow::anyhow!(
+            "its table starts with {wanted} elements, more than the {limit} a task's table \
+             may hold"
+        );
+    }
+    anyhow::Error::from(error)
+}
+
+/// The text parser's error without the line of source it quotes: the file may be anything
+/// (a link to a host file, say) and the message reaches every client. Keeps the message and
+/// its position: `expected `(` at line 1 column 1`.
+fn text_error(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let message = lines.next().unwrap_or_default().trim();
+    let position = lines
+        .find_map(|line| line.trim().strip_prefix("--> "))
+        .and_then(|location| {
+            let mut parts = location.rsplitn(3, ':');
+            let column = parts.next()?;
+            let line = parts.next()?;
+            Some(format!(" at line {line} column {column}"))
+        })
+        .unwrap_or_default();
+    format!("{message}{position}")
+}
+
 /// A binary is a component when its header's layer field is 1 (core modules have 0):
 /// `\0asm`, a 2-byte version, then the 2-byte layer.
 fn is_component(binary: &[u8]) -> bool {
@@ -294,5 +356,16 @@ impl Start<ComponentState> for CommandPre<ComponentState> {
             )))),
             Err(error) => Err(RunError::Run(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_errors_do_not_quote_the_file() {
+        let error = wat::parse_bytes(b"root:x:0:0:root:/root:/bin/bash\n").unwrap_err();
+        let message = super::text_error(&error.to_string());
+        assert!(!message.contains("root:x"), "{message}");
+        assert!(message.contains("line 1 column 1"), "{message}");
     }
 }
