@@ -316,15 +316,24 @@ async fn modules_that_could_never_run_are_refused_at_load() {
         "args.wat",
         r#"(module (func (export "_start") (param i32)))"#,
     );
-    // A table larger than a pool slot holds could never be instantiated.
+    // A table larger than a pool slot holds could never be instantiated, nor a memory
+    // larger than the server's limit.
     folder.write(
         "bigtable.wat",
         r#"(module (table 200000 funcref) (func (export "_start")))"#,
     );
+    folder.write(
+        "bigmemory.wat",
+        r#"(module (memory 1025) (func (export "_start")))"#,
+    );
     let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
     let mut client = server.client().await;
     let list = client.request(json!({"type": "list"})).await;
-    for (name, reason) in [("args", "`_start`"), ("bigtable", "exceeds the limit")] {
+    for (name, reason) in [
+        ("args", "`_start`"),
+        ("bigtable", "its table starts with 200000 elements"),
+        ("bigmemory", "more than the server's memory limit"),
+    ] {
         let task = listed(&list, name).unwrap();
         assert_eq!(task["state"], "failed", "{task}");
         assert!(task["error"].as_str().unwrap().contains(reason), "{task}");
