@@ -5,8 +5,10 @@
 //! time, while freed slots keep those pages resident for the next task. A burst of 10,000
 //! sleeping tasks on a cold pool took twice as long as the same burst right after it
 //! (docs/PERFORMANCE.md). Warming runs a tiny built-in module in as many slots as it may,
-//! all at once (so each lands in a slot of its own), has each touch what a task's first
-//! moments touch, then frees them all.
+//! all at once (so each lands in a slot of its own), each on a fiber stack of its own, then
+//! frees them all. Measured: what pays is the first instantiation and call in each slot
+//! (its mappings, page tables and stack); having the module also write to its memory and
+//! stack pages made no difference but cost resident memory, so it does not.
 //!
 //! The slots come from the caller's `lend`, so warming never takes a slot a task needs: the
 //! dispatcher lends only free permits and reclaims them (cancelling `release`) as soon as a
@@ -18,29 +20,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
-/// What the warming module does: write to the pages just below 1 MiB, where a Rust guest's
-/// stack starts (its data and heap lie above, in the module's own memory image), then wait
-/// in a host call until released, holding its slot and fiber stack.
+/// What the warming module does: wait in a host call until released, holding its slot (a
+/// memory, like a task's) and its fiber stack.
 const WARM_MODULE: &str = r#"
 (module
   (import "taskhost-warm" "hold" (func $hold))
   (memory 17)
-  (func (export "_start")
-    (local $address i32)
-    (local.set $address (i32.const 0xfc000))
-    (loop $touch
-      (i32.store8 (local.get $address) (i32.const 1))
-      (local.set $address (i32.add (local.get $address) (i32.const 4096)))
-      (br_if $touch (i32.lt_u (local.get $address) (i32.const 0x100000))))
-    (call $hold)))
+  (func (export "_start") (call $hold)))
 "#;
 
 /// Fuel for the warming module's few dozen instructions, with room to spare.
 const WARM_FUEL: u64 = 100_000;
-
-/// Fiber stack a task's host calls touch, about: WASI's `poll_oneoff` under a sleeping task,
-/// with wasmtime's and tokio's frames.
-const STACK_TOUCHED: usize = 16 << 10;
 
 /// Slots started between two yields to the scheduler, so that warming shares the threads.
 const BATCH: usize = 64;
@@ -65,7 +55,6 @@ impl Warmer {
         let mut linker = Linker::<Holding>::new(engine);
         linker
             .func_wrap_async("taskhost-warm", "hold", |caller, ()| {
-                touch_stack();
                 let _ = caller.data().holding.send(Ok(()));
                 let release = caller.data().release.clone();
                 Box::new(async move {
@@ -164,14 +153,4 @@ async fn hold_slot(
     if let Err(error) = started.await {
         let _ = holding.send(Err(error));
     }
-}
-
-/// Writes to [`STACK_TOUCHED`] bytes of the current (fiber) stack, one byte a page.
-#[inline(never)]
-fn touch_stack() {
-    let mut pages = [0u8; STACK_TOUCHED];
-    for page in pages.chunks_mut(4096) {
-        page[0] = 1;
-    }
-    std::hint::black_box(&mut pages);
 }
