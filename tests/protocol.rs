@@ -347,6 +347,36 @@ async fn past_the_queue_tasks_are_rejected_queue_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_take_the_whole_server() {
+    let mut config = test_config();
+    config.max_connection_tasks = 2;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut greedy = server.client().await;
+    for _ in 0..2 {
+        let accepted = greedy.submit("slow", json!({"seconds": 0.5})).await;
+        assert_eq!(accepted["type"], "accepted", "{accepted}");
+    }
+    let third = greedy.submit("echo", json!(3)).await;
+    assert_eq!(third["type"], "rejected", "{third}");
+    assert_eq!(third["error"]["code"], "queue_full");
+    assert!(
+        third["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-connection-tasks"),
+        "{third}"
+    );
+    let mut other = server.client().await;
+    assert_eq!(other.run("echo", json!(1)).await["result"], 1);
+    greedy.ends(2).await;
+    assert_eq!(
+        greedy.run("echo", json!(4)).await["result"],
+        4,
+        "slots freed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_pipelined_tasks_get_exactly_one_answer_and_one_end_each() {
     const TASKS: usize = 400;
     let server = start_server().await;

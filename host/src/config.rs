@@ -36,6 +36,11 @@ pub struct Options {
     #[arg(long, default_value_t = 10_000)]
     pub queue: usize,
 
+    /// Tasks one connection may have queued or running at once; past it, its tasks are
+    /// rejected with `queue_full`, so that no client can take the whole pool. 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub max_connection_tasks: usize,
+
     /// Task run for plain-text frames (the original example sends `666`).
     #[arg(long, default_value = "slow")]
     pub default_task: String,
@@ -105,6 +110,8 @@ pub struct Config {
     pub task_workers: usize,
     /// Tasks that may wait beyond `task_workers` before new ones are rejected `queue_full`.
     pub queue: usize,
+    /// Tasks one connection may have queued or running (0: no limit).
+    pub max_connection_tasks: usize,
     pub default_task: String,
     /// Limits a task gets when neither its manifest nor its client lowers them; also maxima.
     pub limits: Limits,
@@ -155,6 +162,7 @@ impl Options {
             tasks_dir: self.tasks.clone(),
             task_workers: self.task_workers,
             queue: self.queue,
+            max_connection_tasks: self.max_connection_tasks,
             default_task: self.default_task.clone(),
             limits: Limits {
                 timeout_ms: self.timeout_ms,

@@ -51,11 +51,21 @@ pub struct Dispatcher {
     admitted: AtomicUsize,
     capacity: usize,
     /// Std mutex: held only to insert, remove or look up a handle, never across an `.await`.
-    cancel_handles: Mutex<HashMap<u64, CancelHandle>>,
+    handles: Mutex<Handles>,
+    /// Tasks one connection may have admitted at once (0: no limit), so that no client can
+    /// take the whole pool and queue.
+    per_connection: usize,
     /// Cancelled when the server begins to stop: queued tasks end with `shutdown`.
     stop_starting: CancellationToken,
     /// Cancelled when the grace period ends: running tasks end with `shutdown`.
     stop_running: CancellationToken,
+}
+
+/// The tasks admitted and not ended: their cancel handles, and how many each connection has.
+#[derive(Default)]
+struct Handles {
+    by_task: HashMap<u64, CancelHandle>,
+    per_owner: HashMap<u64, usize>,
 }
 
 /// A task that holds a queue slot and an id, not yet running. Dropping it frees the slot.
@@ -75,7 +85,16 @@ impl std::fmt::Debug for Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.dispatcher.lock_handles().remove(&self.task_id);
+        let mut handles = self.dispatcher.lock_handles();
+        if let Some(handle) = handles.by_task.remove(&self.task_id)
+            && let Some(count) = handles.per_owner.get_mut(&handle.owner)
+        {
+            *count -= 1;
+            if *count == 0 {
+                handles.per_owner.remove(&handle.owner);
+            }
+        }
+        drop(handles);
         self.dispatcher.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -100,8 +119,9 @@ pub struct Load {
 }
 
 impl Dispatcher {
-    /// `task_workers` tasks run at once and `queue` more may wait.
-    pub fn new(task_workers: usize, queue: usize) -> Dispatcher {
+    /// `task_workers` tasks run at once and `queue` more may wait; one connection may have
+    /// `per_connection` of them (0: any number).
+    pub fn new(task_workers: usize, queue: usize, per_connection: usize) -> Dispatcher {
         let stop_starting = CancellationToken::new();
         Dispatcher {
             next_task_id: AtomicU64::new(1),
@@ -111,7 +131,8 @@ impl Dispatcher {
             lent: Arc::new(AtomicUsize::new(0)),
             admitted: AtomicUsize::new(0),
             capacity: task_workers.saturating_add(queue),
-            cancel_handles: Mutex::new(HashMap::new()),
+            handles: Mutex::new(Handles::default()),
+            per_connection,
             stop_starting,
             stop_running: CancellationToken::new(),
         }
@@ -155,15 +176,31 @@ impl Dispatcher {
                 ),
             ));
         }
+        let mut handles = self.lock_handles();
+        let owned = handles.per_owner.entry(owner).or_default();
+        if self.per_connection > 0 && *owned >= self.per_connection {
+            drop(handles);
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(WireError::new(
+                ErrorCode::QueueFull,
+                format!(
+                    "this connection already has {} tasks queued or running, the most one \
+                     connection may have (--max-connection-tasks); wait for some to end",
+                    self.per_connection
+                ),
+            ));
+        }
+        *owned += 1;
         let task_id = self.next_task_id.fetch_add(1, Ordering::Relaxed);
         let token = self.stop_running.child_token();
-        self.lock_handles().insert(
+        handles.by_task.insert(
             task_id,
             CancelHandle {
                 owner,
                 token: token.clone(),
             },
         );
+        drop(handles);
         Ok(Admission {
             dispatcher: Arc::clone(self),
             task_id,
@@ -236,7 +273,7 @@ impl Dispatcher {
 
     /// Cancels task `task_id` for connection `owner`.
     pub fn cancel(&self, owner: u64, task_id: u64) -> Result<(), WireError> {
-        match self.lock_handles().get(&task_id) {
+        match self.lock_handles().by_task.get(&task_id) {
             Some(handle) if handle.owner == owner => {
                 handle.token.cancel();
                 Ok(())
@@ -275,11 +312,9 @@ impl Dispatcher {
         }
     }
 
-    fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancelHandle>> {
-        // Poisoning needs a panic while the lock is held; the map stays usable.
-        self.cancel_handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn lock_handles(&self) -> std::sync::MutexGuard<'_, Handles> {
+        // Poisoning needs a panic while the lock is held; the maps stay usable.
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -289,7 +324,7 @@ mod tests {
 
     #[test]
     fn ids_increase_and_the_queue_is_bounded() {
-        let dispatcher = Arc::new(Dispatcher::new(1, 1));
+        let dispatcher = Arc::new(Dispatcher::new(1, 1, 0));
         let first = dispatcher.admit(1).unwrap();
         let second = dispatcher.admit(1).unwrap();
         assert!(second.task_id > first.task_id);
@@ -300,8 +335,27 @@ mod tests {
     }
 
     #[test]
+    fn one_connection_may_not_take_every_slot() {
+        let dispatcher = Arc::new(Dispatcher::new(2, 10, 2));
+        let first = dispatcher.admit(1).unwrap();
+        let _second = dispatcher.admit(1).unwrap();
+        let refused = dispatcher.admit(1).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::QueueFull);
+        assert!(
+            refused.message.contains("this connection"),
+            "{}",
+            refused.message
+        );
+        let _other = dispatcher
+            .admit(2)
+            .expect("another connection still gets in");
+        drop(first);
+        dispatcher.admit(1).expect("a slot of its own came free");
+    }
+
+    #[test]
     fn only_the_owner_may_cancel() {
-        let dispatcher = Arc::new(Dispatcher::new(1, 1));
+        let dispatcher = Arc::new(Dispatcher::new(1, 1, 0));
         let admission = dispatcher.admit(7).unwrap();
         assert_eq!(
             dispatcher.cancel(8, admission.task_id).unwrap_err().code,
@@ -314,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_task_reclaims_lent_permits() {
-        let dispatcher = Arc::new(Dispatcher::new(1, 1));
+        let dispatcher = Arc::new(Dispatcher::new(1, 1, 0));
         let loan = dispatcher.lend().expect("a free permit is lent");
         assert_eq!(dispatcher.load().running, 0, "a loan is not a running task");
         let reclaimed = dispatcher.reclaimed();

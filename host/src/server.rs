@@ -82,7 +82,11 @@ impl Server {
         );
         Ok(Server {
             shared: Arc::new(Shared {
-                dispatcher: Arc::new(Dispatcher::new(config.task_workers, config.queue)),
+                dispatcher: Arc::new(Dispatcher::new(
+                    config.task_workers,
+                    config.queue,
+                    config.max_connection_tasks,
+                )),
                 config,
                 callbacks: Box::new(callbacks),
                 sandbox,
