@@ -41,6 +41,13 @@ use state::{ComponentState, Controlled, Controls, ModuleState};
 use stdio::Stdio;
 use warm::Warmer;
 
+/// The most randomness a component gets from one call (`wasi:random`), in bytes.
+const COMPONENT_MAX_RANDOM: u64 = 1 << 20;
+
+/// The most resource handles (streams, pollables) a component may hold at once: they live
+/// in host memory, outside the task's memory limit (wasmtime's default is a million).
+const COMPONENT_MAX_HANDLES: usize = 10_000;
+
 /// A task's code, compiled and linked once, ready to be instantiated for every task.
 pub struct WasmModule {
     entry: Entry,
@@ -208,9 +215,16 @@ impl Sandbox {
                         .stdout(capture.stdout_pipe())
                         .stderr(capture.stderr_pipe())
                         .arg(&spec.name)
+                        // One call's worth of randomness is work the host does unmetered.
+                        .max_random_size(COMPONENT_MAX_RANDOM)
                         .build(),
-                    table: ResourceTable::new(),
+                    table: {
+                        let mut table = ResourceTable::new();
+                        table.set_max_capacity(COMPONENT_MAX_HANDLES);
+                        table
+                    },
                     controls,
+                    slice_started: std::time::Instant::now(),
                 };
                 self.metered(state, &spec, &capture, pre).await
             }
@@ -227,6 +241,7 @@ impl Sandbox {
     ) -> Outcome {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.controls().memory);
+        T::prepare(&mut store);
         // A new store starts with no fuel: without this, the first instruction would trap.
         if let Err(error) = store
             .set_fuel(spec.limits.fuel)

@@ -4,13 +4,16 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use wasmtime::component::ResourceTable;
+use wasmtime::{CallHook, CallHookHandler, Store, StoreContextMut};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::limiter::MemoryCap;
-use super::stdio::Stdio;
+use super::stdio::{HOST_SLICE, Stdio};
 
 /// Where a task's progress reports go: the host's `progress` import calls it with a fraction
 /// in 0.0..=1.0 and a short message. Whoever supplies it decides about rate limits.
@@ -66,8 +69,11 @@ impl Controls {
 pub const MAX_PROGRESS_MESSAGE: usize = 200;
 
 /// Access to the controls, whichever kind of store they are in.
-pub trait Controlled: Send + 'static {
+pub trait Controlled: Send + Sized + 'static {
     fn controls(&mut self) -> &mut Controls;
+
+    /// Sets up a new store of this kind before the task starts.
+    fn prepare(_store: &mut Store<Self>) {}
 }
 
 /// A preview 1 module's store.
@@ -109,6 +115,8 @@ pub struct ComponentState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub controls: Controls,
+    /// When the task last yielded to the scheduler from a host call (or started).
+    pub slice_started: Instant,
 }
 
 impl Controlled for ModuleState {
@@ -120,6 +128,33 @@ impl Controlled for ModuleState {
 impl Controlled for ComponentState {
     fn controls(&mut self) -> &mut Controls {
         &mut self.controls
+    }
+
+    /// A component's host calls are wasmtime-wasi's preview 2, which burn no fuel: every
+    /// return from one yields to the scheduler once the task has run [`HOST_SLICE`]
+    /// without yielding, as the preview 1 calls of [`super::stdio`] do.
+    fn prepare(store: &mut Store<Self>) {
+        store.call_hook_async(YieldAfterSlice);
+    }
+}
+
+/// The call hook of [`ComponentState::prepare`].
+struct YieldAfterSlice;
+
+#[wasmtime_wasi::async_trait]
+impl CallHookHandler<ComponentState> for YieldAfterSlice {
+    async fn handle_call_event(
+        &self,
+        mut store: StoreContextMut<'_, ComponentState>,
+        hook: CallHook,
+    ) -> wasmtime::Result<()> {
+        if matches!(hook, CallHook::ReturningFromHost)
+            && store.data().slice_started.elapsed() >= HOST_SLICE
+        {
+            tokio::task::yield_now().await;
+            store.data_mut().slice_started = Instant::now();
+        }
+        Ok(())
     }
 }
 

@@ -48,7 +48,7 @@ mod errno {
 }
 
 /// How long a task may run host calls without yielding to the scheduler.
-const HOST_SLICE: Duration = Duration::from_millis(1);
+pub const HOST_SLICE: Duration = Duration::from_millis(1);
 
 /// Largest piece of a `random_get` filled between two checks of the slice.
 const RANDOM_PIECE: usize = 64 << 10;
