@@ -82,7 +82,7 @@ pub struct Options {
 
     /// Task slots to prepare at start, in the background, while no task needs them (default:
     /// all of --task-workers; none with --native). A prepared slot spares the first task in
-    /// it the page faults of a fresh stack and memory, for about 40 KiB of memory kept.
+    /// it setting up its mappings and fiber stack, for about 10 KiB of memory kept.
     #[arg(long)]
     pub warm_slots: Option<usize>,
 
