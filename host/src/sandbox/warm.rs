@@ -2,8 +2,8 @@
 //!
 //! A slot the pool has never handed out is cold: the first task in it sets up its memory
 //! mappings, page tables and fiber stack, which freed slots keep for the next task. A burst
-//! of 10,000 sleeping tasks on a cold pool took 1.3 times as long as the same burst right
-//! after it (docs/PERFORMANCE.md). Warming runs a tiny built-in module in as many slots as it may,
+//! of 10,000 sleeping tasks on a cold pool took 2.16 s, the same burst right after it 1.28 s
+//! (docs/PERFORMANCE.md). Warming runs a tiny built-in module in as many slots as it may,
 //! all at once (so each lands in a slot of its own), each on a fiber stack of its own, then
 //! frees them all. Measured: what pays is the first instantiation and call in each slot
 //! (its mappings, page tables and stack); having the module also write to its memory and
