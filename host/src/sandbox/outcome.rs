@@ -105,9 +105,11 @@ pub fn classify(ending: Ending<'_>) -> Outcome {
     if capture.overflowed() {
         return failed(
             ErrorCode::OutputTooLarge,
-            "the task wrote more than the server's output limit (--max-output, stdout and \
-             stderr together) and was stopped; return a smaller result"
-                .to_owned(),
+            format!(
+                "the task wrote more than the server's output limit of {} bytes (--max-output, \
+                 stdout and stderr together) and was stopped; return a smaller result",
+                capture.budget()
+            ),
         );
     }
     if let Some((_, desired)) = refused_memory {

@@ -24,6 +24,8 @@ struct Captured {
     remaining: usize,
     /// Set by the first write that did not fit; read when classifying the outcome.
     overflowed: bool,
+    /// The budget it started with, for the error message.
+    budget: usize,
 }
 
 /// The owner's side: creates the two pipes and reads what they captured after the run.
@@ -52,6 +54,7 @@ impl OutputCapture {
         OutputCapture {
             captured: Arc::new(Mutex::new(Captured {
                 remaining: budget,
+                budget,
                 ..Captured::default()
             })),
         }
@@ -85,6 +88,11 @@ impl OutputCapture {
     /// Appends to stderr; `Err` (and remembered) past the budget.
     pub fn append_stderr(&self, bytes: &[u8]) -> Result<(), ()> {
         self.lock().append(Stream::Stderr, bytes)
+    }
+
+    /// The bytes of output the task was allowed, over both streams.
+    pub fn budget(&self) -> usize {
+        self.lock().budget
     }
 
     /// Whether the task tried to write more than its budget.
