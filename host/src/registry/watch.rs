@@ -96,7 +96,37 @@ fn note(event: &Event, due: &mut HashMap<String, Instant>) {
     };
     // The latest event decides: a close after writes means "now", a write after a close
     // means more is coming.
-    for name in event.paths.iter().filter_map(|path| task_name(path)) {
-        due.insert(name, Instant::now() + wait);
+    for path in &event.paths {
+        match task_name(path) {
+            Some(name) => {
+                due.insert(name, Instant::now() + wait);
+            }
+            // Said once, when the file is complete, and only for what looks like a task.
+            None if wait == SETTLE
+                && !matches!(event.kind, EventKind::Remove(_))
+                && looks_like_a_task(path) =>
+            {
+                tracing::warn!(
+                path = %path.display(),
+                    "skipped: a task file is NAME.wasm, NAME.wat or NAME.toml, NAME made of a-z, \
+                     0-9, _ and -"
+                );
+            }
+            None => {}
+        }
     }
+}
+
+/// A file with a task's extension but a name that is not a task name (`Resize.wasm`,
+/// `my task.wat`); temporary names such as `NAME.wasm.tmp` do not have the extension.
+fn looks_like_a_task(path: &std::path::Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_none_or(|name| name.starts_with('.'));
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    !hidden && ["wasm", "wat", "toml"].contains(&extension.to_ascii_lowercase().as_str())
 }
