@@ -240,40 +240,35 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// Whether `GET /healthz` answers `200` now.
 async fn healthy(addr: SocketAddr) -> bool {
-    let probe = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut head = [0_u8; 16];
-        stream.read_exact(&mut head).await?;
-        std::io::Result::Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Ok(true))
-    )
+    get(addr, "/healthz")
+        .await
+        .is_some_and(|response| response.starts_with("HTTP/1.1 200"))
 }
 
 /// Whether `/metrics` says the server is still warming its sandbox pool.
 async fn warming(addr: SocketAddr) -> bool {
-    let probe = async {
+    get(addr, "/metrics").await.is_some_and(|response| {
+        response
+            .lines()
+            .any(|line| line == "taskhost_pool_warming 1")
+    })
+}
+
+/// One `GET` on a fresh connection: the whole response, or `None` if there was none
+/// within a second.
+async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let request = async {
         let mut stream = TcpStream::connect(addr).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
-        std::io::Result::Ok(
-            response
-                .lines()
-                .any(|line| line == "taskhost_pool_warming 1"),
-        )
+        std::io::Result::Ok(response)
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Ok(true))
-    )
+    tokio::time::timeout(Duration::from_secs(1), request)
+        .await
+        .ok()?
+        .ok()
 }
 
 /// The last lines of a server log, for an error message.
