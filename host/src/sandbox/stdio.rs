@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use wasmtime::{Caller, Extern, Linker, format_err};
+use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 use wasmtime_wasi::I32Exit;
 
 use super::output::OutputCapture;
@@ -77,6 +77,8 @@ pub struct Stdio {
     pub closed: [bool; 3],
     /// When the task last yielded to the scheduler from a host call (or started).
     slice_started: Instant,
+    /// The task's exported memory, once a call has looked it up.
+    memory: Option<Memory>,
 }
 
 impl Stdio {
@@ -88,6 +90,7 @@ impl Stdio {
             capture,
             closed: [false; 3],
             slice_started: Instant::now(),
+            memory: None,
         }
     }
 
@@ -158,10 +161,18 @@ pub async fn pause_if_due(caller: &mut Caller<'_, ModuleState>) {
 fn memory<'a>(
     caller: &'a mut Caller<'_, ModuleState>,
 ) -> wasmtime::Result<(&'a mut [u8], &'a mut ModuleState)> {
-    let memory = caller
-        .get_export("memory")
-        .and_then(Extern::into_memory)
-        .ok_or_else(|| format_err!("WASI calls need the module to export its `memory`"))?;
+    let memory = match caller.data().stdio.memory {
+        Some(memory) => memory,
+        None => {
+            let memory = caller
+                .get_export("memory")
+                .and_then(Extern::into_memory)
+                .ok_or_else(|| format_err!("WASI calls need the module to export its `memory`"))?;
+            // A task has one instance, so its first lookup holds for all its calls.
+            caller.data_mut().stdio.memory = Some(memory);
+            memory
+        }
+    };
     Ok(memory.data_and_store_mut(caller))
 }
 
