@@ -7,7 +7,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # names are the same.
 guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail"
 guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail"
-guest_components := "wordcount"
+guest_components := "wordcount flood"
 
 # List the recipes.
 default:

@@ -270,6 +270,32 @@ async fn a_loop_of_host_calls_still_times_out_cancels_and_shares_the_threads() {
     cancel_promptly(&mut client, task_id).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_looping_over_host_calls_is_stopped_on_time() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    // `flood` reports progress forever, each report a 64 KiB string for the host to copy.
+    for _ in 0..3 {
+        client
+            .send(json!({"type": "task", "task": "flood", "limits": {"timeout_ms": 1000}}))
+            .await;
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(echo_round_trip(&server).await < PROMPT);
+    for ended in client.ends(3).await {
+        assert_eq!(error_code(&ended), "timeout", "{ended}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the wall-clock limit held: {:?}",
+        started.elapsed()
+    );
+    let accepted = client.submit("flood", Value::Null).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel_promptly(&mut client, accepted["task_id"].as_u64().unwrap()).await;
+}
+
 /// Cancels a running task and checks it ends `cancelled` at once; returns its end.
 async fn cancel_promptly(client: &mut Client, task_id: u64) -> Value {
     let cancelled_at = Instant::now();
