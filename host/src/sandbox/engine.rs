@@ -82,6 +82,7 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
         .filter(|&n| n > 0)
         .context("--task-workers must be between 1 and 4294967295")?;
     check_map_count(size.instances as u64)?;
+    warn_if_beyond_memory(size);
     let (reservation, guard) = reservation_for(size)?;
 
     let mut config = Config::new();
@@ -166,6 +167,35 @@ fn reservation_for(size: EngineSize) -> anyhow::Result<(u64, u64)> {
         );
     }
     Ok((reservation, SMALL_GUARD))
+}
+
+/// Says so (in the log, at start) when running tasks could together use more linear memory
+/// than the machine has. That is allowed, and the default (1,024 × 64 MiB) on most machines:
+/// most tasks use a fraction of their limit. But an operator expecting tasks that use their
+/// whole limit should know that many at once would exhaust the host rather than fail
+/// `memory_limit` one by one.
+fn warn_if_beyond_memory(size: EngineSize) {
+    let Some(total) = physical_memory() else {
+        return;
+    };
+    let worst = (size.instances as u64).saturating_mul(size.max_memory_bytes);
+    if worst > total {
+        tracing::info!(
+            task_workers = size.instances,
+            memory = size.max_memory_bytes,
+            physical_memory = total,
+            "running tasks could together take more memory than this machine has; lower \
+             --task-workers or --memory if many tasks may use their whole limit at once"
+        );
+    }
+}
+
+/// The machine's RAM in bytes, from /proc/meminfo (Linux).
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Refuses a pool that Linux's `vm.max_map_count` could not map, naming the sysctl to raise.
