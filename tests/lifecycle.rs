@@ -15,8 +15,13 @@ use crate::common::{start_server, start_server_with, test_config};
 
 /// One plain HTTP GET; returns the status code and the body.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path).await
+}
+
+/// One plain HTTP request; returns the status code and the body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -37,6 +42,14 @@ async fn the_port_serves_the_page_health_and_metrics() {
 
     let (status, body) = get(server.addr, "/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http(server.addr, "HEAD", "/healthz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, ""),
+        "HEAD is GET without the body"
+    );
+    let (status, _) = http(server.addr, "POST", "/healthz").await;
+    assert_eq!(status, 405);
 
     let mut client = server.client().await;
     client.run("echo", json!(1)).await;

@@ -66,41 +66,34 @@ pub async fn handle(server: Server, mut stream: TcpStream, peer: SocketAddr) {
         }
         return;
     }
-    let result = match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/" | "/index.html") => {
-            respond(
-                &mut stream,
-                200,
-                "text/html; charset=utf-8",
-                INDEX_HTML.as_bytes(),
-            )
-            .await
-        }
-        ("GET", "/healthz") if server.is_accepting() => {
-            respond(&mut stream, 200, "text/plain", b"ok\n").await
-        }
-        ("GET", "/healthz") => respond(&mut stream, 503, "text/plain", b"shutting down\n").await,
+    // HEAD is GET without the body, as health checkers and monitors expect.
+    let head_only = request.method == "HEAD";
+    let method = if head_only {
+        "GET"
+    } else {
+        request.method.as_str()
+    };
+    let metrics;
+    let (status, content_type, body): (u16, &str, &[u8]) = match (method, request.path.as_str()) {
+        ("GET", "/" | "/index.html") => (200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
+        ("GET", "/healthz") if server.is_accepting() => (200, "text/plain", b"ok\n"),
+        ("GET", "/healthz") => (503, "text/plain", b"shutting down\n"),
         ("GET", "/metrics") => {
-            let text = server.metrics_text();
-            respond(
-                &mut stream,
+            metrics = server.metrics_text();
+            (
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text.as_bytes(),
+                metrics.as_bytes(),
             )
-            .await
         }
-        ("GET", _) => {
-            respond(
-                &mut stream,
-                404,
-                "text/plain",
-                b"not found: try /, /healthz or /metrics\n",
-            )
-            .await
-        }
-        _ => respond(&mut stream, 405, "text/plain", b"only GET is served here\n").await,
+        ("GET", _) => (
+            404,
+            "text/plain",
+            b"not found: try /, /healthz or /metrics\n",
+        ),
+        _ => (405, "text/plain", b"only GET and HEAD are served here\n"),
     };
+    let result = send_response(&mut stream, status, content_type, body, !head_only).await;
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "could not answer an HTTP request");
     }
@@ -297,11 +290,24 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Answers with `body` and closes.
 async fn respond(
     stream: &mut TcpStream,
     status: u16,
     content_type: &str,
     body: &[u8],
+) -> std::io::Result<()> {
+    send_response(stream, status, content_type, body, true).await
+}
+
+/// Answers with the head for `body`, and the body itself unless `send_body` is false (HEAD),
+/// then closes.
+async fn send_response(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    send_body: bool,
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
@@ -318,7 +324,9 @@ async fn respond(
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    if send_body {
+        stream.write_all(body).await?;
+    }
     stream.shutdown().await
 }
 
