@@ -133,6 +133,20 @@ async fn plain_text_goes_to_the_configured_default_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_for_a_missing_default_task_says_which_option() {
+    let mut config = test_config();
+    config.default_task = "nosuch".into();
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    client.send_text("666").await;
+    let rejected = client.recv().await;
+    assert_eq!(rejected["type"], "rejected", "{rejected}");
+    assert_eq!(rejected["error"]["code"], "unknown_task");
+    let message = rejected["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--default-task"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_an_error_and_the_connection_goes_on() {
     let server = start_server().await;
     let mut client = server.client().await;

@@ -131,6 +131,9 @@ pub struct TaskRequest {
     pub reference: Option<Ref>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub limits: RequestedLimits,
+    /// The frame was plain text, for the default task (`--default-task`).
+    #[serde(skip)]
+    pub plain_text: bool,
 }
 
 impl TaskRequest {
@@ -175,6 +178,7 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
             input: Some(input),
             reference: None,
             limits: RequestedLimits::default(),
+            plain_text: true,
         }));
     }
     let tag: TypeTag =

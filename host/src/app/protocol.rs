@@ -48,7 +48,16 @@ pub async fn serve(server: &Server, connection: &Connection, request: Request) {
 pub async fn submit(server: &Server, connection: &Connection, request: TaskRequest) {
     let module = match server.registry().get(&request.task) {
         Ok(module) => module,
-        Err(error) => return reject(server, connection, request.reference.as_ref(), error).await,
+        Err(mut error) => {
+            if request.plain_text {
+                error.message = format!(
+                    "a frame that is not a JSON object runs the default task (--default-task), \
+                     {}, which cannot run: {}",
+                    request.task, error.message
+                );
+            }
+            return reject(server, connection, request.reference.as_ref(), error).await;
+        }
     };
     let admission = match server.dispatcher().admit(connection.id()) {
         Ok(admission) => admission,
