@@ -37,9 +37,10 @@ pub struct Options {
     pub queue: usize,
 
     /// Tasks one connection may have queued or running at once; past it, its tasks are
-    /// rejected with `queue_full`, so that no client can take the whole pool. 0: no limit.
-    #[arg(long, default_value_t = 1000)]
-    pub max_connection_tasks: usize,
+    /// rejected with `queue_full`, so that no client can take the whole server (default:
+    /// half of --task-workers plus --queue; 0: no limit).
+    #[arg(long)]
+    pub max_connection_tasks: Option<usize>,
 
     /// Task run for plain-text frames (the original example sends `666`).
     #[arg(long, default_value = "slow")]
@@ -162,7 +163,9 @@ impl Options {
             tasks_dir: self.tasks.clone(),
             task_workers: self.task_workers,
             queue: self.queue,
-            max_connection_tasks: self.max_connection_tasks,
+            max_connection_tasks: self
+                .max_connection_tasks
+                .unwrap_or_else(|| (self.task_workers.saturating_add(self.queue) / 2).max(1)),
             default_task: self.default_task.clone(),
             limits: Limits {
                 timeout_ms: self.timeout_ms,
