@@ -361,6 +361,32 @@ async fn past_the_queue_tasks_are_rejected_queue_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_take_turns_for_free_workers() {
+    let mut config = test_config();
+    config.task_workers = 2;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut greedy = server.client().await;
+    for _ in 0..20 {
+        greedy
+            .send(json!({"type": "task", "task": "slow", "input": {"seconds": 0.3}}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // First come, first served would start this after the greedy backlog (about 3 s);
+    // in turn, it takes the next worker that comes free.
+    let mut other = server.client().await;
+    let started = Instant::now();
+    assert_eq!(other.run("echo", json!(1)).await["result"], 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "waited {:?} behind another connection's backlog",
+        started.elapsed()
+    );
+    let ends = greedy.ends(20).await;
+    assert!(ends.iter().all(|end| end["type"] == "finished"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_cannot_take_the_whole_server() {
     let mut config = test_config();
     config.max_connection_tasks = 2;

@@ -3,15 +3,16 @@
 //!
 //! Design: a task is first *admitted* ([`Dispatcher::admit`]), which takes a queue slot and
 //! an id and registers its cancel token; the caller then announces it (`accepted`) and hands
-//! it to [`Dispatcher::run`], which waits for one of `task_workers` permits (a fair
-//! semaphore, so tasks start in order), runs it, and races it against its cancel token. The
+//! it to [`Dispatcher::run`], which waits for one of `task_workers` slots ([`crate::slots`]:
+//! each connection's tasks start in order, and connections take turns), runs it, and races
+//! it against its cancel token. The
 //! token is a child of `stop_running`, cancelled when the shutdown grace period ends, so one
 //! `select!` serves both a client's cancel and the shutdown. Queued tasks also watch
 //! `stop_starting`, cancelled when the shutdown begins, so they fail at once.
 //!
-//! Background work that needs a task slot (warming the sandbox pool) borrows a permit with
+//! Background work that needs a task slot (warming the sandbox pool) borrows one with
 //! [`Dispatcher::lend`] and gives it back when [`Dispatcher::reclaimed`] fires: as soon as a
-//! task has to wait for a permit, or the server stops. Tasks never wait on a loan.
+//! task has to wait for a slot, or the server stops. Tasks never wait on a loan.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,11 +20,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorCode, WireError};
 use crate::sandbox::Outcome;
+use crate::slots::{Slot, Slots};
 
 /// How much longer than its wall-clock limit a task may run before the dispatcher ends it,
 /// for `task` callbacks that do not enforce the limit themselves.
@@ -40,8 +41,8 @@ pub struct Dispatcher {
     /// The next task id: unique and increasing for the server's whole run.
     next_task_id: AtomicU64,
     task_workers: usize,
-    /// Permits for running tasks; a queued task waits here.
-    workers: Arc<Semaphore>,
+    /// Slots for running tasks; a queued task waits here, in its connection's line.
+    workers: Slots,
     /// Cancelled when a task waits for a permit or the server stops: permits lent to
     /// background work must come back.
     reclaim: CancellationToken,
@@ -72,6 +73,8 @@ struct Handles {
 pub struct Admission {
     dispatcher: Arc<Dispatcher>,
     pub task_id: u64,
+    /// The connection that submitted the task: its line, when it waits for a slot.
+    owner: u64,
     token: CancellationToken,
 }
 
@@ -101,7 +104,7 @@ impl Drop for Admission {
 
 /// A worker permit lent to background work; dropping it gives it back.
 pub struct Loan {
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
     lent: Arc<AtomicUsize>,
 }
 
@@ -126,7 +129,7 @@ impl Dispatcher {
         Dispatcher {
             next_task_id: AtomicU64::new(1),
             task_workers,
-            workers: Arc::new(Semaphore::new(task_workers)),
+            workers: Slots::new(task_workers),
             reclaim: stop_starting.child_token(),
             lent: Arc::new(AtomicUsize::new(0)),
             admitted: AtomicUsize::new(0),
@@ -145,7 +148,7 @@ impl Dispatcher {
     pub fn load(&self) -> Load {
         let admitted = self.admitted.load(Ordering::Acquire);
         // Read apart, the two counts can be a loan out of step: never below zero.
-        let running = (self.task_workers - self.workers.available_permits())
+        let running = (self.task_workers - self.workers.free())
             .saturating_sub(self.lent.load(Ordering::Acquire));
         Load {
             queued: admitted.saturating_sub(running) as u64,
@@ -204,6 +207,7 @@ impl Dispatcher {
         Ok(Admission {
             dispatcher: Arc::clone(self),
             task_id,
+            owner,
             token,
         })
     }
@@ -222,24 +226,18 @@ impl Dispatcher {
     where
         F: Future<Output = Outcome>,
     {
-        let permit = match self.workers.try_acquire() {
-            Ok(permit) => Ok(permit),
-            Err(_) => {
-                // Busy: whatever background work borrowed permits gives them back now.
+        let _slot = match self.workers.try_take() {
+            Some(slot) => slot,
+            None => {
+                // Busy: whatever background work borrowed slots gives them back now.
                 self.reclaim.cancel();
                 tokio::select! {
                     biased;
                     () = admission.token.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
                     () = self.stop_starting.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
-                    permit = self.workers.acquire() => permit,
+                    slot = self.workers.take(admission.owner) => slot,
                 }
             }
-        };
-        let Ok(_permit) = permit else {
-            return (
-                Outcome::failed(ErrorCode::Internal, "the task pool is closed"),
-                Duration::ZERO,
-            );
         };
         let started = Instant::now();
         let outcome = tokio::select! {
@@ -258,10 +256,10 @@ impl Dispatcher {
         if self.reclaim.is_cancelled() {
             return None;
         }
-        let permit = Arc::clone(&self.workers).try_acquire_owned().ok()?;
+        let slot = self.workers.try_take()?;
         self.lent.fetch_add(1, Ordering::AcqRel);
         Some(Loan {
-            _permit: permit,
+            _slot: slot,
             lent: Arc::clone(&self.lent),
         })
     }

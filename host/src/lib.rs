@@ -16,6 +16,7 @@
 //! - [`app`]: the events (open, message, task, finish, close), the default application, the
 //!   native baseline (`--native`) and the rate-limited progress channel.
 //! - [`dispatch`]: task ids, the queue bound, running permits, cancel handles.
+//! - [`slots`]: the running-task slots, handed out to connections in turn.
 //! - [`registry`]: task name → loaded module; manifests; watching the tasks folder.
 //! - [`sandbox`]: the only door into wasmtime: engine and pool, compile cache, imports
 //!   (WASI and `progress`), per-task store and limits, outcomes.
@@ -31,6 +32,7 @@ pub mod protocol;
 pub mod registry;
 pub mod sandbox;
 pub mod server;
+pub mod slots;
 
 pub use app::{Callbacks, Job, NativeTasks, ProtocolApp, Report};
 pub use config::{Config, Options};
