@@ -244,54 +244,38 @@ async fn a_loop_of_host_calls_still_times_out_cancels_and_shares_the_threads() {
     let folder = TaskFolder::with(&["echo.wasm"]);
     folder.write("random_forever.wat", RANDOM_FOREVER);
     let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
-    let mut client = server.client().await;
-
-    // One per core, and one more: none may hold a thread past its slice.
-    for _ in 0..3 {
-        client
-            .send(json!({"type": "task", "task": "random_forever", "limits": {"timeout_ms": 1000}}))
-            .await;
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(echo_round_trip(&server).await < PROMPT);
-    for ended in client.ends(3).await {
-        assert_eq!(error_code(&ended), "timeout", "{ended}");
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "the wall-clock limit held: {:?}",
-        started.elapsed()
-    );
-
-    let accepted = client.submit("random_forever", Value::Null).await;
-    let task_id = accepted["task_id"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    cancel_promptly(&mut client, task_id).await;
+    assert_stopped_on_time(&server, "random_forever").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_looping_over_host_calls_is_stopped_on_time() {
-    let server = start_server().await;
-    let mut client = server.client().await;
     // `flood` reports progress forever, each report a 64 KiB string for the host to copy.
+    let server = start_server().await;
+    assert_stopped_on_time(&server, "flood").await;
+}
+
+/// Runs `task`, which loops over host calls forever, three at once (one per core and one
+/// more): each must end `timeout` close to its 1 s limit while an echo on another
+/// connection stays prompt, and a fourth must stop at once when cancelled.
+async fn assert_stopped_on_time(server: &TestServer, task: &str) {
+    let mut client = server.client().await;
     for _ in 0..3 {
         client
-            .send(json!({"type": "task", "task": "flood", "limits": {"timeout_ms": 1000}}))
+            .send(json!({"type": "task", "task": task, "limits": {"timeout_ms": 1000}}))
             .await;
     }
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(echo_round_trip(&server).await < PROMPT);
+    assert!(echo_round_trip(server).await < PROMPT, "{task}");
     for ended in client.ends(3).await {
         assert_eq!(error_code(&ended), "timeout", "{ended}");
     }
     assert!(
         started.elapsed() < Duration::from_millis(2500),
-        "the wall-clock limit held: {:?}",
+        "{task}: the wall-clock limit held: {:?}",
         started.elapsed()
     );
-    let accepted = client.submit("flood", Value::Null).await;
+    let accepted = client.submit(task, Value::Null).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     cancel_promptly(&mut client, accepted["task_id"].as_u64().unwrap()).await;
 }

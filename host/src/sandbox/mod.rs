@@ -37,7 +37,7 @@ use crate::protocol::{ErrorCode, Limits};
 use limiter::MemoryCap;
 use outcome::{Ending, RunError, classify};
 use output::OutputCapture;
-use state::{ComponentState, Controlled, Controls, ModuleState};
+use state::{ComponentState, Controlled, Controls, HostSlice, ModuleState};
 use stdio::Stdio;
 use warm::Warmer;
 
@@ -182,7 +182,7 @@ impl Sandbox {
         })
     }
 
-    /// Warms up to `slots` slots of the instance pool (see [`warm`]), each held with a permit
+    /// Warms up to `slots` slots of the instance pool (see `sandbox/warm.rs`), each held with a permit
     /// from `lend`; stops early when `lend` has none or `release` is cancelled. Returns how
     /// many slots were warmed.
     pub async fn warm_pool<P: Send + 'static>(
@@ -201,6 +201,7 @@ impl Sandbox {
         let controls = Controls {
             memory: MemoryCap::new(spec.limits.memory_bytes),
             progress: spec.progress.clone(),
+            slice: HostSlice::new(),
         };
         match &module.entry {
             Entry::Module(pre) => {
@@ -224,7 +225,6 @@ impl Sandbox {
                         table
                     },
                     controls,
-                    slice_started: std::time::Instant::now(),
                 };
                 self.metered(state, &spec, &capture, pre).await
             }

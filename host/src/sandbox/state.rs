@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{CallHook, CallHookHandler, Store, StoreContextMut};
@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::limiter::MemoryCap;
-use super::stdio::{HOST_SLICE, Stdio};
+use super::stdio::Stdio;
 
 /// Where a task's progress reports go: the host's `progress` import calls it with a fraction
 /// in 0.0..=1.0 and a short message. Whoever supplies it decides about rate limits.
@@ -44,6 +44,43 @@ impl fmt::Debug for ProgressSink {
 pub struct Controls {
     pub memory: MemoryCap,
     pub progress: Option<ProgressSink>,
+    pub slice: HostSlice,
+}
+
+/// How long a task may run host calls without yielding to the scheduler.
+pub const HOST_SLICE: Duration = Duration::from_millis(1);
+
+/// The time a task has run host calls since it last yielded to the scheduler. Host calls
+/// burn no fuel, so fuel's yields cannot bound it: the host calls that do work check this
+/// and yield once it is [`HOST_SLICE`], so that the task's timeout, a cancel and other
+/// tasks get their turn.
+#[derive(Debug)]
+pub struct HostSlice {
+    started: Instant,
+}
+
+impl HostSlice {
+    pub fn new() -> HostSlice {
+        HostSlice {
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the task should yield now.
+    pub fn is_up(&self) -> bool {
+        self.started.elapsed() >= HOST_SLICE
+    }
+
+    /// The task just yielded (or slept): a new slice starts.
+    pub fn restart(&mut self) {
+        self.started = Instant::now();
+    }
+}
+
+impl Default for HostSlice {
+    fn default() -> Self {
+        HostSlice::new()
+    }
 }
 
 impl Controls {
@@ -115,8 +152,6 @@ pub struct ComponentState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub controls: Controls,
-    /// When the task last yielded to the scheduler from a host call (or started).
-    pub slice_started: Instant,
 }
 
 impl Controlled for ModuleState {
@@ -148,11 +183,9 @@ impl CallHookHandler<ComponentState> for YieldAfterSlice {
         mut store: StoreContextMut<'_, ComponentState>,
         hook: CallHook,
     ) -> wasmtime::Result<()> {
-        if matches!(hook, CallHook::ReturningFromHost)
-            && store.data().slice_started.elapsed() >= HOST_SLICE
-        {
+        if matches!(hook, CallHook::ReturningFromHost) && store.data().controls.slice.is_up() {
             tokio::task::yield_now().await;
-            store.data_mut().slice_started = Instant::now();
+            store.data_mut().controls.slice.restart();
         }
         Ok(())
     }

@@ -19,8 +19,8 @@
 //! stop a guest that loops over expensive calls (64 MiB of randomness at a time, say) from
 //! holding its thread: the timeout and cancel, which need the task to yield, would never
 //! come. So the calls that do work in proportion to their arguments yield to the scheduler
-//! once the task has run [`HOST_SLICE`] without yielding, and big buffers are filled in
-//! pieces with a check between them.
+//! once the task's [`HostSlice`](super::state::HostSlice) is up, and big buffers are filled
+//! in pieces with a check between them.
 //!
 //! The behaviour follows wasmtime-wasi's own: out-of-bounds or misaligned pointers trap,
 //! the CPU-time clocks are "bad file descriptor". Two differences: any non-zero exit status
@@ -47,9 +47,6 @@ mod errno {
     pub const INVAL: i32 = 28;
 }
 
-/// How long a task may run host calls without yielding to the scheduler.
-pub const HOST_SLICE: Duration = Duration::from_millis(1);
-
 /// Largest piece of a `random_get` filled between two checks of the slice.
 const RANDOM_PIECE: usize = 64 << 10;
 
@@ -75,8 +72,6 @@ pub struct Stdio {
     pub capture: OutputCapture,
     /// Standard streams the task closed.
     pub closed: [bool; 3],
-    /// When the task last yielded to the scheduler from a host call (or started).
-    slice_started: Instant,
     /// The task's exported memory, once a call has looked it up.
     memory: Option<Memory>,
 }
@@ -89,7 +84,6 @@ impl Stdio {
             read: 0,
             capture,
             closed: [false; 3],
-            slice_started: Instant::now(),
             memory: None,
         }
     }
@@ -148,12 +142,11 @@ fn define(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Yields to the scheduler if the task has run host calls for [`HOST_SLICE`] since it last
-/// did, so that its timeout, a cancel and other tasks get their turn.
+/// Yields to the scheduler if the task's [`HostSlice`](super::state::HostSlice) is up.
 pub async fn pause_if_due(caller: &mut Caller<'_, ModuleState>) {
-    if caller.data().stdio.slice_started.elapsed() >= HOST_SLICE {
+    if caller.data().controls.slice.is_up() {
         tokio::task::yield_now().await;
-        caller.data_mut().stdio.slice_started = Instant::now();
+        caller.data_mut().controls.slice.restart();
     }
 }
 
@@ -554,7 +547,7 @@ async fn poll_oneoff(
             .min()
             .expect("every subscription is a clock");
         tokio::time::sleep_until(first.into()).await;
-        caller.data_mut().stdio.slice_started = Instant::now();
+        caller.data_mut().controls.slice.restart();
     }
     let now = Instant::now();
     let (memory, _) = memory(&mut caller)?;
