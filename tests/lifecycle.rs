@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use taskhost::protocol::{ErrorCode, Reply};
-use taskhost::{Callbacks, Job, Outcome, Report, Server};
+use taskhost::protocol::Reply;
+use taskhost::{App, Ctx, Job, Outcome, Report};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -227,37 +226,28 @@ async fn after_the_grace_period_running_tasks_fail_shutdown() {
 /// sent to every connection, like a chat room.
 struct ChatRoom;
 
-impl Callbacks for ChatRoom {
-    fn on_task<'a>(&'a self, server: &'a Server, job: &'a Job) -> BoxFuture<'a, Outcome> {
+impl App for ChatRoom {
+    type Session = ();
+
+    async fn on_task(&self, ctx: &Ctx<Self>, job: &Job) -> Outcome {
         if job.name() == "upper" {
-            let text = String::from_utf8_lossy(&job.input).to_uppercase();
-            return Box::pin(async move {
-                match serde_json::value::RawValue::from_string(text) {
-                    Ok(result) => Outcome::Finished {
-                        result,
-                        fuel_used: 0,
-                    },
-                    Err(e) => Outcome::failed(ErrorCode::Trap, e.to_string()),
-                }
-            });
+            let text: String = serde_json::from_slice(&job.input).unwrap_or_default();
+            return Outcome::finished(&text.to_uppercase());
         }
-        Box::pin(server.sandbox().run(&job.module.wasm, job.run_spec()))
+        ctx.run_in_sandbox(job).await
     }
 
-    fn on_finish<'a>(&'a self, server: &'a Server, report: Report) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if let Outcome::Finished { result, .. } = &report.outcome {
-                let text = Reply::Broadcast {
-                    task_id: report.job.task_id,
-                    task: report.job.name(),
-                    result,
-                }
-                .to_json();
-                // A connection that closes meanwhile simply misses the broadcast.
-                server.connections().broadcast(text).await;
-            }
-            taskhost::app::protocol::deliver(server, report).await;
-        })
+    async fn on_finish(&self, ctx: &Ctx<Self>, report: Report) {
+        if let Outcome::Finished { result, .. } = &report.outcome {
+            // A connection that closes meanwhile simply misses the broadcast.
+            ctx.broadcast(&Reply::Broadcast {
+                task_id: report.job.task_id,
+                task: report.job.name(),
+                result,
+            })
+            .await;
+        }
+        taskhost::app::protocol_app::deliver(ctx, report).await;
     }
 }
 
@@ -378,9 +368,11 @@ async fn the_binary_stops_gracefully_on_sigterm() {
 /// An application whose `task` callback never ends on its own.
 struct NeverDone;
 
-impl Callbacks for NeverDone {
-    fn on_task<'a>(&'a self, _: &'a Server, _: &'a Job) -> BoxFuture<'a, Outcome> {
-        Box::pin(std::future::pending())
+impl App for NeverDone {
+    type Session = ();
+
+    async fn on_task(&self, _: &Ctx<Self>, _: &Job) -> Outcome {
+        std::future::pending().await
     }
 }
 

@@ -6,10 +6,12 @@
 //! - `sandbox`: the limits, the failure modules, isolation, sleeping tasks, cancel.
 //! - `lifecycle`: HTTP endpoints and graceful shutdown.
 //! - `browser`: the page in headless Chromium, driven through `cdp`.
+//! - `examples`: the applications in `host/examples/`, on real servers.
 
 mod browser;
 mod cdp;
 mod common;
+mod examples;
 mod lifecycle;
 mod protocol;
 mod reload;

@@ -263,18 +263,18 @@ async fn a_restart_with_a_warm_cache_compiles_nothing() {
     config.cache_dir = Some(folder.path.join(".compile-cache"));
     let cold = taskhost::Server::new(config.clone(), taskhost::ProtocolApp).unwrap();
     assert_eq!(
-        cold.sandbox().cache_counts(),
+        cold.ctx().compile_cache_counts(),
         Some((0, 4)),
         "a cold cache compiles all: the three tasks and the pool-warming module"
     );
     drop(cold);
     let warm = taskhost::Server::new(config, taskhost::ProtocolApp).unwrap();
     assert_eq!(
-        warm.sandbox().cache_counts(),
+        warm.ctx().compile_cache_counts(),
         Some((4, 0)),
         "a warm cache compiles none"
     );
-    assert_eq!(warm.registry().ready_names(), ["echo", "fib", "upper"]);
+    assert_eq!(warm.ctx().task_names(), ["echo", "fib", "upper"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Parser;
 
-use crate::protocol::Limits;
+use crate::limits::Limits;
 
 /// A WebAssembly-sandboxed task runner behind a WebSocket server.
 ///

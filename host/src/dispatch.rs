@@ -1,18 +1,18 @@
 //! Admission and scheduling of tasks: task ids, the queue bound, the running-task permits,
 //! cancel handles and the shutdown of tasks.
 //!
-//! Design: a task is first *admitted* ([`Dispatcher::admit`]), which takes a queue slot and
+//! Design: a task is first *admitted* ([`Dispatcher::admit`]), which takes a place in the queue and
 //! an id and registers its cancel token; the caller then announces it (`accepted`) and hands
-//! it to [`Dispatcher::run`], which waits for one of `task_workers` slots ([`crate::slots`]:
+//! it to [`Dispatcher::run`], which waits for one of `task_workers` permits ([`crate::workers`]:
 //! each connection's tasks start in order, and connections take turns), runs it, and races
 //! it against its cancel token. The
 //! token is a child of `stop_running`, cancelled when the shutdown grace period ends, so one
 //! `select!` serves both a client's cancel and the shutdown. Queued tasks also watch
 //! `stop_starting`, cancelled when the shutdown begins, so they fail at once.
 //!
-//! Background work that needs a task slot (warming the sandbox pool) borrows one with
+//! Background work that needs a worker permit (warming the sandbox pool) borrows one with
 //! [`Dispatcher::lend`] and gives it back when [`Dispatcher::reclaimed`] fires: as soon as a
-//! task has to wait for a slot, or the server stops. Tasks never wait on a loan.
+//! task has to wait for a permit, or the server stops. Tasks never wait on a loan.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{ErrorCode, WireError};
-use crate::sandbox::Outcome;
-use crate::slots::{Slot, Slots};
+use crate::workers::{Permit, Workers};
 
 /// How much longer than its wall-clock limit a task may run before the dispatcher ends it,
 /// for `task` callbacks that do not enforce the limit themselves.
@@ -41,8 +39,8 @@ pub struct Dispatcher {
     /// The next task id: unique and increasing for the server's whole run.
     next_task_id: AtomicU64,
     task_workers: usize,
-    /// Slots for running tasks; a queued task waits here, in its connection's line.
-    workers: Slots,
+    /// Workers for running tasks; a queued task waits here, in its connection's line.
+    workers: Workers,
     /// Cancelled when a task waits for a permit or the server stops: permits lent to
     /// background work must come back.
     reclaim: CancellationToken,
@@ -69,11 +67,12 @@ struct Handles {
     per_owner: HashMap<u64, usize>,
 }
 
-/// A task that holds a queue slot and an id, not yet running. Dropping it frees the slot.
+/// A task that holds a place in the queue and an id, not yet running. Dropping it frees the
+/// place.
 pub struct Admission {
     dispatcher: Arc<Dispatcher>,
     pub task_id: u64,
-    /// The connection that submitted the task: its line, when it waits for a slot.
+    /// The connection that submitted the task: its line, when it waits for a permit.
     owner: u64,
     token: CancellationToken,
 }
@@ -104,7 +103,7 @@ impl Drop for Admission {
 
 /// A worker permit lent to background work; dropping it gives it back.
 pub struct Loan {
-    _slot: Slot,
+    _permit: Permit,
     lent: Arc<AtomicUsize>,
 }
 
@@ -112,6 +111,28 @@ impl Drop for Loan {
     fn drop(&mut self) {
         self.lent.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Why a task was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Every worker is busy and the queue is full.
+    AtCapacity { running: usize, waiting: usize },
+    /// The submitting connection has `limit` tasks queued or running already.
+    OwnerAtLimit { limit: usize },
+}
+
+/// Why a task stopped before its own end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Its submitter cancelled it.
+    Cancelled,
+    /// The server shut down before it could finish.
+    Shutdown,
+    /// It ran past its wall-clock limit (plus [`TIMEOUT_BACKSTOP`]) without ending itself.
+    TimedOut { limit: Duration },
 }
 
 /// The counts `stats` and `/metrics` report.
@@ -129,7 +150,7 @@ impl Dispatcher {
         Dispatcher {
             next_task_id: AtomicU64::new(1),
             task_workers,
-            workers: Slots::new(task_workers),
+            workers: Workers::new(task_workers),
             reclaim: stop_starting.child_token(),
             lent: Arc::new(AtomicUsize::new(0)),
             admitted: AtomicUsize::new(0),
@@ -156,13 +177,10 @@ impl Dispatcher {
         }
     }
 
-    /// Takes a queue slot and an id for a task from connection `owner`, or says why not.
-    pub fn admit(self: &Arc<Self>, owner: u64) -> Result<Admission, WireError> {
+    /// Takes a place in the queue and an id for a task from connection `owner`, or says why not.
+    pub fn admit(self: &Arc<Self>, owner: u64) -> Result<Admission, Refusal> {
         if self.stop_starting.is_cancelled() {
-            return Err(WireError::new(
-                ErrorCode::Shutdown,
-                "the server is shutting down and takes no new tasks; reconnect once it is back",
-            ));
+            return Err(Refusal::ShuttingDown);
         }
         let reserved = self
             .admitted
@@ -170,28 +188,19 @@ impl Dispatcher {
                 (n < self.capacity).then_some(n + 1)
             });
         if reserved.is_err() {
-            return Err(WireError::new(
-                ErrorCode::QueueFull,
-                format!(
-                    "the server is at capacity ({} running, {} waiting); retry later",
-                    self.task_workers,
-                    self.capacity - self.task_workers
-                ),
-            ));
+            return Err(Refusal::AtCapacity {
+                running: self.task_workers,
+                waiting: self.capacity - self.task_workers,
+            });
         }
         let mut handles = self.lock_handles();
         let owned = handles.per_owner.entry(owner).or_default();
         if self.per_connection > 0 && *owned >= self.per_connection {
             drop(handles);
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return Err(WireError::new(
-                ErrorCode::QueueFull,
-                format!(
-                    "this connection already has {} tasks queued or running, the most one \
-                     connection may have (--max-connection-tasks); wait for some to end",
-                    self.per_connection
-                ),
-            ));
+            return Err(Refusal::OwnerAtLimit {
+                limit: self.per_connection,
+            });
         }
         *owned += 1;
         let task_id = self.next_task_id.fetch_add(1, Ordering::Relaxed);
@@ -212,42 +221,40 @@ impl Dispatcher {
         })
     }
 
-    /// Waits for a worker, runs `task` and returns how it ended and how long it ran (time in
-    /// the queue excluded). A cancel or a shutdown drops the task's future, which stops a
-    /// sandboxed guest at its next yield. So does the wall-clock limit `timeout`, for any
-    /// `task` callback: the sandbox enforces it itself (to report the fuel used), so this one
-    /// waits [`TIMEOUT_BACKSTOP`] longer and only catches callbacks that do not.
-    pub async fn run<F>(
+    /// Waits for a worker, runs `task` and returns its output, or why it stopped first, and
+    /// how long it ran (time in the queue excluded). A cancel or a shutdown drops the task's
+    /// future, which stops a sandboxed guest at its next yield. So does the wall-clock limit
+    /// `timeout`, for any `task` callback: the sandbox enforces it itself (to report the fuel
+    /// used), so this one waits [`TIMEOUT_BACKSTOP`] longer and only catches callbacks that
+    /// do not.
+    pub async fn run<F: Future>(
         &self,
         admission: Admission,
         timeout: Duration,
         task: F,
-    ) -> (Outcome, Duration)
-    where
-        F: Future<Output = Outcome>,
-    {
-        let _slot = match self.workers.try_take() {
-            Some(slot) => slot,
+    ) -> (Result<F::Output, Stopped>, Duration) {
+        let _permit = match self.workers.try_take() {
+            Some(permit) => permit,
             None => {
-                // Busy: whatever background work borrowed slots gives them back now.
+                // Busy: whatever background work borrowed permits gives them back now.
                 self.reclaim.cancel();
                 tokio::select! {
                     biased;
-                    () = admission.token.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
-                    () = self.stop_starting.cancelled() => return (self.cancelled_outcome(), Duration::ZERO),
-                    slot = self.workers.take(admission.owner) => slot,
+                    () = admission.token.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
+                    () = self.stop_starting.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
+                    permit = self.workers.take(admission.owner) => permit,
                 }
             }
         };
         let started = Instant::now();
-        let outcome = tokio::select! {
+        let output = tokio::select! {
             biased;
-            () = admission.token.cancelled() => self.cancelled_outcome(),
-            outcome = tokio::time::timeout(timeout + TIMEOUT_BACKSTOP, task) => {
-                outcome.unwrap_or_else(|_| Outcome::timed_out(timeout.as_millis() as u64, None))
+            () = admission.token.cancelled() => Err(self.why_stopped()),
+            output = tokio::time::timeout(timeout + TIMEOUT_BACKSTOP, task) => {
+                output.map_err(|_| Stopped::TimedOut { limit: timeout })
             }
         };
-        (outcome, started.elapsed())
+        (output, started.elapsed())
     }
 
     /// A free worker permit for background work, if no task needs it: `None` once the permits
@@ -256,10 +263,10 @@ impl Dispatcher {
         if self.reclaim.is_cancelled() {
             return None;
         }
-        let slot = self.workers.try_take()?;
+        let permit = self.workers.try_take()?;
         self.lent.fetch_add(1, Ordering::AcqRel);
         Some(Loan {
-            _slot: slot,
+            _permit: permit,
             lent: Arc::clone(&self.lent),
         })
     }
@@ -269,20 +276,15 @@ impl Dispatcher {
         self.reclaim.clone()
     }
 
-    /// Cancels task `task_id` for connection `owner`.
-    pub fn cancel(&self, owner: u64, task_id: u64) -> Result<(), WireError> {
+    /// Cancels task `task_id` for connection `owner`. Returns `false` when `owner` has no
+    /// such task queued or running.
+    pub fn cancel(&self, owner: u64, task_id: u64) -> bool {
         match self.lock_handles().by_task.get(&task_id) {
             Some(handle) if handle.owner == owner => {
                 handle.token.cancel();
-                Ok(())
+                true
             }
-            _ => Err(WireError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "no task {task_id} of this connection is queued or running: it may have \
-                     ended already, or it belongs to another connection"
-                ),
-            )),
+            _ => false,
         }
     }
 
@@ -296,17 +298,12 @@ impl Dispatcher {
         self.stop_running.cancel();
     }
 
-    fn cancelled_outcome(&self) -> Outcome {
+    /// Why a task's token fired: the shutdown, or its submitter's cancel.
+    fn why_stopped(&self) -> Stopped {
         if self.stop_starting.is_cancelled() {
-            Outcome::failed(
-                ErrorCode::Shutdown,
-                "the server shut down before the task could finish; submit it again once the server is back",
-            )
+            Stopped::Shutdown
         } else {
-            Outcome::failed(
-                ErrorCode::Cancelled,
-                "the task was cancelled at your request",
-            )
+            Stopped::Cancelled
         }
     }
 
@@ -326,42 +323,37 @@ mod tests {
         let first = dispatcher.admit(1).unwrap();
         let second = dispatcher.admit(1).unwrap();
         assert!(second.task_id > first.task_id);
-        assert_eq!(dispatcher.admit(1).unwrap_err().code, ErrorCode::QueueFull);
+        assert!(matches!(
+            dispatcher.admit(1).unwrap_err(),
+            Refusal::AtCapacity { .. }
+        ));
         drop(first);
         let third = dispatcher.admit(1).unwrap();
         assert!(third.task_id > second.task_id);
     }
 
     #[test]
-    fn one_connection_may_not_take_every_slot() {
+    fn one_connection_may_not_take_every_place() {
         let dispatcher = Arc::new(Dispatcher::new(2, 10, 2));
         let first = dispatcher.admit(1).unwrap();
         let _second = dispatcher.admit(1).unwrap();
         let refused = dispatcher.admit(1).unwrap_err();
-        assert_eq!(refused.code, ErrorCode::QueueFull);
-        assert!(
-            refused.message.contains("this connection"),
-            "{}",
-            refused.message
-        );
+        assert_eq!(refused, Refusal::OwnerAtLimit { limit: 2 });
         let _other = dispatcher
             .admit(2)
             .expect("another connection still gets in");
         drop(first);
-        dispatcher.admit(1).expect("a slot of its own came free");
+        dispatcher.admit(1).expect("a place of its own came free");
     }
 
     #[test]
     fn only_the_owner_may_cancel() {
         let dispatcher = Arc::new(Dispatcher::new(1, 1, 0));
         let admission = dispatcher.admit(7).unwrap();
-        assert_eq!(
-            dispatcher.cancel(8, admission.task_id).unwrap_err().code,
-            ErrorCode::NotFound
-        );
-        dispatcher.cancel(7, admission.task_id).unwrap();
+        assert!(!dispatcher.cancel(8, admission.task_id));
+        assert!(dispatcher.cancel(7, admission.task_id));
         drop(admission);
-        assert!(dispatcher.cancel(7, 1).is_err());
+        assert!(!dispatcher.cancel(7, 1));
     }
 
     #[tokio::test]
@@ -376,11 +368,9 @@ mod tests {
             reclaimed.cancelled().await;
             drop(loan);
         };
-        let run = dispatcher.run(admission, Duration::from_secs(5), async {
-            Outcome::failed(ErrorCode::Internal, "ran")
-        });
-        let ((outcome, _), ()) = tokio::join!(run, give_back);
-        assert_eq!(outcome.label(), "internal");
+        let run = dispatcher.run(admission, Duration::from_secs(5), async { "ran" });
+        let ((output, _), ()) = tokio::join!(run, give_back);
+        assert_eq!(output, Ok("ran"));
         assert!(dispatcher.lend().is_none(), "no loans once reclaimed");
     }
 }

@@ -14,8 +14,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::app::{App, Ctx};
 use crate::connection;
-use crate::server::Server;
 
 /// The page, built into the binary so the server needs no files beside its tasks.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
@@ -36,7 +36,7 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Serves one TCP connection: one HTTP request, or a WebSocket session.
-pub async fn handle(server: Server, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn handle<A: App>(ctx: Ctx<A>, mut stream: TcpStream, peer: SocketAddr) {
     // Small writes (one frame per message) must go out at once.
     let _ = stream.set_nodelay(true);
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
@@ -57,8 +57,8 @@ pub async fn handle(server: Server, mut stream: TcpStream, peer: SocketAddr) {
         }
     };
     if let Some(key) = &request.websocket_key {
-        match request.upgrade_refusal(&server.config().allowed_origins) {
-            None => upgrade(server, stream, peer, key, head.leftover()).await,
+        match request.upgrade_refusal(&ctx.config().allowed_origins) {
+            None => upgrade(ctx, stream, peer, key, head.leftover()).await,
             Some((status, why)) => {
                 tracing::info!(%peer, status, why, "WebSocket upgrade refused");
                 let _ = respond(&mut stream, status, "text/plain", why.as_bytes()).await;
@@ -76,10 +76,10 @@ pub async fn handle(server: Server, mut stream: TcpStream, peer: SocketAddr) {
     let metrics;
     let (status, content_type, body): (u16, &str, &[u8]) = match (method, request.path.as_str()) {
         ("GET", "/" | "/index.html") => (200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
-        ("GET", "/healthz") if server.is_accepting() => (200, "text/plain", b"ok\n"),
+        ("GET", "/healthz") if ctx.is_accepting() => (200, "text/plain", b"ok\n"),
         ("GET", "/healthz") => (503, "text/plain", b"shutting down\n"),
         ("GET", "/metrics") => {
-            metrics = server.metrics_text();
+            metrics = ctx.metrics_text();
             (
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -100,8 +100,8 @@ pub async fn handle(server: Server, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Completes the WebSocket handshake and serves the connection.
-async fn upgrade(
-    server: Server,
+async fn upgrade<A: App>(
+    ctx: Ctx<A>,
     mut stream: TcpStream,
     peer: SocketAddr,
     key: &str,
@@ -118,11 +118,11 @@ async fn upgrade(
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = READ_BUFFER_BYTES;
     config.write_buffer_size = WRITE_BUFFER_BYTES;
-    config.max_message_size = Some(server.config().max_frame);
-    config.max_frame_size = Some(server.config().max_frame);
+    config.max_message_size = Some(ctx.config().max_frame);
+    config.max_frame_size = Some(ctx.config().max_frame);
     let socket =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
-    connection::serve(server, socket, peer).await;
+    connection::run(ctx, socket, peer).await;
 }
 
 /// The request head and whatever followed it in the same reads.

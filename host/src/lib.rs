@@ -3,39 +3,53 @@
 //! in a fresh wasmtime sandbox under fuel, wall-clock and memory limits, and its outcome drives
 //! the `finish` callback, which by default sends `finished` or `failed` back.
 //!
-//! The wire protocol is `docs/PROTOCOL.md`. Embedding the library with callbacks of your own:
-//! see [`Callbacks`] and `host/examples/`.
+//! The wire protocol is `docs/PROTOCOL.md`. Embedding the library with an application of
+//! your own: implement [`App`] (every callback has a default), and see `host/examples/`.
 //!
 //! # Layout
 //!
-//! - [`config`]: command-line options and the validated [`Config`].
-//! - [`server`]: shared state ([`Server`]), the accept loop and the shutdown.
-//! - [`http`]: the plain HTTP side of the port: the page, `/healthz`, `/metrics`, upgrades.
-//! - [`connection`]: one WebSocket client: reader loop and writer task.
-//! - [`protocol`]: the wire types and frame parsing; no I/O.
-//! - [`app`]: the events (open, message, task, finish, close), the default application, the
-//!   native baseline (`--native`) and the rate-limited progress channel.
-//! - [`dispatch`]: task ids, the queue bound, running permits, cancel handles.
-//! - [`slots`]: the running-task slots, handed out to connections in turn.
-//! - [`registry`]: task name → loaded module; manifests; watching the tasks folder.
-//! - [`sandbox`]: the only door into wasmtime: engine and pool, compile cache, imports
-//!   (WASI and `progress`), per-task store and limits, outcomes.
-//! - [`metrics`]: the counters behind `/metrics` and `stats`.
+//! Three layers; each imports only from the layers below it.
+//!
+//! 1. **Network**: bytes in and out.
+//!    - [`server`]: the accept loop and the shutdown.
+//!    - `http`: the plain HTTP side of the port (the page, `/healthz`, `/metrics`, upgrades).
+//!    - `connection`: one WebSocket connection's reader loop and writer task.
+//! 2. **Application**: [`app`], the events (open, message, task, finish, close), [`Ctx`] (what
+//!    callbacks can do: submit, wait for, broadcast), the default application
+//!    ([`ProtocolApp`]), the native baseline ([`NativeTasks`]) and the mapping of the layers
+//!    below to the protocol's codes and messages.
+//! 3. **Parts**, which know nothing of sockets or of the application:
+//!    - [`protocol`]: the wire types and frame parsing; no I/O.
+//!    - `outbox`: the way back to a client (a bounded queue of text frames), without I/O.
+//!    - `dispatch`: task ids, the queue bound, running permits, cancel handles; with
+//!      `workers`, the worker permits handed to connections in turn.
+//!    - `registry`: task name → loaded module; manifests; watching the tasks folder. Its
+//!      `list` entries are serialized as they go on the wire, so [`protocol`] re-exports them.
+//!    - `sandbox`: the only door into wasmtime: engine and pool, compile cache, imports
+//!      (WASI and `progress`), per-task store and limits, and how a run ended, in its own
+//!      terms.
+//!    - [`limits`], [`config`], `metrics`: plain data and counters, used by all.
+//!
+//! The sandbox, the dispatcher and the registry import nothing from the protocol: their
+//! errors and outcomes are their own types, which the application turns into wire codes.
 
 pub mod app;
 pub mod config;
-pub mod connection;
-pub mod dispatch;
-pub mod http;
-pub mod metrics;
+mod connection;
+mod dispatch;
+mod http;
+pub mod limits;
+mod metrics;
+mod outbox;
 pub mod protocol;
-pub mod registry;
-pub mod sandbox;
+mod registry;
+mod sandbox;
 pub mod server;
-pub mod slots;
+mod workers;
 
-pub use app::{Callbacks, Job, NativeTasks, ProtocolApp, Report};
+pub use app::{
+    Admitted, App, Client, Ctx, Job, NativeTasks, NewTask, Outcome, ProtocolApp, Report,
+};
 pub use config::{Config, Options};
-pub use connection::Connection;
-pub use sandbox::Outcome;
+pub use outbox::{Outbox, Outboxes, Text};
 pub use server::{Server, run, shutdown_signal};

@@ -10,6 +10,10 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::limits::json_kind;
+pub use crate::limits::{Limits, RequestedLimits};
+pub use crate::registry::{Delivery, TaskListing, TaskState};
+
 /// The protocol version announced in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -56,39 +60,6 @@ impl<'de> Deserialize<'de> for Ref {
     }
 }
 
-/// Limits as a client asks for them: each may only lower the task's configured limit.
-///
-/// Each is a number of zero or more; one beyond what a 64-bit integer holds (`1e30`) asks for
-/// no lowering, like any value above the configured limit, and a fraction is rounded down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RequestedLimits {
-    #[serde(default, deserialize_with = "limit")]
-    pub timeout_ms: Option<u64>,
-    #[serde(default, deserialize_with = "limit")]
-    pub fuel: Option<u64>,
-    #[serde(default, deserialize_with = "limit")]
-    pub memory_bytes: Option<u64>,
-}
-
-/// A limit value: any JSON number of zero or more (saturating at `u64::MAX`), or `null`.
-fn limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
-    match Option::<serde_json::Value>::deserialize(deserializer)? {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(number)) => match (number.as_u64(), number.as_f64()) {
-            (Some(value), _) => Ok(Some(value)),
-            (None, Some(value)) if value >= 0.0 => Ok(Some(value as u64)),
-            _ => Err(de::Error::custom(format_args!(
-                "a limit must be zero or more, not {number}"
-            ))),
-        },
-        Some(other) => Err(de::Error::custom(format_args!(
-            "a limit must be a number, not {}",
-            json_kind(&other)
-        ))),
-    }
-}
-
 /// `null` as the default, for optional objects.
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -96,29 +67,6 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
-}
-
-/// The limits a task runs under, as reported in `accepted` and `list`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    pub timeout_ms: u64,
-    pub fuel: u64,
-    pub memory_bytes: u64,
-}
-
-impl Limits {
-    /// These limits lowered by what a client asked for; a request can never raise a limit.
-    pub fn lowered_by(self, asked: RequestedLimits) -> Limits {
-        Limits {
-            timeout_ms: asked
-                .timeout_ms
-                .map_or(self.timeout_ms, |v| v.min(self.timeout_ms)),
-            fuel: asked.fuel.map_or(self.fuel, |v| v.min(self.fuel)),
-            memory_bytes: asked
-                .memory_bytes
-                .map_or(self.memory_bytes, |v| v.min(self.memory_bytes)),
-        }
-    }
 }
 
 /// A `task` frame (or a plain-text frame, which becomes one for the default task).
@@ -147,9 +95,18 @@ impl TaskRequest {
 #[derive(Debug)]
 pub enum Request {
     Task(TaskRequest),
-    Cancel { task_id: u64 },
+    Cancel {
+        task_id: u64,
+    },
     List,
     Stats,
+    /// A message whose `type` the protocol does not define, for an application to serve
+    /// (see `App::on_message`); the default application answers it with `bad_request`.
+    Custom {
+        kind: String,
+        /// The whole message, `type` included.
+        message: serde_json::Value,
+    },
 }
 
 #[derive(Deserialize)]
@@ -199,13 +156,23 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
             .map_err(|e| BadFrame::Message(bad_json(&e, "a `cancel` message"))),
         "list" => Ok(Request::List),
         "stats" => Ok(Request::Stats),
-        other => Err(BadFrame::Message(WireError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "unknown message type {other:?}: send one of \"task\", \"cancel\", \"list\" or \"stats\""
-            ),
-        ))),
+        other => serde_json::from_str(text)
+            .map(|message| Request::Custom {
+                kind: other.to_owned(),
+                message,
+            })
+            .map_err(|e| BadFrame::Message(bad_json(&e, "a message"))),
     }
+}
+
+/// The answer to a message of a type nobody serves.
+pub fn unknown_type(kind: &str) -> WireError {
+    WireError::new(
+        ErrorCode::BadRequest,
+        format!(
+            "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"list\" or \"stats\""
+        ),
+    )
 }
 
 /// A frame that could not be served, and how it is answered.
@@ -256,17 +223,6 @@ fn task_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> 
             "`task_id` must be the id `accepted` gave the task (a whole number), not {value}"
         ))
     })
-}
-
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 /// Every error code of the protocol, for `rejected`, `failed` and `error` alike.
@@ -339,44 +295,6 @@ impl WireError {
     pub fn internal(message: impl Into<String>) -> Self {
         WireError::new(ErrorCode::Internal, message)
     }
-}
-
-/// Whether a task's result goes to its submitter only, or to every open connection too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Delivery {
-    #[default]
-    Origin,
-    Broadcast,
-}
-
-/// Whether a task in `list` can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    Ready,
-    Failed,
-}
-
-/// One entry of the `list` answer.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskListing {
-    pub name: String,
-    pub description: String,
-    pub state: TaskState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub limits: Limits,
-    pub deliver: Delivery,
-    /// `module` (WASI preview 1) or `component` (preview 2); absent when nothing loaded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<&'static str>,
-    /// Short hex SHA-256 of the module file in service.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hash: Option<String>,
-    /// When the version in service was loaded, RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loaded_at: Option<String>,
 }
 
 /// The `stats` answer's counters.
@@ -532,7 +450,6 @@ mod tests {
         for frame in [
             r#"{"type": 3}"#,
             r#"{"no_type": 1}"#,
-            r#"{"type": "dance"}"#,
             r#"{"type": "task"}"#,
             r#"{"type": "task", "task": 5}"#,
             r#"{"type": "task", "task": "echo", "ref": [1]}"#,
@@ -542,6 +459,18 @@ mod tests {
             let bad = parse_frame(frame, "slow").unwrap_err();
             assert_eq!(bad.error().code, ErrorCode::BadRequest, "{frame}");
         }
+    }
+
+    #[test]
+    fn unknown_types_reach_the_application() {
+        let Request::Custom { kind, message } =
+            parse_frame(r#"{"type": "chat", "text": "hi"}"#, "slow").unwrap()
+        else {
+            panic!("not a custom message")
+        };
+        assert_eq!(kind, "chat");
+        assert_eq!(message["text"], "hi");
+        assert_eq!(unknown_type("dance").code, ErrorCode::BadRequest);
     }
 
     #[test]
@@ -561,23 +490,5 @@ mod tests {
         };
         assert_eq!(task.input_json(), r#"{"a": [1, 2]}"#);
         assert_eq!(task.reference, Some(Ref::Number("7".to_owned())));
-    }
-
-    #[test]
-    fn requested_limits_only_lower() {
-        let configured = Limits {
-            timeout_ms: 1000,
-            fuel: 50,
-            memory_bytes: 1 << 20,
-        };
-        let asked = RequestedLimits {
-            timeout_ms: Some(5000),
-            fuel: Some(10),
-            memory_bytes: None,
-        };
-        let effective = configured.lowered_by(asked);
-        assert_eq!(effective.timeout_ms, 1000);
-        assert_eq!(effective.fuel, 10);
-        assert_eq!(effective.memory_bytes, 1 << 20);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use taskhost::{Callbacks, Config, ProtocolApp};
+use taskhost::{App, Config, ProtocolApp};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -150,12 +150,12 @@ pub async fn start_server() -> TestServer {
     start_server_with(test_config(), ProtocolApp).await
 }
 
-pub async fn start_server_with(config: Config, callbacks: impl Callbacks) -> TestServer {
+pub async fn start_server_with(config: Config, app: impl App) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
-    let server = taskhost::Server::new(config, callbacks).expect("the server starts");
+    let server = taskhost::Server::new(config, app).expect("the server starts");
     let (shutdown, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(server.serve(listener, stopped));
     TestServer {

@@ -1,113 +1,81 @@
-//! The events where an application's behaviour lives, after Swoole's WebSocket server:
-//! `open`, `message`, `task`, `finish` and `close`.
+//! The application layer: the events where an application's behaviour lives, after Swoole's
+//! WebSocket server (`open`, `message`, `task`, `finish`, `close`), and [`Ctx`], what the
+//! callbacks can do with the server.
 //!
-//! Every method has a default that implements `docs/PROTOCOL.md` ([`protocol`]), so an
+//! Every callback has a default that implements `docs/PROTOCOL.md` ([`protocol_app`]), so an
 //! application overrides only what it changes and can still call the default for the rest.
 //! [`ProtocolApp`] overrides nothing: it is what the `taskhost` binary runs.
 //!
 //! - `open`: a client connected (default: send `hello`).
-//! - `message`: a client sent a request (default: serve `task`, `cancel`, `list`, `stats`).
-//! - `task`: run one task, in a task worker (default: in a fresh sandbox). It returns the
+//! - `message`: a client sent a message (default: serve `task`, `cancel`, `list`, `stats`;
+//!   answer any other `type` with `bad_request`). Messages of types of its own reach the
+//!   application here as [`Request::Custom`].
+//! - `task`: run one task, in a task worker (default: [`Ctx::run_in_sandbox`]). It returns the
 //!   outcome; it never sends anything itself.
 //! - `finish`: a task ended; decide where its outcome goes (default: `finished` or `failed`
 //!   to the submitting connection).
 //! - `close`: a client left (default: nothing; its tasks run on to their end).
+//!
+//! Callbacks are `async fn`s in an implementation (`async fn on_task(&self, ctx: &Ctx<Self>,
+//! job: &Job) -> Outcome`); their futures must be `Send`, since tasks move between threads.
 
+mod background;
+mod client;
+mod context;
+mod failures;
+mod job;
 pub mod native;
-pub mod progress;
-pub mod protocol;
+mod progress;
+pub mod protocol_app;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
 
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
+pub use client::Client;
+pub use context::Ctx;
+pub use job::{Admitted, Job, NewTask, Outcome, Report};
+pub use native::NativeTasks;
+pub use progress::PROGRESS_INTERVAL;
+pub use protocol_app::ProtocolApp;
 
-use crate::connection::Connection;
-use crate::protocol::{Limits, Ref, Request};
-use crate::registry::TaskModule;
-use crate::sandbox::{Outcome, RunSpec};
-use crate::server::Server;
-use progress::ProgressThrottle;
-
-/// One accepted task, as the `task` and `finish` callbacks see it.
-#[derive(Debug)]
-pub struct Job {
-    /// Unique and increasing for the server's whole run.
-    pub task_id: u64,
-    /// The module version this task runs, held so a reload never touches it.
-    pub module: Arc<TaskModule>,
-    /// The input as JSON text, for the module's stdin.
-    pub input: Bytes,
-    /// The effective limits: the task's own, lowered by what the client asked.
-    pub limits: Limits,
-    /// The client's `ref`, echoed on every message about the task.
-    pub reference: Option<Ref>,
-    /// The connection that submitted the task. It may have closed by the time the task ends.
-    pub origin: Connection,
-    /// Where the task's progress reports go (to `origin`, rate-limited).
-    pub progress: Arc<ProgressThrottle>,
-}
-
-impl Job {
-    pub fn name(&self) -> &str {
-        &self.module.name
-    }
-
-    /// What the sandbox needs to run this job; its progress goes to the submitter as
-    /// `progress` messages, rate-limited.
-    pub fn run_spec(&self) -> RunSpec {
-        RunSpec {
-            name: self.module.name.clone(),
-            input: self.input.clone(),
-            limits: self.limits,
-            progress: Some(self.progress.sink()),
-        }
-    }
-}
-
-/// A task's end, as the `finish` callback receives it.
-#[derive(Debug)]
-pub struct Report {
-    pub job: Job,
-    pub outcome: Outcome,
-    /// Time from the task's start to its end; time in the queue does not count.
-    pub elapsed: Duration,
-}
+use crate::protocol::Request;
 
 /// An application's behaviour on the server's events. See the module docs.
-pub trait Callbacks: Send + Sync + 'static {
-    fn on_open<'a>(&'a self, server: &'a Server, connection: &'a Connection) -> BoxFuture<'a, ()> {
-        Box::pin(protocol::greet(server, connection))
+pub trait App: Send + Sync + Sized + 'static {
+    /// What the application keeps for each connection (`()` for nothing): created with
+    /// `Default` when a client connects, reached through [`Client::session`].
+    type Session: Default + Send + Sync + 'static;
+
+    fn on_open(
+        &self,
+        ctx: &Ctx<Self>,
+        client: &Client<Self::Session>,
+    ) -> impl Future<Output = ()> + Send {
+        protocol_app::greet(ctx, client)
     }
 
-    fn on_message<'a>(
-        &'a self,
-        server: &'a Server,
-        connection: &'a Connection,
+    fn on_message(
+        &self,
+        ctx: &Ctx<Self>,
+        client: &Client<Self::Session>,
         request: Request,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(protocol::serve(server, connection, request))
+    ) -> impl Future<Output = ()> + Send {
+        protocol_app::answer(ctx, client, request)
     }
 
-    fn on_task<'a>(&'a self, server: &'a Server, job: &'a Job) -> BoxFuture<'a, Outcome> {
-        Box::pin(server.sandbox().run(&job.module.wasm, job.run_spec()))
+    fn on_task(&self, ctx: &Ctx<Self>, job: &Job) -> impl Future<Output = Outcome> + Send {
+        ctx.run_in_sandbox(job)
     }
 
-    fn on_finish<'a>(&'a self, server: &'a Server, report: Report) -> BoxFuture<'a, ()> {
-        Box::pin(protocol::deliver(server, report))
+    fn on_finish(&self, ctx: &Ctx<Self>, report: Report) -> impl Future<Output = ()> + Send {
+        protocol_app::deliver(ctx, report)
     }
 
-    fn on_close<'a>(&'a self, server: &'a Server, connection: &'a Connection) -> BoxFuture<'a, ()> {
-        let _ = (server, connection);
-        Box::pin(async {})
+    fn on_close(
+        &self,
+        ctx: &Ctx<Self>,
+        client: &Client<Self::Session>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, client);
+        async {}
     }
 }
-
-/// The application the `taskhost` binary runs: `docs/PROTOCOL.md`, unchanged.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProtocolApp;
-
-impl Callbacks for ProtocolApp {}
-
-pub use native::NativeTasks;

@@ -8,14 +8,11 @@
 
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Callbacks, Job};
+use super::{App, Ctx, Job, Outcome};
 use crate::protocol::ErrorCode;
-use crate::sandbox::Outcome;
-use crate::server::Server;
 
 /// How often the native `spin` gives its thread back, so that it hogs a core like the
 /// sandboxed one does (which yields on fuel) without stalling the server.
@@ -25,14 +22,16 @@ const SPIN_SLICE: Duration = Duration::from_micros(100);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NativeTasks;
 
-impl Callbacks for NativeTasks {
-    fn on_task<'a>(&'a self, server: &'a Server, job: &'a Job) -> BoxFuture<'a, Outcome> {
+impl App for NativeTasks {
+    type Session = ();
+
+    async fn on_task(&self, ctx: &Ctx<Self>, job: &Job) -> Outcome {
         match job.name() {
-            "echo" => Box::pin(async move { echo(&job.input) }),
-            "fib" => Box::pin(async move { fib_task(&job.input) }),
-            "slow" => Box::pin(slow(job)),
-            "spin" => Box::pin(spin()),
-            _ => Box::pin(server.sandbox().run(&job.module.wasm, job.run_spec())),
+            "echo" => echo(&job.input),
+            "fib" => fib_task(&job.input),
+            "slow" => slow(job).await,
+            "spin" => spin().await,
+            _ => ctx.run_in_sandbox(job).await,
         }
     }
 }
@@ -84,7 +83,7 @@ async fn slow(job: &Job) -> Outcome {
         let fraction = f64::from(step) / f64::from(SLOW_STEPS);
         tokio::time::sleep_until(started + total.mul_f64(fraction)).await;
         let message = format!("slept {:.1} of {seconds:.1} s", seconds * fraction);
-        job.progress.report(fraction, &message);
+        job.report_progress(fraction, &message);
     }
     finished("\"success\"".to_owned())
 }

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::connection::Connection;
+use crate::outbox::{Outbox, Text};
 use crate::protocol::{Ref, Reply};
 use crate::sandbox::ProgressSink;
 
@@ -16,7 +16,7 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// The progress channel of one task.
 #[derive(Debug)]
 pub struct ProgressThrottle {
-    origin: Connection,
+    submitter: Outbox,
     task_id: u64,
     reference: Option<Ref>,
     /// Std mutex: held to compare times and swap the held report, never across an await.
@@ -31,9 +31,9 @@ struct Throttle {
 }
 
 impl ProgressThrottle {
-    pub fn new(origin: Connection, task_id: u64, reference: Option<Ref>) -> Self {
+    pub fn new(submitter: Outbox, task_id: u64, reference: Option<Ref>) -> Self {
         ProgressThrottle {
-            origin,
+            submitter,
             task_id,
             reference,
             state: Mutex::new(Throttle::default()),
@@ -80,7 +80,7 @@ impl ProgressThrottle {
             message,
         };
         // Progress is superseded by the next report: a client not reading misses some.
-        self.origin.try_send_text(reply.to_json());
+        self.submitter.offer(Text::from(reply.to_json()));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Throttle> {

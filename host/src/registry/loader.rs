@@ -8,8 +8,9 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::TaskModule;
+use super::files::{file_name, read_capped};
 use super::manifest::Manifest;
-use crate::protocol::Limits;
+use crate::limits::Limits;
 use crate::sandbox::Sandbox;
 
 /// File extensions that hold a task, in order of preference when several exist: a binary
@@ -89,22 +90,6 @@ pub struct TaskFiles {
 /// module took 8 GB); real modules, even language runtimes, are far smaller.
 pub const MAX_MODULE_BYTES: u64 = 128 << 20;
 
-/// Reads at most `max` bytes of the file at `path`; a longer file is an error (`InvalidData`).
-/// Files that report no size (such as those under /proc) are measured by reading.
-pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("it is larger than {} MiB", max >> 20),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// Reads a task's module and manifest.
 pub fn read_task(dir: &Path, name: &str, module: PathBuf) -> anyhow::Result<TaskFiles> {
     let bytes = read_capped(&module, MAX_MODULE_BYTES)
@@ -138,19 +123,9 @@ pub fn build_task(
         deliver: files.manifest.deliver,
         manifest: files.manifest,
         wasm,
-        path: files.path,
         hash: files.hash,
         loaded_at: SystemTime::now(),
     })
-}
-
-/// A file's name without its folder: what error messages (which reach clients through
-/// `list`) say, so they do not reveal where the server keeps its files.
-pub fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |name| name.to_string_lossy().into_owned(),
-    )
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::loader::file_name;
-use crate::protocol::{Delivery, Limits, RequestedLimits};
+use super::files::{file_name, read_capped};
+use super::listing::Delivery;
+use crate::limits::{Limits, RequestedLimits};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,7 +35,7 @@ impl Manifest {
     /// Reads and checks the manifest at `path`; `None` when there is none.
     pub fn read(path: &Path) -> anyhow::Result<Option<Manifest>> {
         let name = file_name(path);
-        let bytes = match super::loader::read_capped(path, MAX_MANIFEST_BYTES) {
+        let bytes = match read_capped(path, MAX_MANIFEST_BYTES) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error).with_context(|| format!("could not read {name}")),

@@ -6,6 +6,8 @@
 //! earlier version loaded, that version stays in service. Every change bumps a counter that
 //! the server watches to push the new list to clients.
 
+mod files;
+mod listing;
 mod loader;
 mod manifest;
 pub mod watch;
@@ -17,11 +19,33 @@ use std::time::SystemTime;
 
 use tokio::sync::watch as signal;
 
-use crate::protocol::{Delivery, ErrorCode, Limits, TaskListing, TaskState, WireError};
+use crate::limits::Limits;
 use crate::sandbox::{Sandbox, WasmModule};
 
+pub use listing::{Delivery, TaskListing, TaskState};
 pub use loader::task_name;
 pub use manifest::Manifest;
+
+/// Why a task name cannot run now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("task {name:?} failed to load: {reason}; fix the module file and it can run")]
+    FailedToLoad { name: String, reason: String },
+    #[error("there is no task {name:?}; the tasks are: {}", available_names(.available))]
+    NoSuchTask {
+        name: String,
+        /// The names that can run, for the message.
+        available: Vec<String>,
+    },
+}
+
+fn available_names(names: &[String]) -> String {
+    if names.is_empty() {
+        "none (put NAME.wasm files in the tasks folder)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
 
 /// One version of a task, ready to run.
 #[derive(Debug)]
@@ -33,8 +57,6 @@ pub struct TaskModule {
     pub deliver: Delivery,
     pub manifest: Manifest,
     pub wasm: WasmModule,
-    /// The file it was loaded from.
-    pub path: PathBuf,
     /// Short hex SHA-256 of the module file.
     pub hash: String,
     pub loaded_at: SystemTime,
@@ -143,8 +165,8 @@ impl Registry {
         self.changes.send_modify(|version| *version += 1);
     }
 
-    /// The version of `name` in service, or `unknown_task` saying what exists.
-    pub fn get(&self, name: &str) -> Result<Arc<TaskModule>, WireError> {
+    /// The version of `name` in service, or why there is none, saying what exists.
+    pub fn get(&self, name: &str) -> Result<Arc<TaskModule>, LookupError> {
         let entries = self.read();
         match entries.get(name) {
             Some(Entry {
@@ -154,30 +176,18 @@ impl Registry {
             Some(Entry {
                 ready: None,
                 error: Some(reason),
-            }) => Err(WireError::new(
-                ErrorCode::UnknownTask,
-                format!(
-                    "task {name:?} failed to load: {reason}; fix the module file and it can run"
-                ),
-            )),
-            _ => {
-                let names: Vec<&str> = entries
+            }) => Err(LookupError::FailedToLoad {
+                name: name.to_owned(),
+                reason: reason.clone(),
+            }),
+            _ => Err(LookupError::NoSuchTask {
+                name: name.to_owned(),
+                available: entries
                     .iter()
                     .filter(|(_, entry)| entry.ready.is_some())
-                    .map(|(name, _)| name.as_str())
-                    .collect();
-                Err(WireError::new(
-                    ErrorCode::UnknownTask,
-                    format!(
-                        "there is no task {name:?}; the tasks are: {}",
-                        if names.is_empty() {
-                            "none (put NAME.wasm files in the tasks folder)".to_owned()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                ))
-            }
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            }),
         }
     }
 
@@ -208,7 +218,7 @@ impl Registry {
                     },
                     error: entry.error.clone(),
                     limits: ready.map_or(self.server_limits, |m| m.limits),
-                    deliver: ready.map_or(Delivery::Origin, |m| m.deliver),
+                    deliver: ready.map_or(Delivery::Submitter, |m| m.deliver),
                     kind: ready.map(|m| m.wasm.kind()),
                     hash: ready.map(|m| m.hash.clone()),
                     loaded_at: ready

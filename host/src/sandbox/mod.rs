@@ -29,11 +29,10 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 pub use engine::{EngineSettings, FUEL_YIELD_INTERVAL};
-pub use imports::{PROGRESS_FUNCTION, PROGRESS_INTERFACE, PROGRESS_MODULE};
-pub use outcome::{Outcome, decode_result};
+pub use outcome::{Failure, RunEnd};
 pub use state::{MAX_PROGRESS_MESSAGE, ProgressSink};
 
-use crate::protocol::{ErrorCode, Limits};
+use crate::limits::Limits;
 use limiter::MemoryCap;
 use outcome::{Ending, RunError, classify};
 use output::OutputCapture;
@@ -115,10 +114,6 @@ impl Sandbox {
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Modules and components loaded from the compile cache, and compiled afresh, so far.
     pub fn cache_counts(&self) -> Option<(usize, usize)> {
         self.cache
@@ -196,7 +191,7 @@ impl Sandbox {
 
     /// Runs one task in a fresh instance and says how it ended. Never panics on a guest's
     /// behaviour; dropping the future stops the guest at its next yield.
-    pub async fn run(&self, module: &WasmModule, spec: RunSpec) -> Outcome {
+    pub async fn run(&self, module: &WasmModule, spec: RunSpec) -> RunEnd {
         let capture = OutputCapture::new(self.max_output);
         let controls = Controls {
             memory: MemoryCap::new(spec.limits.memory_bytes),
@@ -238,7 +233,7 @@ impl Sandbox {
         spec: &RunSpec,
         capture: &OutputCapture,
         entry: &impl Start<T>,
-    ) -> Outcome {
+    ) -> RunEnd {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.controls().memory);
         T::prepare(&mut store);
@@ -247,10 +242,7 @@ impl Sandbox {
             .set_fuel(spec.limits.fuel)
             .and_then(|()| store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)))
         {
-            return Outcome::failed(
-                ErrorCode::Internal,
-                format!("could not meter the task: {error}"),
-            );
+            return RunEnd::unmetered(format!("could not meter the task: {error}"));
         }
         let deadline = Duration::from_millis(spec.limits.timeout_ms);
         let ran = tokio::time::timeout(deadline, entry.start(&mut store))

@@ -1,66 +1,65 @@
-//! How a task ended: turns what wasmtime returned (a trap, an exit, a refused growth, a full
-//! output pipe, a deadline) into the protocol's outcome, while the error is still in hand.
+//! How a run ended: turns what wasmtime returned (a trap, an exit, a refused growth, a full
+//! output pipe, a deadline) into the sandbox's own [`RunEnd`], while the error is still in
+//! hand. What a failure is called on the wire, and what a person is told to do about it, is
+//! the application's business (`app::failures`).
 
 use serde_json::value::RawValue;
 use wasmtime::Trap;
 use wasmtime_wasi::I32Exit;
 
-use crate::protocol::{ErrorCode, Limits, WireError};
+use crate::limits::Limits;
 
 use super::output::OutputCapture;
 
-/// How much of the end of stderr goes into an error message.
+/// How much of the end of stderr a failure keeps.
 const STDERR_TAIL_BYTES: usize = 1024;
 
-/// How a task ended, as the finish callback receives it.
+/// How a run in the sandbox ended, and the fuel it burned.
 #[derive(Debug)]
-pub enum Outcome {
-    Finished {
-        result: Box<RawValue>,
-        fuel_used: u64,
-    },
-    Failed {
-        error: WireError,
-        /// Known when the task ran in a sandbox and got as far as being metered.
-        fuel_used: Option<u64>,
-    },
+pub struct RunEnd {
+    /// The result (stdout as JSON), or why there is none.
+    pub result: Result<Box<RawValue>, Failure>,
+    /// Fuel burned; `None` when the run never got as far as being metered.
+    pub fuel_used: Option<u64>,
 }
 
-impl Outcome {
-    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
-        Outcome::Failed {
-            error: WireError::new(code, message),
+/// Why a run produced no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Still running at its wall-clock limit.
+    Timeout { limit_ms: u64 },
+    /// Burned all its fuel.
+    FuelExhausted { limit: u64 },
+    /// A memory or table growth was refused; `asked_bytes` is the size it asked for, when known.
+    MemoryLimit {
+        limit_bytes: u64,
+        asked_bytes: Option<u64>,
+    },
+    /// Wrote more than the output cap (stdout and stderr together).
+    OutputTooLarge { limit_bytes: usize },
+    /// Trapped (or failed a host call); the end of its stderr, if it wrote any.
+    Trap { trap: String, stderr: String },
+    /// Exited with a non-zero status; the end of its stderr, if it wrote any.
+    Exit { status: i32, stderr: String },
+    /// Could not be instantiated: bad imports, no memory for it.
+    Instantiation { error: String },
+    /// The host could not set the run up, or encode what it wrote.
+    Host { error: String },
+}
+
+impl RunEnd {
+    fn failed(failure: Failure, fuel_used: u64) -> RunEnd {
+        RunEnd {
+            result: Err(failure),
+            fuel_used: Some(fuel_used),
+        }
+    }
+
+    /// A run the host could not even start metering.
+    pub(super) fn unmetered(error: String) -> RunEnd {
+        RunEnd {
+            result: Err(Failure::Host { error }),
             fuel_used: None,
-        }
-    }
-
-    /// A task stopped at its wall-clock limit of `limit_ms`.
-    pub fn timed_out(limit_ms: u64, fuel_used: Option<u64>) -> Outcome {
-        Outcome::Failed {
-            error: WireError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "the task was still running after its wall-clock limit of {limit_ms} ms; ask \
-                     for a higher `limits.timeout_ms` (up to the server's --timeout-ms) or give \
-                     it less work"
-                ),
-            ),
-            fuel_used,
-        }
-    }
-
-    /// The outcome label for logs and metrics: `finished` or the error code.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Finished { .. } => "finished",
-            Outcome::Failed { error, .. } => error.code.as_str(),
-        }
-    }
-
-    pub fn fuel_used(&self) -> Option<u64> {
-        match self {
-            Outcome::Finished { fuel_used, .. } => Some(*fuel_used),
-            Outcome::Failed { fuel_used, .. } => *fuel_used,
         }
     }
 }
@@ -85,9 +84,9 @@ pub struct Ending<'a> {
     pub limits: Limits,
 }
 
-/// Decides the outcome. Order matters: a deadline, an overflowing output or a refused growth
-/// explains whatever trap or exit the guest produced afterwards.
-pub fn classify(ending: Ending<'_>) -> Outcome {
+/// Decides how the run ended. Order matters: a deadline, an overflowing output or a refused
+/// growth explains whatever trap or exit the guest produced afterwards.
+pub fn classify(ending: Ending<'_>) -> RunEnd {
     let Ending {
         ran,
         capture,
@@ -95,105 +94,68 @@ pub fn classify(ending: Ending<'_>) -> Outcome {
         fuel_used,
         limits,
     } = ending;
-    let failed = |code, message: String| Outcome::Failed {
-        error: WireError::new(code, message),
-        fuel_used: Some(fuel_used),
-    };
+    let failed = |failure| RunEnd::failed(failure, fuel_used);
     let Some(ran) = ran else {
-        return Outcome::timed_out(limits.timeout_ms, Some(fuel_used));
+        return failed(Failure::Timeout {
+            limit_ms: limits.timeout_ms,
+        });
     };
     if capture.overflowed() {
-        return failed(
-            ErrorCode::OutputTooLarge,
-            format!(
-                "the task wrote more than the server's output limit of {} bytes (--max-output, \
-                 stdout and stderr together) and was stopped; return a smaller result",
-                capture.budget()
-            ),
-        );
+        return failed(Failure::OutputTooLarge {
+            limit_bytes: capture.budget(),
+        });
     }
     if let Some((_, desired)) = refused_memory {
-        let asked = if desired > 0 {
-            format!(" (it asked for {desired} bytes)")
-        } else {
-            String::new()
-        };
-        return failed(
-            ErrorCode::MemoryLimit,
-            format!(
-                "the task needed more memory than its limit of {} bytes{asked}; ask for a \
-                 higher `limits.memory_bytes` (up to the server's --memory) or use less memory",
-                limits.memory_bytes
-            ),
-        );
+        return failed(Failure::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+            asked_bytes: (desired > 0).then_some(desired as u64),
+        });
     }
+    let stderr = || capture.stderr_tail(STDERR_TAIL_BYTES);
     let error = match ran {
         Ok(()) => return finished(capture, fuel_used),
         Err(RunError::Run(error)) => error,
         Err(RunError::Instantiate(error)) if error.downcast_ref::<Trap>().is_some() => error,
         Err(RunError::Instantiate(error)) => {
-            return failed(
-                ErrorCode::ModuleError,
-                format!("the module could not be instantiated: {error:#}"),
-            );
+            return failed(Failure::Instantiation {
+                error: format!("{error:#}"),
+            });
         }
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         if exit.0 == 0 {
             return finished(capture, fuel_used);
         }
-        return failed(ErrorCode::Exit, exit_message(exit.0, capture));
+        return failed(Failure::Exit {
+            status: exit.0,
+            stderr: stderr(),
+        });
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => failed(
-            ErrorCode::FuelExhausted,
-            format!(
-                "the task used all its fuel ({} units) before finishing; ask for more \
-                 `limits.fuel` (up to the server's --fuel) or give it less work",
-                limits.fuel
-            ),
-        ),
-        Some(trap) => failed(ErrorCode::Trap, trap_message(&trap.to_string(), capture)),
+        Some(Trap::OutOfFuel) => failed(Failure::FuelExhausted { limit: limits.fuel }),
+        Some(trap) => failed(Failure::Trap {
+            trap: trap.to_string(),
+            stderr: stderr(),
+        }),
         // Anything else that ended `_start` is the module's doing too, such as a host call
         // made with a pointer outside its memory.
-        None => failed(
-            ErrorCode::Trap,
-            trap_message(&format!("{error:#}"), capture),
-        ),
+        None => failed(Failure::Trap {
+            trap: format!("{error:#}"),
+            stderr: stderr(),
+        }),
     }
 }
 
-fn exit_message(status: i32, capture: &OutputCapture) -> String {
-    let stderr = capture.stderr_tail(STDERR_TAIL_BYTES);
-    if stderr.is_empty() {
-        format!("the task exited with status {status} and wrote nothing to stderr")
-    } else {
-        format!("the task exited with status {status}: {stderr}")
-    }
-}
-
-fn trap_message(trap: &str, capture: &OutputCapture) -> String {
-    let stderr = capture.stderr_tail(STDERR_TAIL_BYTES);
-    if stderr.is_empty() {
-        format!("the task trapped: {trap}")
-    } else {
-        format!("the task trapped: {trap}; its stderr ends with: {stderr}")
-    }
-}
-
-fn finished(capture: &OutputCapture, fuel_used: u64) -> Outcome {
-    match decode_result(&capture.stdout()) {
-        Ok(result) => Outcome::Finished { result, fuel_used },
-        Err(error) => Outcome::Failed {
-            error,
-            fuel_used: Some(fuel_used),
-        },
+fn finished(capture: &OutputCapture, fuel_used: u64) -> RunEnd {
+    RunEnd {
+        result: decode_result(&capture.stdout()).map_err(|error| Failure::Host { error }),
+        fuel_used: Some(fuel_used),
     }
 }
 
 /// stdout as a result: JSON when it parses, else a string without one trailing newline;
 /// empty stdout is `null`.
-pub fn decode_result(stdout: &[u8]) -> Result<Box<RawValue>, WireError> {
+pub fn decode_result(stdout: &[u8]) -> Result<Box<RawValue>, String> {
     if stdout.is_empty() {
         return Ok(RawValue::NULL.to_owned());
     }
@@ -211,7 +173,7 @@ pub fn decode_result(stdout: &[u8]) -> Result<Box<RawValue>, WireError> {
         .or_else(|| text.strip_suffix('\n'))
         .unwrap_or(&text);
     serde_json::value::to_raw_value(text)
-        .map_err(|e| WireError::internal(format!("could not encode the task's output: {e}")))
+        .map_err(|e| format!("could not encode the task's output: {e}"))
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! Worker slots (`--task-workers` of them), handed out in turn across connections.
+//! Worker permits (`--task-workers` of them), handed out in turn across connections.
 //!
 //! Why not one first-come, first-served queue: then a connection with a backlog of
 //! thousands of tasks makes every other connection's task wait behind all of them. Here
-//! each connection waits in a line of its own, and a freed slot goes to the next
+//! each connection waits in a line of its own, and a freed permit goes to the next
 //! connection in turn (round robin): a connection's tasks still start in the order it
-//! sent them, and a connection with one task waits for one slot, not for another's
+//! sent them, and a connection with one task waits for one permit, not for another's
 //! backlog.
 
 use std::collections::{HashMap, VecDeque};
@@ -12,28 +12,28 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-/// The slots and the lines of tasks waiting for one.
-pub struct Slots {
+/// The worker permits and the lines of tasks waiting for one.
+pub struct Workers {
     inner: Arc<Mutex<Inner>>,
 }
 
 struct Inner {
     free: usize,
     /// Each waiting connection's line, oldest first. A line exists only while not empty.
-    lines: HashMap<u64, VecDeque<oneshot::Sender<Slot>>>,
+    lines: HashMap<u64, VecDeque<oneshot::Sender<Permit>>>,
     /// The connections with a line, in the order their turn comes.
     turns: VecDeque<u64>,
 }
 
-/// One slot, held while a task runs; dropping it hands it to the next waiting task.
-pub struct Slot {
-    /// `None` only for a slot that never reached its taker (see `Drop`).
-    slots: Option<Arc<Mutex<Inner>>>,
+/// One worker permit, held while a task runs; dropping it hands it to the next waiting task.
+pub struct Permit {
+    /// `None` only for a permit that never reached its taker (see `Drop`).
+    workers: Option<Arc<Mutex<Inner>>>,
 }
 
-impl Slots {
-    pub fn new(count: usize) -> Slots {
-        Slots {
+impl Workers {
+    pub fn new(count: usize) -> Workers {
+        Workers {
             inner: Arc::new(Mutex::new(Inner {
                 free: count,
                 lines: HashMap::new(),
@@ -42,29 +42,29 @@ impl Slots {
         }
     }
 
-    /// Slots nobody holds.
+    /// Workers nobody holds.
     pub fn free(&self) -> usize {
         lock(&self.inner).free
     }
 
-    /// A free slot, if there is one now.
-    pub fn try_take(&self) -> Option<Slot> {
+    /// A free permit, if there is one now.
+    pub fn try_take(&self) -> Option<Permit> {
         let mut inner = lock(&self.inner);
         if inner.free == 0 {
             return None;
         }
         inner.free -= 1;
-        Some(self.slot())
+        Some(self.permit())
     }
 
-    /// A slot for a task of connection `owner`: at once if one is free, else when its turn
+    /// A permit for a task of connection `owner`: at once if one is free, else when its turn
     /// comes. Dropping the future gives up the place in line.
-    pub async fn take(&self, owner: u64) -> Slot {
+    pub async fn take(&self, owner: u64) -> Permit {
         let handed = {
             let mut inner = lock(&self.inner);
             if inner.free > 0 {
                 inner.free -= 1;
-                return self.slot();
+                return self.permit();
             }
             let (give, handed) = oneshot::channel();
             if !inner.lines.contains_key(&owner) {
@@ -79,19 +79,19 @@ impl Slots {
             .expect("a waiting task's sender is only dropped once it has sent")
     }
 
-    fn slot(&self) -> Slot {
-        Slot {
-            slots: Some(Arc::clone(&self.inner)),
+    fn permit(&self) -> Permit {
+        Permit {
+            workers: Some(Arc::clone(&self.inner)),
         }
     }
 }
 
-impl Drop for Slot {
+impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(slots) = self.slots.take() else {
+        let Some(workers) = self.workers.take() else {
             return;
         };
-        let mut inner = lock(&slots);
+        let mut inner = lock(&workers);
         loop {
             let Some(owner) = inner.turns.pop_front() else {
                 inner.free += 1;
@@ -104,15 +104,15 @@ impl Drop for Slot {
             } else {
                 inner.turns.push_back(owner);
             }
-            let slot = Slot {
-                slots: Some(Arc::clone(&slots)),
+            let slot = Permit {
+                workers: Some(Arc::clone(&workers)),
             };
             match give.send(slot) {
                 Ok(()) => return,
-                // The task stopped waiting (cancelled): the slot goes to the next in turn.
+                // The task stopped waiting (cancelled): the permit goes to the next in turn.
                 // Emptied so that its own drop does nothing while this lock is held.
                 Err(mut unsent) => {
-                    unsent.slots = None;
+                    unsent.workers = None;
                 }
             }
         }
@@ -131,7 +131,7 @@ mod tests {
 
     #[tokio::test]
     async fn freed_slots_go_to_connections_in_turn() {
-        let slots = Arc::new(Slots::new(1));
+        let slots = Arc::new(Workers::new(1));
         let held = slots.try_take().unwrap();
         assert!(slots.try_take().is_none());
         let (order, mut started) = tokio::sync::mpsc::unbounded_channel();
@@ -163,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_that_stops_waiting_does_not_keep_its_slot() {
-        let slots = Arc::new(Slots::new(1));
+        let slots = Arc::new(Workers::new(1));
         let held = slots.try_take().unwrap();
         let waiting = tokio::spawn({
             let slots = Arc::clone(&slots);

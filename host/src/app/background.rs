@@ -1,0 +1,87 @@
+//! The server's own work beside the tasks, started once it serves: watching the tasks
+//! folder, pushing the task list to clients when it changes, and warming the sandbox pool.
+//! Each stops when the shutdown begins.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::App;
+use super::context::Ctx;
+use crate::outbox::Text;
+use crate::protocol::Reply;
+use crate::registry::watch;
+
+impl<A: App> Ctx<A> {
+    /// Starts the background work the configuration asks for.
+    pub(crate) fn start_background_work(&self) {
+        let default_task = &self.config().default_task;
+        if !self.task_names().contains(default_task) {
+            tracing::warn!(
+                default_task = %default_task,
+                "plain-text frames run the default task, which is not in the tasks folder: add \
+                 it, or pass --default-task with one that is"
+            );
+        }
+        if self.config().watch {
+            // Serving matters more than watching: without a watcher (out of inotify watches,
+            // say) the server still runs, with the modules it loaded at start.
+            let registry = Arc::clone(self.registry());
+            if let Err(error) = watch::spawn(registry, self.stopping().clone()) {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the tasks folder is not watched: restart to pick up changes"
+                );
+            }
+        }
+        tokio::spawn(self.clone().push_task_lists());
+        if self.config().warm_slots > 0 {
+            // Set before the first connection, so that a client can wait for the warm pool.
+            self.metrics().pool_warming.set(1);
+            tokio::spawn(self.clone().warm_pool());
+        }
+    }
+
+    /// Sends every connection the new task list whenever it changes, until the server stops.
+    async fn push_task_lists(self) {
+        let mut changes = self.registry().subscribe();
+        loop {
+            tokio::select! {
+                () = self.stopping().cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let tasks = self.tasks();
+            let text = Text::from(Reply::TasksChanged { tasks: &tasks }.to_json());
+            self.connections().offer_all(text);
+        }
+    }
+
+    /// Warms `--warm-slots` slots of the sandbox's instance pool with worker permits the
+    /// dispatcher lends, giving them back at once if a task needs one (see `sandbox::warm`).
+    async fn warm_pool(self) {
+        let slots = self.config().warm_slots;
+        let started = Instant::now();
+        let dispatcher = self.dispatcher();
+        let release = dispatcher.reclaimed().child_token();
+        match self
+            .sandbox()
+            .warm_pool(slots, || dispatcher.lend(), release)
+            .await
+        {
+            Ok(warmed) => {
+                self.metrics().pool_warmed_slots.set(warmed as i64);
+                tracing::info!(
+                    warmed,
+                    of = slots,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sandbox pool warmed"
+                );
+            }
+            // Only the first tasks' speed depends on it: serve on.
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "could not warm the sandbox pool; the first tasks in each slot start cold"
+            ),
+        }
+        self.metrics().pool_warming.set(0);
+    }
+}

@@ -1,0 +1,167 @@
+//! What the layers below report, said in the protocol's terms: the sandbox's [`Failure`]s,
+//! the dispatcher's refusals and stops, and the registry's lookup errors become wire codes
+//! and messages that tell a person what happened and what to do (naming the server's flags
+//! and the `limits` a client may ask for). The lower layers know neither.
+
+use crate::dispatch::{Refusal, Stopped};
+use crate::protocol::{ErrorCode, WireError};
+use crate::registry::LookupError;
+use crate::sandbox::{Failure, RunEnd};
+
+use super::job::Outcome;
+
+impl From<RunEnd> for Outcome {
+    fn from(end: RunEnd) -> Outcome {
+        match end.result {
+            Ok(result) => Outcome::Finished {
+                result,
+                fuel_used: end.fuel_used.unwrap_or(0),
+            },
+            Err(failure) => Outcome::Failed {
+                error: failure_error(failure),
+                fuel_used: end.fuel_used,
+            },
+        }
+    }
+}
+
+/// A sandbox failure as the client is told it.
+fn failure_error(failure: Failure) -> WireError {
+    match failure {
+        Failure::Timeout { limit_ms } => timeout_error(limit_ms),
+        Failure::FuelExhausted { limit } => WireError::new(
+            ErrorCode::FuelExhausted,
+            format!(
+                "the task used all its fuel ({limit} units) before finishing; ask for more \
+                 `limits.fuel` (up to the server's --fuel) or give it less work"
+            ),
+        ),
+        Failure::MemoryLimit {
+            limit_bytes,
+            asked_bytes,
+        } => {
+            let asked = asked_bytes
+                .map(|bytes| format!(" (it asked for {bytes} bytes)"))
+                .unwrap_or_default();
+            WireError::new(
+                ErrorCode::MemoryLimit,
+                format!(
+                    "the task needed more memory than its limit of {limit_bytes} bytes{asked}; \
+                     ask for a higher `limits.memory_bytes` (up to the server's --memory) or \
+                     use less memory"
+                ),
+            )
+        }
+        Failure::OutputTooLarge { limit_bytes } => WireError::new(
+            ErrorCode::OutputTooLarge,
+            format!(
+                "the task wrote more than the server's output limit of {limit_bytes} bytes \
+                 (--max-output, stdout and stderr together) and was stopped; return a smaller \
+                 result"
+            ),
+        ),
+        Failure::Trap { trap, stderr } if stderr.is_empty() => {
+            WireError::new(ErrorCode::Trap, format!("the task trapped: {trap}"))
+        }
+        Failure::Trap { trap, stderr } => WireError::new(
+            ErrorCode::Trap,
+            format!("the task trapped: {trap}; its stderr ends with: {stderr}"),
+        ),
+        Failure::Exit { status, stderr } if stderr.is_empty() => WireError::new(
+            ErrorCode::Exit,
+            format!("the task exited with status {status} and wrote nothing to stderr"),
+        ),
+        Failure::Exit { status, stderr } => WireError::new(
+            ErrorCode::Exit,
+            format!("the task exited with status {status}: {stderr}"),
+        ),
+        Failure::Instantiation { error } => WireError::new(
+            ErrorCode::ModuleError,
+            format!("the module could not be instantiated: {error}"),
+        ),
+        Failure::Host { error } => WireError::internal(error),
+    }
+}
+
+fn timeout_error(limit_ms: u64) -> WireError {
+    WireError::new(
+        ErrorCode::Timeout,
+        format!(
+            "the task was still running after its wall-clock limit of {limit_ms} ms; ask for a \
+             higher `limits.timeout_ms` (up to the server's --timeout-ms) or give it less work"
+        ),
+    )
+}
+
+/// A task the dispatcher stopped before it ended by itself.
+pub(crate) fn stopped(stopped: Stopped) -> Outcome {
+    let error = match stopped {
+        Stopped::Cancelled => WireError::new(
+            ErrorCode::Cancelled,
+            "the task was cancelled at your request",
+        ),
+        Stopped::Shutdown => WireError::new(
+            ErrorCode::Shutdown,
+            "the server shut down before the task could finish; submit it again once the \
+             server is back",
+        ),
+        Stopped::TimedOut { limit } => timeout_error(limit.as_millis() as u64),
+    };
+    Outcome::Failed {
+        error,
+        fuel_used: None,
+    }
+}
+
+/// A task the dispatcher would not admit.
+pub(crate) fn refusal(refusal: Refusal) -> WireError {
+    match refusal {
+        Refusal::ShuttingDown => WireError::new(
+            ErrorCode::Shutdown,
+            "the server is shutting down and takes no new tasks; reconnect once it is back",
+        ),
+        Refusal::AtCapacity { running, waiting } => WireError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "the server is at capacity ({running} running, {waiting} waiting); retry later"
+            ),
+        ),
+        Refusal::OwnerAtLimit { limit } => WireError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "this connection already has {limit} tasks queued or running, the most one \
+                 connection may have (--max-connection-tasks); wait for some to end"
+            ),
+        ),
+    }
+}
+
+/// A task name the registry cannot serve.
+pub(crate) fn lookup(error: LookupError) -> WireError {
+    WireError::new(ErrorCode::UnknownTask, error.to_string())
+}
+
+/// A `cancel` for a task this connection does not have.
+pub(crate) fn not_cancellable(task_id: u64) -> WireError {
+    WireError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no task {task_id} of this connection is queued or running: it may have ended \
+             already, or it belongs to another connection"
+        ),
+    )
+}
+
+/// A `task_wait` whose caller stopped waiting before the task ended.
+pub(crate) fn wait_expired(waited_ms: u64) -> Outcome {
+    Outcome::Failed {
+        error: WireError::new(
+            ErrorCode::Timeout,
+            format!(
+                "the task had not ended after the {waited_ms} ms its caller waited, time in \
+                 the queue included; it was stopped"
+            ),
+        ),
+        fuel_used: None,
+    }
+}
