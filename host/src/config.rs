@@ -1,11 +1,11 @@
 //! The server's options: command-line flags (their doc comments are the `--help` text) turned
 //! into a validated [`Config`] that the rest of the library reads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::limits::Limits;
@@ -88,10 +88,61 @@ pub struct Options {
     pub warm_slots: Option<usize>,
 
     /// A web origin whose pages may open WebSocket connections (repeat for more; `*` for
-    /// any). Pages served by this server, from a loopback host or from a file always may;
-    /// other sites may not, so that no web page a user visits can run tasks here.
+    /// any). Pages served by this server and from a loopback host always may; other sites
+    /// may not, so that no web page a user visits can run tasks here. `null` allows pages
+    /// opened from a file, and also sandboxed frames of any site.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
+
+    /// A host name this server is reached by, besides loopback names and the address it
+    /// listens on (repeat for more). A browser request naming any other Host is refused
+    /// (403), which stops DNS rebinding.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+
+    /// A secret that clients must present to run tasks and read /metrics: `Authorization:
+    /// Bearer TOKEN`, or `?token=TOKEN` in the URL for browsers. /healthz and the page stay
+    /// open.
+    #[arg(
+        long,
+        env = "TASKHOST_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+
+    /// Read the token from this file (its first line), so it does not show in `ps`.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve without a token on an address other machines can reach: anyone who reaches the
+    /// port can run tasks.
+    #[arg(long, conflicts_with_all = ["token", "token_file"])]
+    pub no_token: bool,
+
+    /// Certificate chain (PEM) to serve wss:// and https:// with; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most connections open at once; past it, new ones are answered 503 and closed
+    /// (default: the open-files limit less room for the tasks folder and the cache).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+
+    /// Most connections open at once from one client address; past it, 429 (default: 256
+    /// for addresses off this machine, none for loopback; a value given applies to every
+    /// address, loopback included).
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// The address of a reverse proxy in front of this server (repeat for more): requests
+    /// from it name the client in X-Forwarded-For, which the per-address limits then use.
+    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    pub trusted_proxies: Vec<IpAddr>,
 
     /// Do not watch the tasks folder: modules load at start only.
     #[arg(long)]
@@ -126,9 +177,37 @@ pub struct Config {
     pub watch: bool,
     /// Slots of the sandbox pool warmed at start (at most `task_workers`).
     pub warm_slots: usize,
-    /// Web origins allowed to open WebSocket connections beyond the local ones (`*`: any).
+    /// Web origins allowed to open WebSocket connections beyond the local ones (`*`: any,
+    /// `null`: pages from files and sandboxed frames).
     pub allowed_origins: Vec<String>,
+    /// Host names the server answers to beyond loopback names and its listening address.
+    pub allowed_hosts: Vec<String>,
+    /// The secret clients must present for the task channel and /metrics, if any.
+    pub token: Option<String>,
+    /// Certificate and key files, when the port serves TLS.
+    pub tls: Option<TlsFiles>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most connections from one address; `None` is the default rule (256 for other
+    /// machines, no cap for loopback).
+    pub max_connections_per_ip: Option<usize>,
+    /// Reverse proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpAddr>,
 }
+
+/// The PEM files of a TLS certificate chain and its key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Connections from one address off this machine, by default (`--max-connections-per-ip`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+
+/// Open files kept for other uses than connections (module files, the cache, the log) when
+/// `--max-connections` is derived from the open-files limit.
+const RESERVED_FILES: u64 = 128;
 
 impl Options {
     /// Checks the options and turns them into a [`Config`].
@@ -159,6 +238,16 @@ impl Options {
                 self.default_task
             );
         }
+        let token = self.read_token()?;
+        if token.is_none() && !self.no_token && !self.listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} without a token: other machines can reach it, and \
+                 anyone who does could run tasks. Pass --token TOKEN (or TASKHOST_TOKEN, or \
+                 --token-file FILE) and give clients the token, or --no-token to serve \
+                 anyone who reaches the port",
+                self.listen
+            );
+        }
         Ok(Config {
             tasks_dir: self.tasks.clone(),
             task_workers: self.task_workers,
@@ -187,8 +276,89 @@ impl Options {
                 None => self.task_workers,
             },
             allowed_origins: self.allow_origins.clone(),
+            allowed_hosts: self.allow_hosts.clone(),
+            token,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(open_files_limit())),
+            max_connections_per_ip: self.max_connections_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
         })
     }
+
+    /// The token from --token, TASKHOST_TOKEN or --token-file.
+    fn read_token(&self) -> anyhow::Result<Option<String>> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("could not read --token-file {}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            bail!("the token is empty: give a secret of at least 16 characters, or no --token");
+        }
+        if token.len() < 16 {
+            bail!("the token is shorter than 16 characters: too easy to guess");
+        }
+        Ok(Some(token.to_owned()))
+    }
+}
+
+/// The soft limit on open files, after [`raise_open_files_limit`].
+fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Connections a server may hold with `open_files` file descriptors.
+fn default_max_connections(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(RESERVED_FILES).max(16)).unwrap_or(usize::MAX)
+}
+
+/// Raises the soft limit on open files to the hard limit, so that connections are bounded by
+/// --max-connections rather than by a low default soft limit (often 1024). Returns the soft
+/// limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 /// `$XDG_CACHE_HOME/taskhost`, else `$HOME/.cache/taskhost`, else none.

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -23,9 +22,10 @@ use tracing::Instrument;
 use crate::app::{App, Client, Ctx, protocol_app};
 use crate::outbox::Text;
 use crate::protocol::{BadFrame, ErrorCode, Reply, WireError, parse_frame};
+use crate::tls::Stream;
 
 /// Runs one upgraded connection until the client leaves or the server closes it.
-pub async fn run<A: App>(ctx: Ctx<A>, socket: WebSocketStream<TcpStream>, peer: SocketAddr) {
+pub async fn run<A: App>(ctx: Ctx<A>, socket: WebSocketStream<Stream>, peer: SocketAddr) {
     let (sink, frames) = socket.split();
     let (outbox, queued) = ctx.connections().open(peer);
     let (close_tx, close_rx) = oneshot::channel();
@@ -55,7 +55,7 @@ pub async fn run<A: App>(ctx: Ctx<A>, socket: WebSocketStream<TcpStream>, peer: 
 async fn read_loop<A: App>(
     ctx: &Ctx<A>,
     client: &Client<A::Session>,
-    mut frames: SplitStream<WebSocketStream<TcpStream>>,
+    mut frames: SplitStream<WebSocketStream<Stream>>,
 ) -> Option<CloseFrame> {
     let default_task = ctx.config().default_task.clone();
     loop {
@@ -125,7 +125,7 @@ async fn read_loop<A: App>(
 /// Writes queued messages, batching what is ready into one flush. When told to close, it
 /// sends what is still queued, then the close frame.
 async fn write_loop(
-    mut sink: SplitSink<WebSocketStream<TcpStream>, Message>,
+    mut sink: SplitSink<WebSocketStream<Stream>, Message>,
     mut queued: mpsc::Receiver<Text>,
     mut close: oneshot::Receiver<Option<CloseFrame>>,
 ) {

@@ -12,7 +12,10 @@
 //!
 //! 1. **Network**: bytes in and out.
 //!    - [`server`]: the accept loop and the shutdown.
-//!    - `http`: the plain HTTP side of the port (the page, `/healthz`, `/metrics`, upgrades).
+//!    - `http`: the plain HTTP side of the port (the page, `/healthz`, `/metrics`, upgrades)
+//!      and who may use it (`Host`, `Origin`, the token).
+//!    - `peers`: connection counts and caps, overall and per client address; `tls`: the
+//!      certificate and the plain-or-TLS stream.
 //!    - `connection`: one WebSocket connection's reader loop and writer task.
 //! 2. **Application**: [`app`], the events (open, message, task, finish, close), [`Ctx`] (what
 //!    callbacks can do: submit, wait for, broadcast), the default application
@@ -41,10 +44,12 @@ mod http;
 pub mod limits;
 mod metrics;
 mod outbox;
+mod peers;
 pub mod protocol;
 mod registry;
 mod sandbox;
 pub mod server;
+mod tls;
 mod workers;
 
 pub use app::{

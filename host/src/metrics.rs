@@ -19,6 +19,8 @@ pub struct Metrics {
     tasks: ByOutcome,
     /// Task frames that were not accepted, by code.
     rejected: ByOutcome,
+    /// Connections and requests refused at the door, by reason.
+    refused: ByOutcome,
     finished_total: Counter,
     failed_total: Counter,
     rejected_total: Counter,
@@ -46,6 +48,7 @@ impl Metrics {
             registry: Registry::with_prefix("taskhost"),
             tasks: ByOutcome::default(),
             rejected: ByOutcome::default(),
+            refused: ByOutcome::default(),
             finished_total: Counter::default(),
             failed_total: Counter::default(),
             rejected_total: Counter::default(),
@@ -68,6 +71,12 @@ impl Metrics {
             "rejected",
             "Task frames that were rejected, by code",
             metrics.rejected.clone(),
+        );
+        registry.register(
+            "refused",
+            "Connections and requests refused before serving, by reason (max_connections, \
+             max_connections_per_ip, host, origin, token, bad_upgrade)",
+            metrics.refused.clone(),
         );
         registry.register(
             "task_duration_seconds",
@@ -124,6 +133,11 @@ impl Metrics {
     pub fn task_rejected(&self, code: &'static str) {
         self.rejected.get_or_create(&[("code", code)]).inc();
         self.rejected_total.inc();
+    }
+
+    /// Counts a connection or request refused before it was served.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     pub fn finished(&self) -> u64 {

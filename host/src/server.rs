@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Ctx};
 use crate::config::Config;
-use crate::http;
+use crate::http::{self, Edge};
 
 /// How long connections get to flush their last messages and close at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,7 +45,21 @@ impl<A: App> Server<A> {
         let address = listener
             .local_addr()
             .context("the listener has no local address")?;
-        tracing::info!(%address, tasks = ?self.ctx.task_names(), "taskhost listening");
+        let edge = std::sync::Arc::new(Edge::new(self.ctx.config())?);
+        let scheme = if edge.is_tls() { "wss" } else { "ws" };
+        tracing::info!(%address, scheme, tasks = ?self.ctx.task_names(), "taskhost listening");
+        if self
+            .ctx
+            .config()
+            .allowed_origins
+            .iter()
+            .any(|o| o == "null" || o == "*")
+        {
+            tracing::warn!(
+                "--allow-origin null (or *): pages opened from files, and sandboxed frames of \
+                 any web site, can open connections and run tasks here"
+            );
+        }
         self.ctx.start_background_work();
         let connections = TaskTracker::new();
         tokio::pin!(shutdown);
@@ -57,7 +71,12 @@ impl<A: App> Server<A> {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(http::handle(self.ctx.clone(), stream, peer));
+                    connections.spawn(http::handle(
+                        self.ctx.clone(),
+                        std::sync::Arc::clone(&edge),
+                        stream,
+                        peer,
+                    ));
                 }
                 Err(error) => {
                     // Out of file descriptors, say: wait a little rather than spin.
