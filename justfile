@@ -24,20 +24,21 @@ wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # Build the bundled task modules and components into tasks/, with the .wat tasks and
-# the manifests (guest-tasks/manifests/NAME.toml).
+# the manifests (guest-tasks/manifests/NAME.toml). They build with the `guest` profile
+# (the root Cargo.toml: release without DWARF).
 build-guests: wasm-target
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release --target wasm32-wasip1 {{ guest_packages }} -p taskhost-guest
-    cargo build --release --target wasm32-wasip2 {{ prepend("-p ", guest_components) }}
+    cargo build --profile guest --target wasm32-wasip1 {{ guest_packages }} -p taskhost-guest
+    cargo build --profile guest --target wasm32-wasip2 {{ prepend("-p ", guest_components) }}
     target="$({{ target_dir }})"
     [ -d "$target" ] || { echo "cargo reported no target directory (got '$target')" >&2; exit 1; }
     mkdir -p tasks
     # Copy under a temporary name, then rename into place: a running server that
     # watches tasks/ never sees a file half-written (it ignores NAME.wasm.tmp).
     put() { local name; name="$(basename "$1")"; cp "$1" "tasks/$name.tmp"; mv "tasks/$name.tmp" "tasks/$name"; }
-    for task in {{ guest_tasks }}; do put "$target/wasm32-wasip1/release/$task.wasm"; done
-    for task in {{ guest_components }}; do put "$target/wasm32-wasip2/release/$task.wasm"; done
+    for task in {{ guest_tasks }}; do put "$target/wasm32-wasip1/guest/$task.wasm"; done
+    for task in {{ guest_components }}; do put "$target/wasm32-wasip2/guest/$task.wasm"; done
     for file in guest-tasks/wat/*.wat guest-tasks/manifests/*.toml; do put "$file"; done
     echo "tasks/: $(ls tasks | tr '\n' ' ')"
 
