@@ -18,7 +18,7 @@ use crate::connection;
 use crate::server::Server;
 
 /// The page, built into the binary so the server needs no files beside its tasks.
-const INDEX_HTML: &str = include_str!("../../static/index.html");
+const INDEX_HTML: &str = include_str!("../static/index.html");
 
 /// Largest request head accepted; browsers send well under 8 KiB.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
