@@ -9,6 +9,11 @@ guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-e
 guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail"
 guest_components := "wordcount flood"
 
+# The folder cargo builds into, as cargo itself reports it: `target/` in the workspace
+# unless CARGO_TARGET_DIR (or `build.target-dir` in a cargo config) puts it elsewhere,
+# as many Rust users do globally. A shell command for the recipes; plain sed, no jq.
+target_dir := '''cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p' '''
+
 # List the recipes.
 default:
     @just --list
@@ -19,18 +24,21 @@ wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # Build the bundled task modules and components into tasks/, with the .wat tasks and
-# the manifests (guest-tasks/manifests/NAME.toml).
+# the manifests (guest-tasks/manifests/NAME.toml). They build with the `guest` profile
+# (the root Cargo.toml: release without DWARF).
 build-guests: wasm-target
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release --target wasm32-wasip1 {{ guest_packages }} -p taskhost-guest
-    cargo build --release --target wasm32-wasip2 {{ prepend("-p ", guest_components) }}
+    cargo build --profile guest --target wasm32-wasip1 {{ guest_packages }} -p taskhost-guest
+    cargo build --profile guest --target wasm32-wasip2 {{ prepend("-p ", guest_components) }}
+    target="$({{ target_dir }})"
+    [ -d "$target" ] || { echo "cargo reported no target directory (got '$target')" >&2; exit 1; }
     mkdir -p tasks
     # Copy under a temporary name, then rename into place: a running server that
     # watches tasks/ never sees a file half-written (it ignores NAME.wasm.tmp).
     put() { local name; name="$(basename "$1")"; cp "$1" "tasks/$name.tmp"; mv "tasks/$name.tmp" "tasks/$name"; }
-    for task in {{ guest_tasks }}; do put "target/wasm32-wasip1/release/$task.wasm"; done
-    for task in {{ guest_components }}; do put "target/wasm32-wasip2/release/$task.wasm"; done
+    for task in {{ guest_tasks }}; do put "$target/wasm32-wasip1/guest/$task.wasm"; done
+    for task in {{ guest_components }}; do put "$target/wasm32-wasip2/guest/$task.wasm"; done
     for file in guest-tasks/wat/*.wat guest-tasks/manifests/*.toml; do put "$file"; done
     echo "tasks/: $(ls tasks | tr '\n' ' ')"
 
@@ -57,7 +65,8 @@ check:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Benchmark sandbox against native: a table, target/bench/latest.{json,svg} (--quick: seconds).
+# Benchmark sandbox against native: a table, target/bench/latest.{json,svg} (in
+# CARGO_TARGET_DIR when set; --quick: seconds).
 bench *ARGS: build-guests
     cargo build --release -p taskhost -p taskhost-bench
-    target/release/loadgen {{ ARGS }}
+    "$({{ target_dir }})/release/loadgen" {{ ARGS }}

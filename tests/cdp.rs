@@ -35,6 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -242,7 +244,8 @@ impl Browser {
         let data = shot["data"]
             .as_str()
             .ok_or_else(|| anyhow!("Page.captureScreenshot answered without data"))?;
-        decode_base64(data).context("decoding the screenshot")
+        // CDP sends binary data as standard, padded base64.
+        STANDARD.decode(data).context("decoding the screenshot")
     }
 
     /// Sends one command (to the browser when `session` is `None`, else to that
@@ -486,34 +489,4 @@ fn fresh_profile_dir() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating Chromium's profile folder {}", dir.display()))?;
     Ok(dir)
-}
-
-/// Decodes standard base64 (as CDP sends binary data), ignoring whitespace.
-fn decode_base64(text: &str) -> anyhow::Result<Vec<u8>> {
-    fn sextet(byte: u8) -> Option<u32> {
-        Some(match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for byte in text.bytes().filter(|b| !b.is_ascii_whitespace()) {
-        if byte == b'=' {
-            break;
-        }
-        let value = sextet(byte).ok_or_else(|| anyhow!("invalid base64 byte {byte:#04x}"))?;
-        buffer = (buffer << 6) | value;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-            buffer &= (1 << bits) - 1;
-        }
-    }
-    Ok(out)
 }

@@ -31,7 +31,7 @@ use crate::tls::{self, Stream};
 use request::{Request, read_head};
 
 /// The page, built into the binary so the server needs no files beside its tasks.
-const INDEX_HTML: &str = include_str!("../../../static/index.html");
+const INDEX_HTML: &str = include_str!("../../static/index.html");
 
 /// How long a client may take for the TLS handshake and its request head together.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
