@@ -42,9 +42,11 @@ build-guests: wasm-target
     for file in guest-tasks/wat/*.wat guest-tasks/manifests/*.toml; do put "$file"; done
     echo "tasks/: $(ls tasks | tr '\n' ' ')"
 
-# Start the server on 127.0.0.1:9501 (pass flags after: just run --task-workers 64).
+# Start the server on 127.0.0.1:9501 (pass flags after: just run --task-workers 64). It allows
+# pages opened from a file (--allow-origin null), as the original example opens its page; the
+# binary on its own refuses them.
 run *FLAGS:
-    cargo run --release -p taskhost -- {{ FLAGS }}
+    cargo run --release -p taskhost -- --allow-origin null {{ FLAGS }}
 
 # Install Debian's Chromium for the browser test, if it is missing.
 browser:

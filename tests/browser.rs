@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use taskhost::ProtocolApp;
 
 use crate::cdp::Browser;
-use crate::common::{TaskFolder, start_server, start_server_with};
+use crate::common::{TaskFolder, start_server, start_server_with, test_config};
 
 /// How long the page may take to connect, list tasks or finish a quick task.
 const WAIT: Duration = Duration::from_secs(20);
@@ -96,7 +96,10 @@ async fn send_echo_from_the_served_page(browser: &mut Browser, addr: &str) -> an
 
 #[tokio::test(flavor = "multi_thread")]
 async fn page_opened_from_disk_connects_and_lists_tasks() -> anyhow::Result<()> {
-    let server = start_server().await;
+    // As `just run` starts it: pages from files (Origin: null) allowed.
+    let mut config = test_config();
+    config.allowed_origins = vec!["null".to_owned()];
+    let server = start_server_with(config, ProtocolApp).await;
     let mut browser = Browser::launch().await?;
     let outcome = open_from_disk(&mut browser, &format!("ws://{}/", server.addr)).await;
     explain_failure(
@@ -105,6 +108,73 @@ async fn page_opened_from_disk_connects_and_lists_tasks() -> anyhow::Result<()> 
         outcome,
     )
     .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_from_disk_against_a_strict_server_explains_the_refusal() -> anyhow::Result<()> {
+    let server = start_server().await;
+    let mut browser = Browser::launch().await?;
+    let outcome = explain_refusal(&mut browser, &format!("ws://{}/", server.addr)).await;
+    explain_failure(
+        &mut browser,
+        "page_from_disk_against_a_strict_server_explains_the_refusal",
+        outcome,
+    )
+    .await
+}
+
+async fn explain_refusal(browser: &mut Browser, ws_url: &str) -> anyhow::Result<()> {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../static/index.html");
+    let page = page.canonicalize()?;
+    browser
+        .navigate(&format!("{}?url={ws_url}", file_url(&page)))
+        .await?;
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('#log li')].some(li => \
+             li.textContent.includes('--allow-origin null')) \
+             && document.querySelector('#status').dataset.state !== 'open'",
+            WAIT,
+        )
+        .await
+        .context("the page should say why a strict server refused it")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_with_the_token_connects_to_a_server_that_needs_one() -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.token = Some("correct horse battery staple".to_owned());
+    let server = start_server_with(config, ProtocolApp).await;
+    let mut browser = Browser::launch().await?;
+    let outcome = connect_with_token(&mut browser, &server.addr.to_string()).await;
+    explain_failure(
+        &mut browser,
+        "page_with_the_token_connects_to_a_server_that_needs_one",
+        outcome,
+    )
+    .await
+}
+
+async fn connect_with_token(browser: &mut Browser, addr: &str) -> anyhow::Result<()> {
+    // Without the token the page stays offline and says a token may be needed.
+    browser.navigate(&format!("http://{addr}/")).await?;
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('#log li')].some(li => \
+             li.textContent.includes('enter the token'))",
+            WAIT,
+        )
+        .await
+        .context("without a token the page should say one may be needed")?;
+    // Typed into the field, it gets in.
+    browser
+        .eval(
+            "document.querySelector('#token').value = 'correct horse battery staple'; \
+             document.querySelector('#connect').click(); true",
+        )
+        .await?;
+    wait_until_connected_and_listed(browser, "echo").await
 }
 
 async fn open_from_disk(browser: &mut Browser, ws_url: &str) -> anyhow::Result<()> {

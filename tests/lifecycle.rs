@@ -18,7 +18,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// One plain HTTP request; returns the status code and the body.
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -74,7 +74,12 @@ async fn the_port_serves_the_page_health_and_metrics() {
 }
 
 /// Sends a WebSocket upgrade request with `extra` headers; returns the status code.
-async fn upgrade_status(addr: std::net::SocketAddr, method: &str, path: &str, extra: &str) -> u16 {
+pub async fn upgrade_status(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+) -> u16 {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
@@ -103,8 +108,8 @@ async fn the_task_channel_is_get_slash_from_local_or_allowed_origins() {
     );
     assert_eq!(
         upgrade_status(addr, "GET", "/", "Origin: null\r\n").await,
-        101,
-        "a file"
+        403,
+        "a file or a sandboxed frame, unless --allow-origin null"
     );
     let own = format!("Origin: http://{addr}\r\n");
     assert_eq!(

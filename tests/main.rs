@@ -7,6 +7,7 @@
 //! - `lifecycle`: HTTP endpoints and graceful shutdown.
 //! - `browser`: the page in headless Chromium, driven through `cdp`.
 //! - `examples`: the applications in `host/examples/`, on real servers.
+//! - `security`: Host, Origin and token checks, TLS, connection caps.
 
 mod browser;
 mod cdp;
@@ -16,3 +17,4 @@ mod lifecycle;
 mod protocol;
 mod reload;
 mod sandbox;
+mod security;
