@@ -78,9 +78,10 @@ async fn browsers_need_a_name_of_this_server_and_an_allowed_origin() {
     let (status, body) = request(addr, &rebound).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("--allow-host"), "{body}");
-    let metrics =
-        format!("GET /metrics HTTP/1.1\r\nHost: evil.example\r\nOrigin: http://evil.example");
-    assert_eq!(request(addr, &metrics).await.0, 403, "not /metrics either");
+    let metrics = "GET /metrics HTTP/1.1
+Host: evil.example
+Origin: http://evil.example";
+    assert_eq!(request(addr, metrics).await.0, 403, "not /metrics either");
 
     let own = format!("\r\nOrigin: http://{addr}");
     assert_eq!(request(addr, &upgrade(addr, "/", &own)).await.0, 101);
