@@ -16,6 +16,7 @@ mod output;
 mod state;
 mod stdio;
 mod warm;
+mod wasi_abi;
 
 use std::future::Future;
 use std::time::Duration;

@@ -36,16 +36,11 @@ use wasmtime_wasi::I32Exit;
 
 use super::output::OutputCapture;
 use super::state::ModuleState;
-
-/// The preview 1 import module.
-const WASI: &str = "wasi_snapshot_preview1";
-
-/// Errno values of preview 1 (`wasi_snapshot_preview1.witx`).
-mod errno {
-    pub const SUCCESS: i32 = 0;
-    pub const BADF: i32 = 8;
-    pub const INVAL: i32 = 28;
-}
+use super::wasi_abi::fd::{STDERR, STDIN, STDOUT};
+use super::wasi_abi::{
+    MODULE as WASI, align, clockid, errno, event, eventtype, fdstat, filetype, iovec, rights,
+    subclockflags, subscription,
+};
 
 /// Largest piece of a `random_get` filled between two checks of the slice.
 const RANDOM_PIECE: usize = 64 << 10;
@@ -55,11 +50,6 @@ const MAX_IOVECS: usize = 1024;
 
 /// Most subscriptions one `poll_oneoff` takes; more is `EINVAL`. Each costs host memory.
 const MAX_SUBSCRIPTIONS: usize = 4096;
-
-/// Standard stream file descriptors.
-const STDIN: u32 = 0;
-const STDOUT: u32 = 1;
-const STDERR: u32 = 2;
 
 /// A task's standard streams, as this module serves them.
 #[derive(Debug)]
@@ -205,30 +195,47 @@ fn aligned(pointer: i32, align: u32) -> wasmtime::Result<()> {
 }
 
 fn write_u32(memory: &mut [u8], pointer: i32, value: u32) -> wasmtime::Result<()> {
-    aligned(pointer, 4)?;
+    aligned(pointer, align::SIZE)?;
     bytes_mut(memory, pointer, 4)?.copy_from_slice(&value.to_le_bytes());
     Ok(())
 }
 
 fn write_u64(memory: &mut [u8], pointer: i32, value: u64) -> wasmtime::Result<()> {
-    aligned(pointer, 8)?;
+    aligned(pointer, align::TIMESTAMP)?;
     bytes_mut(memory, pointer, 8)?.copy_from_slice(&value.to_le_bytes());
     Ok(())
 }
 
 /// The `(pointer, length)` pairs of an iovec array of `count` entries.
 fn iovecs(memory: &[u8], array: i32, count: i32) -> wasmtime::Result<Vec<(i32, usize)>> {
-    aligned(array, 4)?;
+    aligned(array, iovec::ALIGN)?;
     let count = count as u32 as usize;
-    let entries = bytes(memory, array, count.saturating_mul(8))?;
+    let entries = bytes(memory, array, count.saturating_mul(iovec::SIZE))?;
     Ok(entries
-        .chunks_exact(8)
+        .chunks_exact(iovec::SIZE)
         .map(|entry| {
-            let pointer = u32::from_le_bytes(entry[..4].try_into().expect("4 bytes"));
-            let len = u32::from_le_bytes(entry[4..].try_into().expect("4 bytes"));
+            let pointer = read_u32(entry, iovec::BUF);
+            let len = read_u32(entry, iovec::BUF_LEN);
             (pointer as i32, len as usize)
         })
         .collect())
+}
+
+/// The little-endian `u16` at `at` in `record`, which the caller sized to hold it.
+fn read_u16(record: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([record[at], record[at + 1]])
+}
+
+fn read_u32(record: &[u8], at: usize) -> u32 {
+    let mut value = [0; 4];
+    value.copy_from_slice(&record[at..at + 4]);
+    u32::from_le_bytes(value)
+}
+
+fn read_u64(record: &[u8], at: usize) -> u64 {
+    let mut value = [0; 8];
+    value.copy_from_slice(&record[at..at + 8]);
+    u64::from_le_bytes(value)
 }
 
 fn args_sizes_get(
@@ -263,19 +270,16 @@ fn environ_sizes_get(
     Ok(errno::SUCCESS)
 }
 
-/// Clock ids of preview 1.
-const REALTIME: i32 = 0;
-const MONOTONIC: i32 = 1;
-
 /// Nanoseconds on `clock`, or `None` for the CPU-time clocks and unknown ids.
 fn now(clock: i32) -> Option<u64> {
-    match clock {
-        REALTIME => Some(
+    match clock as u32 {
+        clockid::REALTIME => Some(
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |since| since.as_nanos() as u64),
         ),
-        MONOTONIC => Some(monotonic_origin().elapsed().as_nanos() as u64),
+        clockid::MONOTONIC => Some(monotonic_origin().elapsed().as_nanos() as u64),
+        clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => None,
         _ => None,
     }
 }
@@ -381,10 +385,6 @@ async fn fd_write(
     Ok(errno::SUCCESS)
 }
 
-/// Rights of preview 1 that the standard streams have.
-const RIGHT_FD_READ: u64 = 1 << 1;
-const RIGHT_FD_WRITE: u64 = 1 << 6;
-
 /// The standard streams' `fdstat`: not terminals (filetype unknown), no flags, read or
 /// write rights. There are no other descriptors.
 fn fd_fdstat_get(mut caller: Caller<'_, ModuleState>, fd: i32, stat: i32) -> wasmtime::Result<i32> {
@@ -394,15 +394,17 @@ fn fd_fdstat_get(mut caller: Caller<'_, ModuleState>, fd: i32, stat: i32) -> was
         return Ok(errno::BADF);
     }
     let rights = if fd == STDIN {
-        RIGHT_FD_READ
+        rights::FD_READ
     } else {
-        RIGHT_FD_WRITE
+        rights::FD_WRITE
     };
-    aligned(stat, 8)?;
-    let target = bytes_mut(memory, stat, 24)?;
+    aligned(stat, fdstat::ALIGN)?;
+    let target = bytes_mut(memory, stat, fdstat::SIZE)?;
     target.fill(0);
-    target[8..16].copy_from_slice(&rights.to_le_bytes());
-    target[16..24].copy_from_slice(&rights.to_le_bytes());
+    target[fdstat::FILETYPE] = filetype::UNKNOWN;
+    target[fdstat::FLAGS..][..2].copy_from_slice(&0_u16.to_le_bytes());
+    target[fdstat::RIGHTS_BASE..][..8].copy_from_slice(&rights.to_le_bytes());
+    target[fdstat::RIGHTS_INHERITING..][..8].copy_from_slice(&rights.to_le_bytes());
     Ok(errno::SUCCESS)
 }
 
@@ -446,14 +448,6 @@ fn proc_exit(_: Caller<'_, ModuleState>, status: i32) -> wasmtime::Result<()> {
     Err(I32Exit(status).into())
 }
 
-/// Subscription and event layouts of preview 1, in bytes.
-const SUBSCRIPTION_SIZE: usize = 48;
-const EVENT_SIZE: usize = 32;
-const EVENT_CLOCK: u8 = 0;
-const EVENT_FD_READ: u8 = 1;
-const EVENT_FD_WRITE: u8 = 2;
-const SUBSCRIPTION_CLOCK_ABSTIME: u16 = 1;
-
 /// Longest single wait: tokio's timer wheel reaches about two years; the task's wall-clock
 /// limit ends it long before.
 const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -480,34 +474,29 @@ async fn poll_oneoff(
         return Ok(errno::INVAL);
     }
     pause_if_due(&mut caller).await;
-    aligned(subscriptions, 8)?;
-    aligned(events, 8)?;
+    aligned(subscriptions, subscription::ALIGN)?;
+    aligned(events, event::ALIGN)?;
     let mut waits = Vec::with_capacity(count);
     {
         let (memory, state) = memory(&mut caller)?;
         let all = bytes(
             memory,
             subscriptions,
-            count.saturating_mul(SUBSCRIPTION_SIZE),
+            count.saturating_mul(subscription::SIZE),
         )?;
-        bytes(memory, events, count.saturating_mul(EVENT_SIZE))?;
+        bytes(memory, events, count.saturating_mul(event::SIZE))?;
         let started = Instant::now();
-        for subscription in all.chunks_exact(SUBSCRIPTION_SIZE) {
-            let userdata = u64::from_le_bytes(subscription[0..8].try_into().expect("8 bytes"));
-            let field = |at: usize| {
-                u64::from_le_bytes(subscription[at..at + 8].try_into().expect("8 bytes"))
-            };
-            let wait = match subscription[8] {
-                EVENT_CLOCK => {
-                    let clock =
-                        i32::from_le_bytes(subscription[16..20].try_into().expect("4 bytes"));
-                    let timeout = field(24);
-                    let flags =
-                        u16::from_le_bytes(subscription[40..42].try_into().expect("2 bytes"));
+        for entry in all.chunks_exact(subscription::SIZE) {
+            let userdata = read_u64(entry, subscription::USERDATA);
+            let wait = match entry[subscription::TAG] {
+                eventtype::CLOCK => {
+                    let clock = read_u32(entry, subscription::CLOCK_ID) as i32;
+                    let timeout = read_u64(entry, subscription::CLOCK_TIMEOUT);
+                    let flags = read_u16(entry, subscription::CLOCK_FLAGS);
                     let Some(now) = now(clock) else {
                         return Ok(errno::INVAL);
                     };
-                    let after = if flags & SUBSCRIPTION_CLOCK_ABSTIME != 0 {
+                    let after = if flags & subclockflags::ABSTIME != 0 {
                         timeout.saturating_sub(now)
                     } else {
                         timeout
@@ -515,10 +504,10 @@ async fn poll_oneoff(
                     let after = Duration::from_nanos(after).min(LONGEST_WAIT);
                     Wait::Clock(started + after)
                 }
-                kind @ (EVENT_FD_READ | EVENT_FD_WRITE) => {
-                    let fd = u32::from_le_bytes(subscription[16..20].try_into().expect("4 bytes"));
-                    let readable = kind == EVENT_FD_READ && fd == STDIN;
-                    let writable = kind == EVENT_FD_WRITE && (fd == STDOUT || fd == STDERR);
+                kind @ (eventtype::FD_READ | eventtype::FD_WRITE) => {
+                    let fd = read_u32(entry, subscription::FD);
+                    let readable = kind == eventtype::FD_READ && fd == STDIN;
+                    let writable = kind == eventtype::FD_WRITE && (fd == STDOUT || fd == STDERR);
                     if !(readable || writable) || !state.stdio.is_open(fd) {
                         return Ok(errno::BADF);
                     }
@@ -554,19 +543,21 @@ async fn poll_oneoff(
     let mut fired = 0;
     for (userdata, wait) in waits {
         let (kind, ready) = match wait {
-            Wait::Clock(at) if at <= now => (EVENT_CLOCK, 0),
+            Wait::Clock(at) if at <= now => (eventtype::CLOCK, 0),
             Wait::Clock(_) => continue,
             Wait::Stream { kind, ready } => (kind, ready),
         };
-        let event = bytes_mut(
+        let target = bytes_mut(
             memory,
-            events.wrapping_add((fired * EVENT_SIZE) as i32),
-            EVENT_SIZE,
+            events.wrapping_add((fired * event::SIZE) as i32),
+            event::SIZE,
         )?;
-        event.fill(0);
-        event[0..8].copy_from_slice(&userdata.to_le_bytes());
-        event[10] = kind;
-        event[16..24].copy_from_slice(&ready.to_le_bytes());
+        target.fill(0);
+        target[event::USERDATA..][..8].copy_from_slice(&userdata.to_le_bytes());
+        target[event::ERROR..][..2].copy_from_slice(&(errno::SUCCESS as u16).to_le_bytes());
+        target[event::TYPE] = kind;
+        target[event::NBYTES..][..8].copy_from_slice(&ready.to_le_bytes());
+        target[event::RW_FLAGS..][..2].copy_from_slice(&0_u16.to_le_bytes());
         fired += 1;
     }
     write_u32(memory, written, fired as u32)?;
