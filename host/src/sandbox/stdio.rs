@@ -8,8 +8,8 @@
 //! was about a third of the sandbox's cost on a small task (docs/PERFORMANCE.md). Here a
 //! task's standard streams are a byte slice, a position and the capture.
 //!
-//! Every other preview 1 function stays wasmtime-wasi's, on a context built the first time
-//! a task calls one ([`ModuleState::wasi`]): with no files, sockets or environment, they
+//! Every other preview 1 function stays wasmtime-wasi's, on a context the store builds the
+//! first time a task calls one: with no files, sockets or environment, they
 //! mostly answer "bad file descriptor", exactly as before. That context gets the same
 //! streams (stdin from where the task's reads have got to), so `fd_seek` or `fd_filestat_get`
 //! on them answer as they did; a task that closes or renumbers a standard stream and then
@@ -19,7 +19,7 @@
 //! stop a guest that loops over expensive calls (64 MiB of randomness at a time, say) from
 //! holding its thread: the timeout and cancel, which need the task to yield, would never
 //! come. So the calls that do work in proportion to their arguments yield to the scheduler
-//! once the task's [`HostSlice`](super::state::HostSlice) is up, and big buffers are filled
+//! once the task's host slice is up ([`StdioView::slice_is_up`]), and big buffers are filled
 //! in pieces with a check between them.
 //!
 //! The behaviour follows wasmtime-wasi's own: out-of-bounds or misaligned pointers trap,
@@ -35,7 +35,6 @@ use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 use wasmtime_wasi::I32Exit;
 
 use super::output::OutputCapture;
-use super::state::ModuleState;
 use super::wasi_abi::fd::{STDERR, STDIN, STDOUT};
 use super::wasi_abi::{
     MODULE as WASI, align, clockid, errno, event, eventtype, fdstat, filetype, iovec, rights,
@@ -50,6 +49,19 @@ const MAX_IOVECS: usize = 1024;
 
 /// Most subscriptions one `poll_oneoff` takes; more is `EINVAL`. Each costs host memory.
 const MAX_SUBSCRIPTIONS: usize = 4096;
+
+/// What this module needs of a task's store: its [`Stdio`], and a say in when the task
+/// yields. The store's type implements it (`state.rs`), so this module never names it; the
+/// calls are generic over it, so each is still a direct call on the concrete store.
+pub trait StdioView: Send + 'static {
+    fn stdio(&mut self) -> &mut Stdio;
+
+    /// Whether the task has run host calls for its whole slice without yielding.
+    fn slice_is_up(&self) -> bool;
+
+    /// The task just yielded (or slept): a new slice starts.
+    fn restart_slice(&mut self);
+}
 
 /// A task's standard streams, as this module serves them.
 #[derive(Debug)]
@@ -84,7 +96,7 @@ impl Stdio {
 }
 
 /// Defines this module's functions in `linker`, over wasmtime-wasi's of the same names.
-pub fn shadow_wasi(linker: &mut Linker<ModuleState>) -> anyhow::Result<()> {
+pub fn shadow_wasi<T: StdioView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     define(linker)
         .map_err(anyhow::Error::from)
@@ -93,58 +105,66 @@ pub fn shadow_wasi(linker: &mut Linker<ModuleState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn define(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
-    linker.func_wrap(WASI, "args_sizes_get", args_sizes_get)?;
-    linker.func_wrap(WASI, "args_get", args_get)?;
-    linker.func_wrap(WASI, "environ_sizes_get", environ_sizes_get)?;
-    linker.func_wrap(
+fn define<T: StdioView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    linker.func_wrap(WASI, "args_sizes_get", args_sizes_get::<T>)?;
+    linker.func_wrap(WASI, "args_get", args_get::<T>)?;
+    linker.func_wrap(WASI, "environ_sizes_get", environ_sizes_get::<T>)?;
+    linker.func_wrap(WASI, "environ_get", |_: Caller<'_, T>, _: i32, _: i32| {
+        Ok(errno::SUCCESS)
+    })?;
+    linker.func_wrap(WASI, "clock_res_get", clock_res_get::<T>)?;
+    linker.func_wrap(WASI, "clock_time_get", clock_time_get::<T>)?;
+    linker.func_wrap_async(
         WASI,
-        "environ_get",
-        |_: Caller<'_, ModuleState>, _: i32, _: i32| Ok(errno::SUCCESS),
+        "fd_read",
+        |caller: Caller<'_, T>, (fd, iovs, count, read)| {
+            Box::new(fd_read(caller, fd, iovs, count, read))
+        },
     )?;
-    linker.func_wrap(WASI, "clock_res_get", clock_res_get)?;
-    linker.func_wrap(WASI, "clock_time_get", clock_time_get)?;
-    linker.func_wrap_async(WASI, "fd_read", |caller, (fd, iovs, count, read)| {
-        Box::new(fd_read(caller, fd, iovs, count, read))
-    })?;
-    linker.func_wrap_async(WASI, "fd_write", |caller, (fd, iovs, count, written)| {
-        Box::new(fd_write(caller, fd, iovs, count, written))
-    })?;
-    linker.func_wrap(WASI, "fd_fdstat_get", fd_fdstat_get)?;
-    linker.func_wrap(WASI, "fd_close", fd_close)?;
-    linker.func_wrap_async(WASI, "random_get", |caller, (buffer, len)| {
-        Box::new(random_get(caller, buffer, len))
-    })?;
-    linker.func_wrap_async(WASI, "sched_yield", |mut caller, ()| {
+    linker.func_wrap_async(
+        WASI,
+        "fd_write",
+        |caller: Caller<'_, T>, (fd, iovs, count, written)| {
+            Box::new(fd_write(caller, fd, iovs, count, written))
+        },
+    )?;
+    linker.func_wrap(WASI, "fd_fdstat_get", fd_fdstat_get::<T>)?;
+    linker.func_wrap(WASI, "fd_close", fd_close::<T>)?;
+    linker.func_wrap_async(
+        WASI,
+        "random_get",
+        |caller: Caller<'_, T>, (buffer, len)| Box::new(random_get(caller, buffer, len)),
+    )?;
+    linker.func_wrap_async(WASI, "sched_yield", |mut caller: Caller<'_, T>, ()| {
         Box::new(async move {
             pause_if_due(&mut caller).await;
             Ok(errno::SUCCESS)
         })
     })?;
-    linker.func_wrap(WASI, "proc_exit", proc_exit)?;
+    linker.func_wrap(WASI, "proc_exit", proc_exit::<T>)?;
     linker.func_wrap_async(
         WASI,
         "poll_oneoff",
-        |caller, (subscriptions, events, count, written): (i32, i32, i32, i32)| {
+        |caller: Caller<'_, T>, (subscriptions, events, count, written): (i32, i32, i32, i32)| {
             Box::new(poll_oneoff(caller, subscriptions, events, count, written))
         },
     )?;
     Ok(())
 }
 
-/// Yields to the scheduler if the task's [`HostSlice`](super::state::HostSlice) is up.
-pub async fn pause_if_due(caller: &mut Caller<'_, ModuleState>) {
-    if caller.data().controls.slice.is_up() {
+/// Yields to the scheduler if the task's host slice is up.
+pub async fn pause_if_due<T: StdioView>(caller: &mut Caller<'_, T>) {
+    if caller.data().slice_is_up() {
         tokio::task::yield_now().await;
-        caller.data_mut().controls.slice.restart();
+        caller.data_mut().restart_slice();
     }
 }
 
 /// The task's exported memory: WASI hands pointers into it.
-fn memory<'a>(
-    caller: &'a mut Caller<'_, ModuleState>,
-) -> wasmtime::Result<(&'a mut [u8], &'a mut ModuleState)> {
-    let memory = match caller.data().stdio.memory {
+fn memory<'a, T: StdioView>(
+    caller: &'a mut Caller<'_, T>,
+) -> wasmtime::Result<(&'a mut [u8], &'a mut T)> {
+    let memory = match caller.data_mut().stdio().memory {
         Some(memory) => memory,
         None => {
             let memory = caller
@@ -152,7 +172,7 @@ fn memory<'a>(
                 .and_then(Extern::into_memory)
                 .ok_or_else(|| format_err!("WASI calls need the module to export its `memory`"))?;
             // A task has one instance, so its first lookup holds for all its calls.
-            caller.data_mut().stdio.memory = Some(memory);
+            caller.data_mut().stdio().memory = Some(memory);
             memory
         }
     };
@@ -238,29 +258,33 @@ fn read_u64(record: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(value)
 }
 
-fn args_sizes_get(
-    mut caller: Caller<'_, ModuleState>,
+fn args_sizes_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     count: i32,
     size: i32,
 ) -> wasmtime::Result<i32> {
     let (memory, state) = memory(&mut caller)?;
     write_u32(memory, count, 1)?;
-    write_u32(memory, size, state.stdio.name.len() as u32 + 1)?;
+    write_u32(memory, size, state.stdio().name.len() as u32 + 1)?;
     Ok(errno::SUCCESS)
 }
 
-fn args_get(mut caller: Caller<'_, ModuleState>, argv: i32, buffer: i32) -> wasmtime::Result<i32> {
+fn args_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
+    argv: i32,
+    buffer: i32,
+) -> wasmtime::Result<i32> {
     let (memory, state) = memory(&mut caller)?;
     write_u32(memory, argv, buffer as u32)?;
-    let name = state.stdio.name.as_bytes();
+    let name = state.stdio().name.as_bytes();
     let target = bytes_mut(memory, buffer, name.len() + 1)?;
     target[..name.len()].copy_from_slice(name);
     target[name.len()] = 0;
     Ok(errno::SUCCESS)
 }
 
-fn environ_sizes_get(
-    mut caller: Caller<'_, ModuleState>,
+fn environ_sizes_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     count: i32,
     size: i32,
 ) -> wasmtime::Result<i32> {
@@ -290,8 +314,8 @@ fn monotonic_origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-fn clock_res_get(
-    mut caller: Caller<'_, ModuleState>,
+fn clock_res_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     clock: i32,
     resolution: i32,
 ) -> wasmtime::Result<i32> {
@@ -303,8 +327,8 @@ fn clock_res_get(
     Ok(errno::SUCCESS)
 }
 
-fn clock_time_get(
-    mut caller: Caller<'_, ModuleState>,
+fn clock_time_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     clock: i32,
     _precision: i64,
     time: i32,
@@ -318,8 +342,8 @@ fn clock_time_get(
 }
 
 /// Reads stdin into the iovecs, as far as the input goes.
-async fn fd_read(
-    mut caller: Caller<'_, ModuleState>,
+async fn fd_read<T: StdioView>(
+    mut caller: Caller<'_, T>,
     fd: i32,
     iovs: i32,
     count: i32,
@@ -330,7 +354,7 @@ async fn fd_read(
         return Ok(errno::INVAL);
     }
     let (memory, state) = memory(&mut caller)?;
-    let stdio = &mut state.stdio;
+    let stdio = state.stdio();
     if fd as u32 != STDIN || !stdio.is_open(STDIN) {
         return Ok(errno::BADF);
     }
@@ -351,8 +375,8 @@ async fn fd_read(
 
 /// Appends the iovecs to stdout or stderr. Past the output budget the task traps, and the
 /// capture remembers why.
-async fn fd_write(
-    mut caller: Caller<'_, ModuleState>,
+async fn fd_write<T: StdioView>(
+    mut caller: Caller<'_, T>,
     fd: i32,
     iovs: i32,
     count: i32,
@@ -363,7 +387,7 @@ async fn fd_write(
         return Ok(errno::INVAL);
     }
     let (memory, state) = memory(&mut caller)?;
-    let stdio = &state.stdio;
+    let stdio = state.stdio();
     let fd = fd as u32;
     if !(fd == STDOUT || fd == STDERR) || !stdio.is_open(fd) {
         return Ok(errno::BADF);
@@ -387,10 +411,14 @@ async fn fd_write(
 
 /// The standard streams' `fdstat`: not terminals (filetype unknown), no flags, read or
 /// write rights. There are no other descriptors.
-fn fd_fdstat_get(mut caller: Caller<'_, ModuleState>, fd: i32, stat: i32) -> wasmtime::Result<i32> {
+fn fd_fdstat_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
+    fd: i32,
+    stat: i32,
+) -> wasmtime::Result<i32> {
     let (memory, state) = memory(&mut caller)?;
     let fd = fd as u32;
-    if !state.stdio.is_open(fd) {
+    if !state.stdio().is_open(fd) {
         return Ok(errno::BADF);
     }
     let rights = if fd == STDIN {
@@ -408,8 +436,8 @@ fn fd_fdstat_get(mut caller: Caller<'_, ModuleState>, fd: i32, stat: i32) -> was
     Ok(errno::SUCCESS)
 }
 
-fn fd_close(mut caller: Caller<'_, ModuleState>, fd: i32) -> wasmtime::Result<i32> {
-    let stdio = &mut caller.data_mut().stdio;
+fn fd_close<T: StdioView>(mut caller: Caller<'_, T>, fd: i32) -> wasmtime::Result<i32> {
+    let stdio = caller.data_mut().stdio();
     let fd = fd as u32;
     if !stdio.is_open(fd) {
         return Ok(errno::BADF);
@@ -420,8 +448,8 @@ fn fd_close(mut caller: Caller<'_, ModuleState>, fd: i32) -> wasmtime::Result<i3
 
 /// Fills the buffer from the operating system's randomness, in pieces, pausing between
 /// them when the task's slice is up.
-async fn random_get(
-    mut caller: Caller<'_, ModuleState>,
+async fn random_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     buffer: i32,
     len: i32,
 ) -> wasmtime::Result<i32> {
@@ -444,7 +472,7 @@ async fn random_get(
 
 /// Ends the task with `status`; any status but 0 is an `exit` failure (WASI reserves 126
 /// and above, but a task that uses them still meant to fail, not to trap).
-fn proc_exit(_: Caller<'_, ModuleState>, status: i32) -> wasmtime::Result<()> {
+fn proc_exit<T: StdioView>(_: Caller<'_, T>, status: i32) -> wasmtime::Result<()> {
     Err(I32Exit(status).into())
 }
 
@@ -462,8 +490,8 @@ enum Wait {
 
 /// Waits for the first of the subscriptions: clocks sleep without holding a thread; the
 /// standard streams are always ready.
-async fn poll_oneoff(
-    mut caller: Caller<'_, ModuleState>,
+async fn poll_oneoff<T: StdioView>(
+    mut caller: Caller<'_, T>,
     subscriptions: i32,
     events: i32,
     count: i32,
@@ -508,11 +536,11 @@ async fn poll_oneoff(
                     let fd = read_u32(entry, subscription::FD);
                     let readable = kind == eventtype::FD_READ && fd == STDIN;
                     let writable = kind == eventtype::FD_WRITE && (fd == STDOUT || fd == STDERR);
-                    if !(readable || writable) || !state.stdio.is_open(fd) {
+                    if !(readable || writable) || !state.stdio().is_open(fd) {
                         return Ok(errno::BADF);
                     }
                     let ready = if readable {
-                        (state.stdio.input.len() - state.stdio.read) as u64
+                        (state.stdio().input.len() - state.stdio().read) as u64
                     } else {
                         u64::from(u32::MAX)
                     };
@@ -536,7 +564,7 @@ async fn poll_oneoff(
             .min()
             .expect("every subscription is a clock");
         tokio::time::sleep_until(first.into()).await;
-        caller.data_mut().controls.slice.restart();
+        caller.data_mut().restart_slice();
     }
     let now = Instant::now();
     let (memory, _) = memory(&mut caller)?;
