@@ -27,7 +27,6 @@
 //! is an exit (wasmtime-wasi traps on 126 and above), and reads and writes take at most
 //! 1024 iovecs and `poll_oneoff` 4096 subscriptions (more is `EINVAL`).
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -76,6 +75,10 @@ pub struct Stdio {
     pub closed: [bool; 3],
     /// The task's exported memory, once a call has looked it up.
     memory: Option<Memory>,
+    /// Where the task's monotonic clock counts from: its start, as wasmtime-wasi's counts
+    /// from the making of each task's context, so a task cannot learn from it how long the
+    /// server has run or what ran before it.
+    started: Instant,
 }
 
 impl Stdio {
@@ -87,6 +90,21 @@ impl Stdio {
             capture,
             closed: [false; 3],
             memory: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds on `clock`, or `None` for the CPU-time clocks and unknown ids.
+    fn now(&self, clock: i32) -> Option<u64> {
+        match clock as u32 {
+            clockid::REALTIME => Some(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as u64),
+            ),
+            clockid::MONOTONIC => Some(self.started.elapsed().as_nanos() as u64),
+            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => None,
+            _ => None,
         }
     }
 
@@ -294,32 +312,12 @@ fn environ_sizes_get<T: StdioView>(
     Ok(errno::SUCCESS)
 }
 
-/// Nanoseconds on `clock`, or `None` for the CPU-time clocks and unknown ids.
-fn now(clock: i32) -> Option<u64> {
-    match clock as u32 {
-        clockid::REALTIME => Some(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64),
-        ),
-        clockid::MONOTONIC => Some(monotonic_origin().elapsed().as_nanos() as u64),
-        clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => None,
-        _ => None,
-    }
-}
-
-/// Where the monotonic clock counts from: the first time a task read it.
-fn monotonic_origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
 fn clock_res_get<T: StdioView>(
     mut caller: Caller<'_, T>,
     clock: i32,
     resolution: i32,
 ) -> wasmtime::Result<i32> {
-    if now(clock).is_none() {
+    if caller.data_mut().stdio().now(clock).is_none() {
         return Ok(errno::BADF);
     }
     let (memory, _) = memory(&mut caller)?;
@@ -333,7 +331,7 @@ fn clock_time_get<T: StdioView>(
     _precision: i64,
     time: i32,
 ) -> wasmtime::Result<i32> {
-    let Some(now) = now(clock) else {
+    let Some(now) = caller.data_mut().stdio().now(clock) else {
         return Ok(errno::BADF);
     };
     let (memory, _) = memory(&mut caller)?;
@@ -521,7 +519,7 @@ async fn poll_oneoff<T: StdioView>(
                     let clock = read_u32(entry, subscription::CLOCK_ID) as i32;
                     let timeout = read_u64(entry, subscription::CLOCK_TIMEOUT);
                     let flags = read_u16(entry, subscription::CLOCK_FLAGS);
-                    let Some(now) = now(clock) else {
+                    let Some(now) = state.stdio().now(clock) else {
                         return Ok(errno::INVAL);
                     };
                     let after = if flags & subclockflags::ABSTIME != 0 {
