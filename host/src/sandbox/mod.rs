@@ -9,6 +9,7 @@
 //! fuel does not tick.
 
 mod engine;
+mod guest_memory;
 mod imports;
 mod limiter;
 mod outcome;

@@ -22,10 +22,21 @@
 //! once the task's host slice is up ([`StdioView::slice_is_up`]), and big buffers are filled
 //! in pieces with a check between them.
 //!
-//! The behaviour follows wasmtime-wasi's own: out-of-bounds or misaligned pointers trap,
-//! the CPU-time clocks are "bad file descriptor". Two differences: any non-zero exit status
-//! is an exit (wasmtime-wasi traps on 126 and above), and reads and writes take at most
-//! 1024 iovecs and `poll_oneoff` 4096 subscriptions (more is `EINVAL`).
+//! The behaviour is wasmtime-wasi's own, call for call and errno for errno, and
+//! `differential_tests.rs` holds it there: out-of-bounds or misaligned pointers trap (and
+//! only those the call gets to), a clock id preview 1 does not have traps, the CPU-time
+//! clocks are "bad file descriptor", a read or write moves the first non-empty iovec only,
+//! and `poll_oneoff` answers a ready stream at once, without the clocks. The differences,
+//! each on purpose and each stated by a test:
+//!
+//! - any non-zero exit status is an exit (wasmtime-wasi traps on 126 and above);
+//! - reads and writes take at most 1024 iovecs and `poll_oneoff` 4096 subscriptions (more
+//!   is `EINVAL`), bounding the host's work on one call;
+//! - a zero-length read of stdin is 0 bytes, as in POSIX, where wasmtime-wasi says `EINTR`
+//!   while input is left (a guest that retries `EINTR` would spin);
+//! - `random_get` fills any buffer, in pieces, where wasmtime-wasi traps past 64 MiB;
+//! - `clock_res_get` says a nanosecond, where wasmtime-wasi asks the system (which says a
+//!   nanosecond on Linux).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,17 +44,22 @@ use anyhow::Context;
 use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 use wasmtime_wasi::I32Exit;
 
+use super::guest_memory::{
+    bytes, bytes_mut, element, put, read_u16, read_u32, read_u64, record, record_mut, write_u32,
+    write_u64,
+};
 use super::output::OutputCapture;
 use super::wasi_abi::fd::{STDERR, STDIN, STDOUT};
 use super::wasi_abi::{
-    MODULE as WASI, align, clockid, errno, event, eventtype, fdstat, filetype, iovec, rights,
+    MODULE as WASI, clockid, errno, event, eventtype, fdstat, filetype, iovec, rights,
     subclockflags, subscription,
 };
 
 /// Largest piece of a `random_get` filled between two checks of the slice.
 const RANDOM_PIECE: usize = 64 << 10;
 
-/// Most iovecs one read or write takes (POSIX's `IOV_MAX`); more is `EINVAL`.
+/// Most iovecs one read or write takes (POSIX's `IOV_MAX`); more is `EINVAL`. It bounds
+/// the host's walk through empty ones to the first that is not.
 const MAX_IOVECS: usize = 1024;
 
 /// Most subscriptions one `poll_oneoff` takes; more is `EINVAL`. Each costs host memory.
@@ -94,22 +110,51 @@ impl Stdio {
         }
     }
 
-    /// Nanoseconds on `clock`, or `None` for the CPU-time clocks and unknown ids.
-    fn now(&self, clock: i32) -> Option<u64> {
-        match clock as u32 {
-            clockid::REALTIME => Some(
+    /// Nanoseconds on `clock`, or `None` for the CPU-time clocks, which tasks do not get.
+    fn now(&self, clock: Clock) -> Option<u64> {
+        match clock {
+            Clock::Realtime => Some(
                 SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |since| since.as_nanos() as u64),
             ),
-            clockid::MONOTONIC => Some(self.started.elapsed().as_nanos() as u64),
-            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => None,
-            _ => None,
+            Clock::Monotonic => Some(self.started.elapsed().as_nanos() as u64),
+            Clock::CpuTime => None,
         }
     }
 
     fn is_open(&self, fd: u32) -> bool {
         fd <= STDERR && !self.closed[fd as usize]
+    }
+}
+
+/// A clock of preview 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Realtime,
+    Monotonic,
+    /// The process's or the thread's CPU time.
+    CpuTime,
+}
+
+impl Clock {
+    /// The clock of a `$clockid`, or `None` for an id preview 1 does not have.
+    fn from_id(id: u32) -> Option<Clock> {
+        match id {
+            clockid::REALTIME => Some(Clock::Realtime),
+            clockid::MONOTONIC => Some(Clock::Monotonic),
+            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => Some(Clock::CpuTime),
+            _ => None,
+        }
+    }
+
+    /// The clock a call was given as its argument. An id preview 1 does not have is a
+    /// trap, as in wasmtime-wasi, whose bindings refuse it before the call (inside a
+    /// `poll_oneoff` subscription it is `EINVAL` in both).
+    fn argument(call: &str, id: i32) -> wasmtime::Result<Clock> {
+        Clock::from_id(id as u32).ok_or_else(|| {
+            format_err!("{call} was given clock id {id}, which WASI preview 1 does not have")
+        })
     }
 }
 
@@ -197,83 +242,20 @@ fn memory<'a, T: StdioView>(
     Ok(memory.data_and_store_mut(caller))
 }
 
-/// `len` bytes at `pointer` in guest memory, or a trap.
-fn bytes(memory: &[u8], pointer: i32, len: usize) -> wasmtime::Result<&[u8]> {
-    let start = pointer as u32 as usize;
-    start
-        .checked_add(len)
-        .and_then(|end| memory.get(start..end))
-        .ok_or_else(|| out_of_bounds(start, len, memory.len()))
-}
-
-fn bytes_mut(memory: &mut [u8], pointer: i32, len: usize) -> wasmtime::Result<&mut [u8]> {
-    let start = pointer as u32 as usize;
-    let size = memory.len();
-    start
-        .checked_add(len)
-        .and_then(|end| memory.get_mut(start..end))
-        .ok_or_else(|| out_of_bounds(start, len, size))
-}
-
-fn out_of_bounds(start: usize, len: usize, size: usize) -> wasmtime::Error {
-    format_err!(
-        "a WASI call was given {len} bytes at {start}, outside the module's memory of {size} bytes"
-    )
-}
-
-/// Checks that `pointer` is aligned for a value of `align` bytes, as WASI requires.
-fn aligned(pointer: i32, align: u32) -> wasmtime::Result<()> {
-    if (pointer as u32).is_multiple_of(align) {
-        Ok(())
-    } else {
-        Err(format_err!(
-            "a WASI call was given a pointer {pointer:#x} not aligned to {align} bytes"
-        ))
+/// The first buffer of an iovec array with a non-zero length, as `(pointer, length)`, or
+/// `(0, 0)` when all are empty. A read or write moves at most this one buffer, as
+/// wasmtime-wasi's do (a short count, which callers of `readv` and `writev` expect), and
+/// the entries after it are not looked at.
+fn first_non_empty(memory: &[u8], array: i32, count: i32) -> wasmtime::Result<(i32, usize)> {
+    for index in 0..count as u32 as usize {
+        let at = element(array, index, iovec::SIZE)?;
+        let entry = record(memory, at, iovec::SIZE, iovec::ALIGN)?;
+        let len = read_u32(entry, iovec::BUF_LEN) as usize;
+        if len > 0 {
+            return Ok((read_u32(entry, iovec::BUF) as i32, len));
+        }
     }
-}
-
-fn write_u32(memory: &mut [u8], pointer: i32, value: u32) -> wasmtime::Result<()> {
-    aligned(pointer, align::SIZE)?;
-    bytes_mut(memory, pointer, 4)?.copy_from_slice(&value.to_le_bytes());
-    Ok(())
-}
-
-fn write_u64(memory: &mut [u8], pointer: i32, value: u64) -> wasmtime::Result<()> {
-    aligned(pointer, align::TIMESTAMP)?;
-    bytes_mut(memory, pointer, 8)?.copy_from_slice(&value.to_le_bytes());
-    Ok(())
-}
-
-/// The `(pointer, length)` pairs of an iovec array of `count` entries.
-fn iovecs(memory: &[u8], array: i32, count: i32) -> wasmtime::Result<Vec<(i32, usize)>> {
-    aligned(array, iovec::ALIGN)?;
-    let count = count as u32 as usize;
-    let entries = bytes(memory, array, count.saturating_mul(iovec::SIZE))?;
-    Ok(entries
-        .chunks_exact(iovec::SIZE)
-        .map(|entry| {
-            let pointer = read_u32(entry, iovec::BUF);
-            let len = read_u32(entry, iovec::BUF_LEN);
-            (pointer as i32, len as usize)
-        })
-        .collect())
-}
-
-/// The little-endian `u16` at `at` in `record`, which the caller sized to hold it.
-fn read_u16(record: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([record[at], record[at + 1]])
-}
-
-fn read_u32(record: &[u8], at: usize) -> u32 {
-    let mut value = [0; 4];
-    value.copy_from_slice(&record[at..at + 4]);
-    u32::from_le_bytes(value)
-}
-
-fn read_u64(record: &[u8], at: usize) -> u64 {
-    let mut value = [0; 8];
-    value.copy_from_slice(&record[at..at + 8]);
-    u64::from_le_bytes(value)
+    Ok((0, 0))
 }
 
 fn args_sizes_get<T: StdioView>(
@@ -312,12 +294,14 @@ fn environ_sizes_get<T: StdioView>(
     Ok(errno::SUCCESS)
 }
 
+/// The resolution of the realtime and monotonic clocks: a nanosecond, which is what
+/// wasmtime-wasi reports on Linux (it asks `clock_getres`).
 fn clock_res_get<T: StdioView>(
     mut caller: Caller<'_, T>,
     clock: i32,
     resolution: i32,
 ) -> wasmtime::Result<i32> {
-    if caller.data_mut().stdio().now(clock).is_none() {
+    if Clock::argument("clock_res_get", clock)? == Clock::CpuTime {
         return Ok(errno::BADF);
     }
     let (memory, _) = memory(&mut caller)?;
@@ -331,6 +315,7 @@ fn clock_time_get<T: StdioView>(
     _precision: i64,
     time: i32,
 ) -> wasmtime::Result<i32> {
+    let clock = Clock::argument("clock_time_get", clock)?;
     let Some(now) = caller.data_mut().stdio().now(clock) else {
         return Ok(errno::BADF);
     };
@@ -339,7 +324,7 @@ fn clock_time_get<T: StdioView>(
     Ok(errno::SUCCESS)
 }
 
-/// Reads stdin into the iovecs, as far as the input goes.
+/// Reads stdin into the first non-empty iovec, as far as the input goes.
 async fn fd_read<T: StdioView>(
     mut caller: Caller<'_, T>,
     fd: i32,
@@ -352,27 +337,21 @@ async fn fd_read<T: StdioView>(
         return Ok(errno::INVAL);
     }
     let (memory, state) = memory(&mut caller)?;
+    let (pointer, len) = first_non_empty(memory, iovs, count)?;
     let stdio = state.stdio();
     if fd as u32 != STDIN || !stdio.is_open(STDIN) {
         return Ok(errno::BADF);
     }
-    let mut total = 0;
-    for (pointer, len) in iovecs(memory, iovs, count)? {
-        let rest = &stdio.input[stdio.read..];
-        let n = len.min(rest.len());
-        bytes_mut(memory, pointer, n)?.copy_from_slice(&rest[..n]);
-        stdio.read += n;
-        total += n;
-        if n < len {
-            break;
-        }
-    }
-    write_u32(memory, read, total as u32)?;
+    let rest = &stdio.input[stdio.read..];
+    let n = len.min(rest.len());
+    bytes_mut(memory, pointer, n)?.copy_from_slice(&rest[..n]);
+    stdio.read += n;
+    write_u32(memory, read, n as u32)?;
     Ok(errno::SUCCESS)
 }
 
-/// Appends the iovecs to stdout or stderr. Past the output budget the task traps, and the
-/// capture remembers why.
+/// Appends the first non-empty iovec to stdout or stderr. Past the output budget the task
+/// traps, and the capture remembers why.
 async fn fd_write<T: StdioView>(
     mut caller: Caller<'_, T>,
     fd: i32,
@@ -385,25 +364,21 @@ async fn fd_write<T: StdioView>(
         return Ok(errno::INVAL);
     }
     let (memory, state) = memory(&mut caller)?;
+    let (pointer, len) = first_non_empty(memory, iovs, count)?;
     let stdio = state.stdio();
     let fd = fd as u32;
     if !(fd == STDOUT || fd == STDERR) || !stdio.is_open(fd) {
         return Ok(errno::BADF);
     }
-    let mut total = 0_usize;
-    for (pointer, len) in iovecs(memory, iovs, count)? {
-        let data = bytes(memory, pointer, len)?;
-        let appended = if fd == STDOUT {
-            stdio.capture.append_stdout(data)
-        } else {
-            stdio.capture.append_stderr(data)
-        };
-        appended.map_err(|()| {
-            format_err!("the task wrote more output than its limit (--max-output)")
-        })?;
-        total += len;
-    }
-    write_u32(memory, written, total as u32)?;
+    let data = bytes(memory, pointer, len)?;
+    let appended = if fd == STDOUT {
+        stdio.capture.append_stdout(data)
+    } else {
+        stdio.capture.append_stderr(data)
+    };
+    appended
+        .map_err(|()| format_err!("the task wrote more output than its limit (--max-output)"))?;
+    write_u32(memory, written, len as u32)?;
     Ok(errno::SUCCESS)
 }
 
@@ -419,18 +394,16 @@ fn fd_fdstat_get<T: StdioView>(
     if !state.stdio().is_open(fd) {
         return Ok(errno::BADF);
     }
-    let rights = if fd == STDIN {
+    let granted = if fd == STDIN {
         rights::FD_READ
     } else {
         rights::FD_WRITE
     };
-    aligned(stat, fdstat::ALIGN)?;
-    let target = bytes_mut(memory, stat, fdstat::SIZE)?;
-    target.fill(0);
+    let target = record_mut(memory, stat, fdstat::SIZE, fdstat::ALIGN)?;
     target[fdstat::FILETYPE] = filetype::UNKNOWN;
-    target[fdstat::FLAGS..][..2].copy_from_slice(&0_u16.to_le_bytes());
-    target[fdstat::RIGHTS_BASE..][..8].copy_from_slice(&rights.to_le_bytes());
-    target[fdstat::RIGHTS_INHERITING..][..8].copy_from_slice(&rights.to_le_bytes());
+    put(target, fdstat::FLAGS, &0_u16.to_le_bytes());
+    put(target, fdstat::RIGHTS_BASE, &granted.to_le_bytes());
+    put(target, fdstat::RIGHTS_INHERITING, &granted.to_le_bytes());
     Ok(errno::SUCCESS)
 }
 
@@ -482,12 +455,20 @@ const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 enum Wait {
     /// Ready at this instant.
     Clock(Instant),
-    /// A standard stream, always ready: stdin has its bytes, the capture takes writes.
-    Stream { kind: u8, ready: u64 },
+    /// A standard stream, always ready (stdin has its bytes or its end, the capture takes
+    /// writes), with the event type it was subscribed for.
+    Stream(u8),
 }
 
 /// Waits for the first of the subscriptions: clocks sleep without holding a thread; the
 /// standard streams are always ready.
+///
+/// As in wasmtime-wasi: the subscriptions are read one at a time and the first bad one
+/// answers (a trap for a bad pointer, `EINVAL` or `EBADF` for its contents); with a stream
+/// among them the call returns at once with the streams alone (wasmtime-wasi has even a
+/// clock already due yield once before it counts, and the streams are ready first);
+/// otherwise it sleeps until the first clock and reports every clock due by then; events
+/// are written only for those that fired, and a stream's says 1 byte (ready, uncounted).
 async fn poll_oneoff<T: StdioView>(
     mut caller: Caller<'_, T>,
     subscriptions: i32,
@@ -500,67 +481,32 @@ async fn poll_oneoff<T: StdioView>(
         return Ok(errno::INVAL);
     }
     pause_if_due(&mut caller).await;
-    aligned(subscriptions, subscription::ALIGN)?;
-    aligned(events, event::ALIGN)?;
     let mut waits = Vec::with_capacity(count);
     {
         let (memory, state) = memory(&mut caller)?;
-        let all = bytes(
-            memory,
-            subscriptions,
-            count.saturating_mul(subscription::SIZE),
-        )?;
-        bytes(memory, events, count.saturating_mul(event::SIZE))?;
+        let stdio = state.stdio();
         let started = Instant::now();
-        for entry in all.chunks_exact(subscription::SIZE) {
-            let userdata = read_u64(entry, subscription::USERDATA);
-            let wait = match entry[subscription::TAG] {
-                eventtype::CLOCK => {
-                    let clock = read_u32(entry, subscription::CLOCK_ID) as i32;
-                    let timeout = read_u64(entry, subscription::CLOCK_TIMEOUT);
-                    let flags = read_u16(entry, subscription::CLOCK_FLAGS);
-                    let Some(now) = state.stdio().now(clock) else {
-                        return Ok(errno::INVAL);
-                    };
-                    let after = if flags & subclockflags::ABSTIME != 0 {
-                        timeout.saturating_sub(now)
-                    } else {
-                        timeout
-                    };
-                    let after = Duration::from_nanos(after).min(LONGEST_WAIT);
-                    Wait::Clock(started + after)
-                }
-                kind @ (eventtype::FD_READ | eventtype::FD_WRITE) => {
-                    let fd = read_u32(entry, subscription::FD);
-                    let readable = kind == eventtype::FD_READ && fd == STDIN;
-                    let writable = kind == eventtype::FD_WRITE && (fd == STDOUT || fd == STDERR);
-                    if !(readable || writable) || !state.stdio().is_open(fd) {
-                        return Ok(errno::BADF);
-                    }
-                    let ready = if readable {
-                        (state.stdio().input.len() - state.stdio().read) as u64
-                    } else {
-                        u64::from(u32::MAX)
-                    };
-                    Wait::Stream { kind, ready }
-                }
-                _ => return Ok(errno::INVAL),
+        for index in 0..count {
+            let at = element(subscriptions, index, subscription::SIZE)?;
+            let entry = record(memory, at, subscription::SIZE, subscription::ALIGN)?;
+            let wait = match decode(entry, stdio, started) {
+                Ok(wait) => wait,
+                Err(errno) => return Ok(errno),
             };
-            waits.push((userdata, wait));
+            waits.push((read_u64(entry, subscription::USERDATA), wait));
         }
     }
-    let streams_ready = waits
+    let first_clock = waits
         .iter()
-        .any(|(_, wait)| matches!(wait, Wait::Stream { .. }));
-    if !streams_ready {
-        let first = waits
-            .iter()
-            .filter_map(|(_, wait)| match wait {
-                Wait::Clock(at) => Some(*at),
-                Wait::Stream { .. } => None,
-            })
-            .min()
-            .expect("every subscription is a clock");
+        .filter_map(|(_, wait)| match wait {
+            Wait::Clock(at) => Some(*at),
+            Wait::Stream(_) => None,
+        })
+        .min();
+    let stream_ready = waits
+        .iter()
+        .any(|(_, wait)| matches!(wait, Wait::Stream(_)));
+    if let (false, Some(first)) = (stream_ready, first_clock) {
         tokio::time::sleep_until(first.into()).await;
         caller.data_mut().restart_slice();
     }
@@ -568,24 +514,58 @@ async fn poll_oneoff<T: StdioView>(
     let (memory, _) = memory(&mut caller)?;
     let mut fired = 0;
     for (userdata, wait) in waits {
-        let (kind, ready) = match wait {
-            Wait::Clock(at) if at <= now => (eventtype::CLOCK, 0),
+        let (kind, nbytes) = match wait {
+            Wait::Stream(kind) => (kind, 1_u64),
+            Wait::Clock(at) if !stream_ready && at <= now => (eventtype::CLOCK, 0),
             Wait::Clock(_) => continue,
-            Wait::Stream { kind, ready } => (kind, ready),
         };
-        let target = bytes_mut(
-            memory,
-            events.wrapping_add((fired * event::SIZE) as i32),
-            event::SIZE,
-        )?;
-        target.fill(0);
-        target[event::USERDATA..][..8].copy_from_slice(&userdata.to_le_bytes());
-        target[event::ERROR..][..2].copy_from_slice(&(errno::SUCCESS as u16).to_le_bytes());
+        let at = element(events, fired, event::SIZE)?;
+        let target = record_mut(memory, at, event::SIZE, event::ALIGN)?;
+        put(target, event::USERDATA, &userdata.to_le_bytes());
+        put(target, event::ERROR, &(errno::SUCCESS as u16).to_le_bytes());
         target[event::TYPE] = kind;
-        target[event::NBYTES..][..8].copy_from_slice(&ready.to_le_bytes());
-        target[event::RW_FLAGS..][..2].copy_from_slice(&0_u16.to_le_bytes());
+        put(target, event::NBYTES, &nbytes.to_le_bytes());
+        put(target, event::RW_FLAGS, &0_u16.to_le_bytes());
         fired += 1;
     }
     write_u32(memory, written, fired as u32)?;
     Ok(errno::SUCCESS)
+}
+
+/// What one subscription waits for, or the errno it gets: `EINVAL` for a clock or flag
+/// preview 1 does not have, the CPU-time clocks and unknown event types, `EBADF` for a
+/// stream that is not open for it. Relative clocks count from `started`.
+fn decode(entry: &[u8], stdio: &Stdio, started: Instant) -> Result<Wait, i32> {
+    match entry[subscription::TAG] {
+        eventtype::CLOCK => {
+            let clock = match Clock::from_id(read_u32(entry, subscription::CLOCK_ID)) {
+                Some(clock @ (Clock::Realtime | Clock::Monotonic)) => clock,
+                Some(Clock::CpuTime) | None => return Err(errno::INVAL),
+            };
+            let timeout = read_u64(entry, subscription::CLOCK_TIMEOUT);
+            let flags = read_u16(entry, subscription::CLOCK_FLAGS);
+            let after = match flags {
+                0 => timeout,
+                subclockflags::ABSTIME => match stdio.now(clock) {
+                    Some(now) => timeout.saturating_sub(now),
+                    None => return Err(errno::INVAL),
+                },
+                _ => return Err(errno::INVAL),
+            };
+            Ok(Wait::Clock(
+                started + Duration::from_nanos(after).min(LONGEST_WAIT),
+            ))
+        }
+        kind @ (eventtype::FD_READ | eventtype::FD_WRITE) => {
+            let fd = read_u32(entry, subscription::FD);
+            let readable = kind == eventtype::FD_READ && fd == STDIN;
+            let writable = kind == eventtype::FD_WRITE && (fd == STDOUT || fd == STDERR);
+            if (readable || writable) && stdio.is_open(fd) {
+                Ok(Wait::Stream(kind))
+            } else {
+                Err(errno::BADF)
+            }
+        }
+        _ => Err(errno::INVAL),
+    }
 }
