@@ -8,6 +8,8 @@
 //! wall-clock time, which also covers time blocked in host calls such as WASI's sleep, where
 //! fuel does not tick.
 
+#[cfg(test)]
+mod differential_tests;
 mod engine;
 mod guest_memory;
 mod imports;
