@@ -8,7 +8,10 @@
 //! wall-clock time, which also covers time blocked in host calls such as WASI's sleep, where
 //! fuel does not tick.
 
+#[cfg(test)]
+mod differential_tests;
 mod engine;
+mod guest_memory;
 mod imports;
 mod limiter;
 mod outcome;
@@ -16,6 +19,7 @@ mod output;
 mod state;
 mod stdio;
 mod warm;
+mod wasi_abi;
 
 use std::future::Future;
 use std::time::Duration;

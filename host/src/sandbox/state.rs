@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::limiter::MemoryCap;
-use super::stdio::Stdio;
+use super::stdio::{Stdio, StdioView};
 
 /// Where a task's progress reports go: the host's `progress` import calls it with a fraction
 /// in 0.0..=1.0 and a short message. Whoever supplies it decides about rate limits.
@@ -157,6 +157,20 @@ pub struct ComponentState {
 impl Controlled for ModuleState {
     fn controls(&mut self) -> &mut Controls {
         &mut self.controls
+    }
+}
+
+impl StdioView for ModuleState {
+    fn stdio(&mut self) -> &mut Stdio {
+        &mut self.stdio
+    }
+
+    fn slice_is_up(&self) -> bool {
+        self.controls.slice.is_up()
+    }
+
+    fn restart_slice(&mut self) {
+        self.controls.slice.restart();
     }
 }
 

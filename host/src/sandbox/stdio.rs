@@ -8,8 +8,8 @@
 //! was about a third of the sandbox's cost on a small task (docs/PERFORMANCE.md). Here a
 //! task's standard streams are a byte slice, a position and the capture.
 //!
-//! Every other preview 1 function stays wasmtime-wasi's, on a context built the first time
-//! a task calls one ([`ModuleState::wasi`]): with no files, sockets or environment, they
+//! Every other preview 1 function stays wasmtime-wasi's, on a context the store builds the
+//! first time a task calls one: with no files, sockets or environment, they
 //! mostly answer "bad file descriptor", exactly as before. That context gets the same
 //! streams (stdin from where the task's reads have got to), so `fd_seek` or `fd_filestat_get`
 //! on them answer as they did; a task that closes or renumbers a standard stream and then
@@ -19,47 +19,64 @@
 //! stop a guest that loops over expensive calls (64 MiB of randomness at a time, say) from
 //! holding its thread: the timeout and cancel, which need the task to yield, would never
 //! come. So the calls that do work in proportion to their arguments yield to the scheduler
-//! once the task's [`HostSlice`](super::state::HostSlice) is up, and big buffers are filled
+//! once the task's host slice is up ([`StdioView::slice_is_up`]), and big buffers are filled
 //! in pieces with a check between them.
 //!
-//! The behaviour follows wasmtime-wasi's own: out-of-bounds or misaligned pointers trap,
-//! the CPU-time clocks are "bad file descriptor". Two differences: any non-zero exit status
-//! is an exit (wasmtime-wasi traps on 126 and above), and reads and writes take at most
-//! 1024 iovecs and `poll_oneoff` 4096 subscriptions (more is `EINVAL`).
+//! The behaviour is wasmtime-wasi's own, call for call and errno for errno, and
+//! `differential_tests.rs` holds it there: out-of-bounds or misaligned pointers trap (and
+//! only those the call gets to), a clock id preview 1 does not have traps, the CPU-time
+//! clocks are "bad file descriptor", a read or write moves the first non-empty iovec only,
+//! and `poll_oneoff` answers a ready stream at once, without the clocks. The differences,
+//! each on purpose and each stated by a test:
+//!
+//! - any non-zero exit status is an exit (wasmtime-wasi traps on 126 and above);
+//! - reads and writes take at most 1024 iovecs and `poll_oneoff` 4096 subscriptions (more
+//!   is `EINVAL`), bounding the host's work on one call;
+//! - a zero-length read of stdin is 0 bytes, as in POSIX, where wasmtime-wasi says `EINTR`
+//!   while input is left (a guest that retries `EINTR` would spin);
+//! - `random_get` fills any buffer, in pieces, where wasmtime-wasi traps past 64 MiB;
+//! - `clock_res_get` says a nanosecond, where wasmtime-wasi asks the system (which says a
+//!   nanosecond on Linux).
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use wasmtime::{Caller, Extern, Linker, Memory, format_err};
 use wasmtime_wasi::I32Exit;
 
+use super::guest_memory::{
+    bytes, bytes_mut, element, put, read_u16, read_u32, read_u64, record, record_mut, write_u32,
+    write_u64,
+};
 use super::output::OutputCapture;
-use super::state::ModuleState;
-
-/// The preview 1 import module.
-const WASI: &str = "wasi_snapshot_preview1";
-
-/// Errno values of preview 1 (`wasi_snapshot_preview1.witx`).
-mod errno {
-    pub const SUCCESS: i32 = 0;
-    pub const BADF: i32 = 8;
-    pub const INVAL: i32 = 28;
-}
+use super::wasi_abi::fd::{STDERR, STDIN, STDOUT};
+use super::wasi_abi::{
+    MODULE as WASI, clockid, errno, event, eventtype, fdstat, filetype, iovec, rights,
+    subclockflags, subscription,
+};
 
 /// Largest piece of a `random_get` filled between two checks of the slice.
 const RANDOM_PIECE: usize = 64 << 10;
 
-/// Most iovecs one read or write takes (POSIX's `IOV_MAX`); more is `EINVAL`.
+/// Most iovecs one read or write takes (POSIX's `IOV_MAX`); more is `EINVAL`. It bounds
+/// the host's walk through empty ones to the first that is not.
 const MAX_IOVECS: usize = 1024;
 
 /// Most subscriptions one `poll_oneoff` takes; more is `EINVAL`. Each costs host memory.
 const MAX_SUBSCRIPTIONS: usize = 4096;
 
-/// Standard stream file descriptors.
-const STDIN: u32 = 0;
-const STDOUT: u32 = 1;
-const STDERR: u32 = 2;
+/// What this module needs of a task's store: its [`Stdio`], and a say in when the task
+/// yields. The store's type implements it (`state.rs`), so this module never names it; the
+/// calls are generic over it, so each is still a direct call on the concrete store.
+pub trait StdioView: Send + 'static {
+    fn stdio(&mut self) -> &mut Stdio;
+
+    /// Whether the task has run host calls for its whole slice without yielding.
+    fn slice_is_up(&self) -> bool;
+
+    /// The task just yielded (or slept): a new slice starts.
+    fn restart_slice(&mut self);
+}
 
 /// A task's standard streams, as this module serves them.
 #[derive(Debug)]
@@ -74,6 +91,10 @@ pub struct Stdio {
     pub closed: [bool; 3],
     /// The task's exported memory, once a call has looked it up.
     memory: Option<Memory>,
+    /// Where the task's monotonic clock counts from: its start, as wasmtime-wasi's counts
+    /// from the making of each task's context, so a task cannot learn from it how long the
+    /// server has run or what ran before it.
+    started: Instant,
 }
 
 impl Stdio {
@@ -85,6 +106,20 @@ impl Stdio {
             capture,
             closed: [false; 3],
             memory: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds on `clock`, or `None` for the CPU-time clocks, which tasks do not get.
+    fn now(&self, clock: Clock) -> Option<u64> {
+        match clock {
+            Clock::Realtime => Some(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as u64),
+            ),
+            Clock::Monotonic => Some(self.started.elapsed().as_nanos() as u64),
+            Clock::CpuTime => None,
         }
     }
 
@@ -93,8 +128,38 @@ impl Stdio {
     }
 }
 
+/// A clock of preview 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Realtime,
+    Monotonic,
+    /// The process's or the thread's CPU time.
+    CpuTime,
+}
+
+impl Clock {
+    /// The clock of a `$clockid`, or `None` for an id preview 1 does not have.
+    fn from_id(id: u32) -> Option<Clock> {
+        match id {
+            clockid::REALTIME => Some(Clock::Realtime),
+            clockid::MONOTONIC => Some(Clock::Monotonic),
+            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => Some(Clock::CpuTime),
+            _ => None,
+        }
+    }
+
+    /// The clock a call was given as its argument. An id preview 1 does not have is a
+    /// trap, as in wasmtime-wasi, whose bindings refuse it before the call (inside a
+    /// `poll_oneoff` subscription it is `EINVAL` in both).
+    fn argument(call: &str, id: i32) -> wasmtime::Result<Clock> {
+        Clock::from_id(id as u32).ok_or_else(|| {
+            format_err!("{call} was given clock id {id}, which WASI preview 1 does not have")
+        })
+    }
+}
+
 /// Defines this module's functions in `linker`, over wasmtime-wasi's of the same names.
-pub fn shadow_wasi(linker: &mut Linker<ModuleState>) -> anyhow::Result<()> {
+pub fn shadow_wasi<T: StdioView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     define(linker)
         .map_err(anyhow::Error::from)
@@ -103,58 +168,66 @@ pub fn shadow_wasi(linker: &mut Linker<ModuleState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn define(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
-    linker.func_wrap(WASI, "args_sizes_get", args_sizes_get)?;
-    linker.func_wrap(WASI, "args_get", args_get)?;
-    linker.func_wrap(WASI, "environ_sizes_get", environ_sizes_get)?;
-    linker.func_wrap(
+fn define<T: StdioView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    linker.func_wrap(WASI, "args_sizes_get", args_sizes_get::<T>)?;
+    linker.func_wrap(WASI, "args_get", args_get::<T>)?;
+    linker.func_wrap(WASI, "environ_sizes_get", environ_sizes_get::<T>)?;
+    linker.func_wrap(WASI, "environ_get", |_: Caller<'_, T>, _: i32, _: i32| {
+        Ok(errno::SUCCESS)
+    })?;
+    linker.func_wrap(WASI, "clock_res_get", clock_res_get::<T>)?;
+    linker.func_wrap(WASI, "clock_time_get", clock_time_get::<T>)?;
+    linker.func_wrap_async(
         WASI,
-        "environ_get",
-        |_: Caller<'_, ModuleState>, _: i32, _: i32| Ok(errno::SUCCESS),
+        "fd_read",
+        |caller: Caller<'_, T>, (fd, iovs, count, read)| {
+            Box::new(fd_read(caller, fd, iovs, count, read))
+        },
     )?;
-    linker.func_wrap(WASI, "clock_res_get", clock_res_get)?;
-    linker.func_wrap(WASI, "clock_time_get", clock_time_get)?;
-    linker.func_wrap_async(WASI, "fd_read", |caller, (fd, iovs, count, read)| {
-        Box::new(fd_read(caller, fd, iovs, count, read))
-    })?;
-    linker.func_wrap_async(WASI, "fd_write", |caller, (fd, iovs, count, written)| {
-        Box::new(fd_write(caller, fd, iovs, count, written))
-    })?;
-    linker.func_wrap(WASI, "fd_fdstat_get", fd_fdstat_get)?;
-    linker.func_wrap(WASI, "fd_close", fd_close)?;
-    linker.func_wrap_async(WASI, "random_get", |caller, (buffer, len)| {
-        Box::new(random_get(caller, buffer, len))
-    })?;
-    linker.func_wrap_async(WASI, "sched_yield", |mut caller, ()| {
+    linker.func_wrap_async(
+        WASI,
+        "fd_write",
+        |caller: Caller<'_, T>, (fd, iovs, count, written)| {
+            Box::new(fd_write(caller, fd, iovs, count, written))
+        },
+    )?;
+    linker.func_wrap(WASI, "fd_fdstat_get", fd_fdstat_get::<T>)?;
+    linker.func_wrap(WASI, "fd_close", fd_close::<T>)?;
+    linker.func_wrap_async(
+        WASI,
+        "random_get",
+        |caller: Caller<'_, T>, (buffer, len)| Box::new(random_get(caller, buffer, len)),
+    )?;
+    linker.func_wrap_async(WASI, "sched_yield", |mut caller: Caller<'_, T>, ()| {
         Box::new(async move {
             pause_if_due(&mut caller).await;
             Ok(errno::SUCCESS)
         })
     })?;
-    linker.func_wrap(WASI, "proc_exit", proc_exit)?;
+    linker.func_wrap(WASI, "proc_exit", proc_exit::<T>)?;
     linker.func_wrap_async(
         WASI,
         "poll_oneoff",
-        |caller, (subscriptions, events, count, written): (i32, i32, i32, i32)| {
+        |caller: Caller<'_, T>, (subscriptions, events, count, written): (i32, i32, i32, i32)| {
             Box::new(poll_oneoff(caller, subscriptions, events, count, written))
         },
     )?;
     Ok(())
 }
 
-/// Yields to the scheduler if the task's [`HostSlice`](super::state::HostSlice) is up.
-pub async fn pause_if_due(caller: &mut Caller<'_, ModuleState>) {
-    if caller.data().controls.slice.is_up() {
+/// Yields to the scheduler if the task's host slice is up.
+pub async fn pause_if_due<T: StdioView>(caller: &mut Caller<'_, T>) {
+    if caller.data().slice_is_up() {
         tokio::task::yield_now().await;
-        caller.data_mut().controls.slice.restart();
+        caller.data_mut().restart_slice();
     }
 }
 
 /// The task's exported memory: WASI hands pointers into it.
-fn memory<'a>(
-    caller: &'a mut Caller<'_, ModuleState>,
-) -> wasmtime::Result<(&'a mut [u8], &'a mut ModuleState)> {
-    let memory = match caller.data().stdio.memory {
+fn memory<'a, T: StdioView>(
+    caller: &'a mut Caller<'_, T>,
+) -> wasmtime::Result<(&'a mut [u8], &'a mut T)> {
+    let memory = match caller.data_mut().stdio().memory {
         Some(memory) => memory,
         None => {
             let memory = caller
@@ -162,98 +235,56 @@ fn memory<'a>(
                 .and_then(Extern::into_memory)
                 .ok_or_else(|| format_err!("WASI calls need the module to export its `memory`"))?;
             // A task has one instance, so its first lookup holds for all its calls.
-            caller.data_mut().stdio.memory = Some(memory);
+            caller.data_mut().stdio().memory = Some(memory);
             memory
         }
     };
     Ok(memory.data_and_store_mut(caller))
 }
 
-/// `len` bytes at `pointer` in guest memory, or a trap.
-fn bytes(memory: &[u8], pointer: i32, len: usize) -> wasmtime::Result<&[u8]> {
-    let start = pointer as u32 as usize;
-    start
-        .checked_add(len)
-        .and_then(|end| memory.get(start..end))
-        .ok_or_else(|| out_of_bounds(start, len, memory.len()))
-}
-
-fn bytes_mut(memory: &mut [u8], pointer: i32, len: usize) -> wasmtime::Result<&mut [u8]> {
-    let start = pointer as u32 as usize;
-    let size = memory.len();
-    start
-        .checked_add(len)
-        .and_then(|end| memory.get_mut(start..end))
-        .ok_or_else(|| out_of_bounds(start, len, size))
-}
-
-fn out_of_bounds(start: usize, len: usize, size: usize) -> wasmtime::Error {
-    format_err!(
-        "a WASI call was given {len} bytes at {start}, outside the module's memory of {size} bytes"
-    )
-}
-
-/// Checks that `pointer` is aligned for a value of `align` bytes, as WASI requires.
-fn aligned(pointer: i32, align: u32) -> wasmtime::Result<()> {
-    if (pointer as u32).is_multiple_of(align) {
-        Ok(())
-    } else {
-        Err(format_err!(
-            "a WASI call was given a pointer {pointer:#x} not aligned to {align} bytes"
-        ))
+/// The first buffer of an iovec array with a non-zero length, as `(pointer, length)`, or
+/// `(0, 0)` when all are empty. A read or write moves at most this one buffer, as
+/// wasmtime-wasi's do (a short count, which callers of `readv` and `writev` expect), and
+/// the entries after it are not looked at.
+fn first_non_empty(memory: &[u8], array: i32, count: i32) -> wasmtime::Result<(i32, usize)> {
+    for index in 0..count as u32 as usize {
+        let at = element(array, index, iovec::SIZE)?;
+        let entry = record(memory, at, iovec::SIZE, iovec::ALIGN)?;
+        let len = read_u32(entry, iovec::BUF_LEN) as usize;
+        if len > 0 {
+            return Ok((read_u32(entry, iovec::BUF) as i32, len));
+        }
     }
+    Ok((0, 0))
 }
 
-fn write_u32(memory: &mut [u8], pointer: i32, value: u32) -> wasmtime::Result<()> {
-    aligned(pointer, 4)?;
-    bytes_mut(memory, pointer, 4)?.copy_from_slice(&value.to_le_bytes());
-    Ok(())
-}
-
-fn write_u64(memory: &mut [u8], pointer: i32, value: u64) -> wasmtime::Result<()> {
-    aligned(pointer, 8)?;
-    bytes_mut(memory, pointer, 8)?.copy_from_slice(&value.to_le_bytes());
-    Ok(())
-}
-
-/// The `(pointer, length)` pairs of an iovec array of `count` entries.
-fn iovecs(memory: &[u8], array: i32, count: i32) -> wasmtime::Result<Vec<(i32, usize)>> {
-    aligned(array, 4)?;
-    let count = count as u32 as usize;
-    let entries = bytes(memory, array, count.saturating_mul(8))?;
-    Ok(entries
-        .chunks_exact(8)
-        .map(|entry| {
-            let pointer = u32::from_le_bytes(entry[..4].try_into().expect("4 bytes"));
-            let len = u32::from_le_bytes(entry[4..].try_into().expect("4 bytes"));
-            (pointer as i32, len as usize)
-        })
-        .collect())
-}
-
-fn args_sizes_get(
-    mut caller: Caller<'_, ModuleState>,
+fn args_sizes_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     count: i32,
     size: i32,
 ) -> wasmtime::Result<i32> {
     let (memory, state) = memory(&mut caller)?;
     write_u32(memory, count, 1)?;
-    write_u32(memory, size, state.stdio.name.len() as u32 + 1)?;
+    write_u32(memory, size, state.stdio().name.len() as u32 + 1)?;
     Ok(errno::SUCCESS)
 }
 
-fn args_get(mut caller: Caller<'_, ModuleState>, argv: i32, buffer: i32) -> wasmtime::Result<i32> {
+fn args_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
+    argv: i32,
+    buffer: i32,
+) -> wasmtime::Result<i32> {
     let (memory, state) = memory(&mut caller)?;
     write_u32(memory, argv, buffer as u32)?;
-    let name = state.stdio.name.as_bytes();
+    let name = state.stdio().name.as_bytes();
     let target = bytes_mut(memory, buffer, name.len() + 1)?;
     target[..name.len()].copy_from_slice(name);
     target[name.len()] = 0;
     Ok(errno::SUCCESS)
 }
 
-fn environ_sizes_get(
-    mut caller: Caller<'_, ModuleState>,
+fn environ_sizes_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     count: i32,
     size: i32,
 ) -> wasmtime::Result<i32> {
@@ -263,35 +294,14 @@ fn environ_sizes_get(
     Ok(errno::SUCCESS)
 }
 
-/// Clock ids of preview 1.
-const REALTIME: i32 = 0;
-const MONOTONIC: i32 = 1;
-
-/// Nanoseconds on `clock`, or `None` for the CPU-time clocks and unknown ids.
-fn now(clock: i32) -> Option<u64> {
-    match clock {
-        REALTIME => Some(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64),
-        ),
-        MONOTONIC => Some(monotonic_origin().elapsed().as_nanos() as u64),
-        _ => None,
-    }
-}
-
-/// Where the monotonic clock counts from: the first time a task read it.
-fn monotonic_origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
-fn clock_res_get(
-    mut caller: Caller<'_, ModuleState>,
+/// The resolution of the realtime and monotonic clocks: a nanosecond, which is what
+/// wasmtime-wasi reports on Linux (it asks `clock_getres`).
+fn clock_res_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     clock: i32,
     resolution: i32,
 ) -> wasmtime::Result<i32> {
-    if now(clock).is_none() {
+    if Clock::argument("clock_res_get", clock)? == Clock::CpuTime {
         return Ok(errno::BADF);
     }
     let (memory, _) = memory(&mut caller)?;
@@ -299,13 +309,14 @@ fn clock_res_get(
     Ok(errno::SUCCESS)
 }
 
-fn clock_time_get(
-    mut caller: Caller<'_, ModuleState>,
+fn clock_time_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     clock: i32,
     _precision: i64,
     time: i32,
 ) -> wasmtime::Result<i32> {
-    let Some(now) = now(clock) else {
+    let clock = Clock::argument("clock_time_get", clock)?;
+    let Some(now) = caller.data_mut().stdio().now(clock) else {
         return Ok(errno::BADF);
     };
     let (memory, _) = memory(&mut caller)?;
@@ -313,9 +324,9 @@ fn clock_time_get(
     Ok(errno::SUCCESS)
 }
 
-/// Reads stdin into the iovecs, as far as the input goes.
-async fn fd_read(
-    mut caller: Caller<'_, ModuleState>,
+/// Reads stdin into the first non-empty iovec, as far as the input goes.
+async fn fd_read<T: StdioView>(
+    mut caller: Caller<'_, T>,
     fd: i32,
     iovs: i32,
     count: i32,
@@ -326,29 +337,23 @@ async fn fd_read(
         return Ok(errno::INVAL);
     }
     let (memory, state) = memory(&mut caller)?;
-    let stdio = &mut state.stdio;
+    let (pointer, len) = first_non_empty(memory, iovs, count)?;
+    let stdio = state.stdio();
     if fd as u32 != STDIN || !stdio.is_open(STDIN) {
         return Ok(errno::BADF);
     }
-    let mut total = 0;
-    for (pointer, len) in iovecs(memory, iovs, count)? {
-        let rest = &stdio.input[stdio.read..];
-        let n = len.min(rest.len());
-        bytes_mut(memory, pointer, n)?.copy_from_slice(&rest[..n]);
-        stdio.read += n;
-        total += n;
-        if n < len {
-            break;
-        }
-    }
-    write_u32(memory, read, total as u32)?;
+    let rest = &stdio.input[stdio.read..];
+    let n = len.min(rest.len());
+    bytes_mut(memory, pointer, n)?.copy_from_slice(&rest[..n]);
+    stdio.read += n;
+    write_u32(memory, read, n as u32)?;
     Ok(errno::SUCCESS)
 }
 
-/// Appends the iovecs to stdout or stderr. Past the output budget the task traps, and the
-/// capture remembers why.
-async fn fd_write(
-    mut caller: Caller<'_, ModuleState>,
+/// Appends the first non-empty iovec to stdout or stderr. Past the output budget the task
+/// traps, and the capture remembers why.
+async fn fd_write<T: StdioView>(
+    mut caller: Caller<'_, T>,
     fd: i32,
     iovs: i32,
     count: i32,
@@ -359,55 +364,51 @@ async fn fd_write(
         return Ok(errno::INVAL);
     }
     let (memory, state) = memory(&mut caller)?;
-    let stdio = &state.stdio;
+    let (pointer, len) = first_non_empty(memory, iovs, count)?;
+    let stdio = state.stdio();
     let fd = fd as u32;
     if !(fd == STDOUT || fd == STDERR) || !stdio.is_open(fd) {
         return Ok(errno::BADF);
     }
-    let mut total = 0_usize;
-    for (pointer, len) in iovecs(memory, iovs, count)? {
-        let data = bytes(memory, pointer, len)?;
-        let appended = if fd == STDOUT {
-            stdio.capture.append_stdout(data)
-        } else {
-            stdio.capture.append_stderr(data)
-        };
-        appended.map_err(|()| {
-            format_err!("the task wrote more output than its limit (--max-output)")
-        })?;
-        total += len;
-    }
-    write_u32(memory, written, total as u32)?;
+    let data = bytes(memory, pointer, len)?;
+    let appended = if fd == STDOUT {
+        stdio.capture.append_stdout(data)
+    } else {
+        stdio.capture.append_stderr(data)
+    };
+    appended
+        .map_err(|()| format_err!("the task wrote more output than its limit (--max-output)"))?;
+    write_u32(memory, written, len as u32)?;
     Ok(errno::SUCCESS)
 }
-
-/// Rights of preview 1 that the standard streams have.
-const RIGHT_FD_READ: u64 = 1 << 1;
-const RIGHT_FD_WRITE: u64 = 1 << 6;
 
 /// The standard streams' `fdstat`: not terminals (filetype unknown), no flags, read or
 /// write rights. There are no other descriptors.
-fn fd_fdstat_get(mut caller: Caller<'_, ModuleState>, fd: i32, stat: i32) -> wasmtime::Result<i32> {
+fn fd_fdstat_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
+    fd: i32,
+    stat: i32,
+) -> wasmtime::Result<i32> {
     let (memory, state) = memory(&mut caller)?;
     let fd = fd as u32;
-    if !state.stdio.is_open(fd) {
+    if !state.stdio().is_open(fd) {
         return Ok(errno::BADF);
     }
-    let rights = if fd == STDIN {
-        RIGHT_FD_READ
+    let granted = if fd == STDIN {
+        rights::FD_READ
     } else {
-        RIGHT_FD_WRITE
+        rights::FD_WRITE
     };
-    aligned(stat, 8)?;
-    let target = bytes_mut(memory, stat, 24)?;
-    target.fill(0);
-    target[8..16].copy_from_slice(&rights.to_le_bytes());
-    target[16..24].copy_from_slice(&rights.to_le_bytes());
+    let target = record_mut(memory, stat, fdstat::SIZE, fdstat::ALIGN)?;
+    target[fdstat::FILETYPE] = filetype::UNKNOWN;
+    put(target, fdstat::FLAGS, &0_u16.to_le_bytes());
+    put(target, fdstat::RIGHTS_BASE, &granted.to_le_bytes());
+    put(target, fdstat::RIGHTS_INHERITING, &granted.to_le_bytes());
     Ok(errno::SUCCESS)
 }
 
-fn fd_close(mut caller: Caller<'_, ModuleState>, fd: i32) -> wasmtime::Result<i32> {
-    let stdio = &mut caller.data_mut().stdio;
+fn fd_close<T: StdioView>(mut caller: Caller<'_, T>, fd: i32) -> wasmtime::Result<i32> {
+    let stdio = caller.data_mut().stdio();
     let fd = fd as u32;
     if !stdio.is_open(fd) {
         return Ok(errno::BADF);
@@ -418,8 +419,8 @@ fn fd_close(mut caller: Caller<'_, ModuleState>, fd: i32) -> wasmtime::Result<i3
 
 /// Fills the buffer from the operating system's randomness, in pieces, pausing between
 /// them when the task's slice is up.
-async fn random_get(
-    mut caller: Caller<'_, ModuleState>,
+async fn random_get<T: StdioView>(
+    mut caller: Caller<'_, T>,
     buffer: i32,
     len: i32,
 ) -> wasmtime::Result<i32> {
@@ -442,17 +443,9 @@ async fn random_get(
 
 /// Ends the task with `status`; any status but 0 is an `exit` failure (WASI reserves 126
 /// and above, but a task that uses them still meant to fail, not to trap).
-fn proc_exit(_: Caller<'_, ModuleState>, status: i32) -> wasmtime::Result<()> {
+fn proc_exit<T: StdioView>(_: Caller<'_, T>, status: i32) -> wasmtime::Result<()> {
     Err(I32Exit(status).into())
 }
-
-/// Subscription and event layouts of preview 1, in bytes.
-const SUBSCRIPTION_SIZE: usize = 48;
-const EVENT_SIZE: usize = 32;
-const EVENT_CLOCK: u8 = 0;
-const EVENT_FD_READ: u8 = 1;
-const EVENT_FD_WRITE: u8 = 2;
-const SUBSCRIPTION_CLOCK_ABSTIME: u16 = 1;
 
 /// Longest single wait: tokio's timer wheel reaches about two years; the task's wall-clock
 /// limit ends it long before.
@@ -462,14 +455,22 @@ const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 enum Wait {
     /// Ready at this instant.
     Clock(Instant),
-    /// A standard stream, always ready: stdin has its bytes, the capture takes writes.
-    Stream { kind: u8, ready: u64 },
+    /// A standard stream, always ready (stdin has its bytes or its end, the capture takes
+    /// writes), with the event type it was subscribed for.
+    Stream(u8),
 }
 
 /// Waits for the first of the subscriptions: clocks sleep without holding a thread; the
 /// standard streams are always ready.
-async fn poll_oneoff(
-    mut caller: Caller<'_, ModuleState>,
+///
+/// As in wasmtime-wasi: the subscriptions are read one at a time and the first bad one
+/// answers (a trap for a bad pointer, `EINVAL` or `EBADF` for its contents); with a stream
+/// among them the call returns at once with the streams alone (wasmtime-wasi has even a
+/// clock already due yield once before it counts, and the streams are ready first);
+/// otherwise it sleeps until the first clock and reports every clock due by then; events
+/// are written only for those that fired, and a stream's says 1 byte (ready, uncounted).
+async fn poll_oneoff<T: StdioView>(
+    mut caller: Caller<'_, T>,
     subscriptions: i32,
     events: i32,
     count: i32,
@@ -480,95 +481,91 @@ async fn poll_oneoff(
         return Ok(errno::INVAL);
     }
     pause_if_due(&mut caller).await;
-    aligned(subscriptions, 8)?;
-    aligned(events, 8)?;
     let mut waits = Vec::with_capacity(count);
     {
         let (memory, state) = memory(&mut caller)?;
-        let all = bytes(
-            memory,
-            subscriptions,
-            count.saturating_mul(SUBSCRIPTION_SIZE),
-        )?;
-        bytes(memory, events, count.saturating_mul(EVENT_SIZE))?;
+        let stdio = state.stdio();
         let started = Instant::now();
-        for subscription in all.chunks_exact(SUBSCRIPTION_SIZE) {
-            let userdata = u64::from_le_bytes(subscription[0..8].try_into().expect("8 bytes"));
-            let field = |at: usize| {
-                u64::from_le_bytes(subscription[at..at + 8].try_into().expect("8 bytes"))
+        for index in 0..count {
+            let at = element(subscriptions, index, subscription::SIZE)?;
+            let entry = record(memory, at, subscription::SIZE, subscription::ALIGN)?;
+            let wait = match decode(entry, stdio, started) {
+                Ok(wait) => wait,
+                Err(errno) => return Ok(errno),
             };
-            let wait = match subscription[8] {
-                EVENT_CLOCK => {
-                    let clock =
-                        i32::from_le_bytes(subscription[16..20].try_into().expect("4 bytes"));
-                    let timeout = field(24);
-                    let flags =
-                        u16::from_le_bytes(subscription[40..42].try_into().expect("2 bytes"));
-                    let Some(now) = now(clock) else {
-                        return Ok(errno::INVAL);
-                    };
-                    let after = if flags & SUBSCRIPTION_CLOCK_ABSTIME != 0 {
-                        timeout.saturating_sub(now)
-                    } else {
-                        timeout
-                    };
-                    let after = Duration::from_nanos(after).min(LONGEST_WAIT);
-                    Wait::Clock(started + after)
-                }
-                kind @ (EVENT_FD_READ | EVENT_FD_WRITE) => {
-                    let fd = u32::from_le_bytes(subscription[16..20].try_into().expect("4 bytes"));
-                    let readable = kind == EVENT_FD_READ && fd == STDIN;
-                    let writable = kind == EVENT_FD_WRITE && (fd == STDOUT || fd == STDERR);
-                    if !(readable || writable) || !state.stdio.is_open(fd) {
-                        return Ok(errno::BADF);
-                    }
-                    let ready = if readable {
-                        (state.stdio.input.len() - state.stdio.read) as u64
-                    } else {
-                        u64::from(u32::MAX)
-                    };
-                    Wait::Stream { kind, ready }
-                }
-                _ => return Ok(errno::INVAL),
-            };
-            waits.push((userdata, wait));
+            waits.push((read_u64(entry, subscription::USERDATA), wait));
         }
     }
-    let streams_ready = waits
+    let first_clock = waits
         .iter()
-        .any(|(_, wait)| matches!(wait, Wait::Stream { .. }));
-    if !streams_ready {
-        let first = waits
-            .iter()
-            .filter_map(|(_, wait)| match wait {
-                Wait::Clock(at) => Some(*at),
-                Wait::Stream { .. } => None,
-            })
-            .min()
-            .expect("every subscription is a clock");
+        .filter_map(|(_, wait)| match wait {
+            Wait::Clock(at) => Some(*at),
+            Wait::Stream(_) => None,
+        })
+        .min();
+    let stream_ready = waits
+        .iter()
+        .any(|(_, wait)| matches!(wait, Wait::Stream(_)));
+    if let (false, Some(first)) = (stream_ready, first_clock) {
         tokio::time::sleep_until(first.into()).await;
-        caller.data_mut().controls.slice.restart();
+        caller.data_mut().restart_slice();
     }
     let now = Instant::now();
     let (memory, _) = memory(&mut caller)?;
     let mut fired = 0;
     for (userdata, wait) in waits {
-        let (kind, ready) = match wait {
-            Wait::Clock(at) if at <= now => (EVENT_CLOCK, 0),
+        let (kind, nbytes) = match wait {
+            Wait::Stream(kind) => (kind, 1_u64),
+            Wait::Clock(at) if !stream_ready && at <= now => (eventtype::CLOCK, 0),
             Wait::Clock(_) => continue,
-            Wait::Stream { kind, ready } => (kind, ready),
         };
-        let event = bytes_mut(
-            memory,
-            events.wrapping_add((fired * EVENT_SIZE) as i32),
-            EVENT_SIZE,
-        )?;
-        event.fill(0);
-        event[0..8].copy_from_slice(&userdata.to_le_bytes());
-        event[10] = kind;
-        event[16..24].copy_from_slice(&ready.to_le_bytes());
+        let at = element(events, fired, event::SIZE)?;
+        let target = record_mut(memory, at, event::SIZE, event::ALIGN)?;
+        put(target, event::USERDATA, &userdata.to_le_bytes());
+        put(target, event::ERROR, &(errno::SUCCESS as u16).to_le_bytes());
+        target[event::TYPE] = kind;
+        put(target, event::NBYTES, &nbytes.to_le_bytes());
+        put(target, event::RW_FLAGS, &0_u16.to_le_bytes());
         fired += 1;
     }
     write_u32(memory, written, fired as u32)?;
     Ok(errno::SUCCESS)
+}
+
+/// What one subscription waits for, or the errno it gets: `EINVAL` for a clock or flag
+/// preview 1 does not have, the CPU-time clocks and unknown event types, `EBADF` for a
+/// stream that is not open for it. Relative clocks count from `started`.
+fn decode(entry: &[u8], stdio: &Stdio, started: Instant) -> Result<Wait, i32> {
+    match entry[subscription::TAG] {
+        eventtype::CLOCK => {
+            let clock = match Clock::from_id(read_u32(entry, subscription::CLOCK_ID)) {
+                Some(clock @ (Clock::Realtime | Clock::Monotonic)) => clock,
+                Some(Clock::CpuTime) | None => return Err(errno::INVAL),
+            };
+            let timeout = read_u64(entry, subscription::CLOCK_TIMEOUT);
+            let flags = read_u16(entry, subscription::CLOCK_FLAGS);
+            let after = match flags {
+                0 => timeout,
+                subclockflags::ABSTIME => match stdio.now(clock) {
+                    Some(now) => timeout.saturating_sub(now),
+                    None => return Err(errno::INVAL),
+                },
+                _ => return Err(errno::INVAL),
+            };
+            Ok(Wait::Clock(
+                started + Duration::from_nanos(after).min(LONGEST_WAIT),
+            ))
+        }
+        kind @ (eventtype::FD_READ | eventtype::FD_WRITE) => {
+            let fd = read_u32(entry, subscription::FD);
+            let readable = kind == eventtype::FD_READ && fd == STDIN;
+            let writable = kind == eventtype::FD_WRITE && (fd == STDOUT || fd == STDERR);
+            if (readable || writable) && stdio.is_open(fd) {
+                Ok(Wait::Stream(kind))
+            } else {
+                Err(errno::BADF)
+            }
+        }
+        _ => Err(errno::INVAL),
+    }
 }
