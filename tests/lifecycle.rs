@@ -249,8 +249,7 @@ impl App for ChatRoom {
                 task_id: report.job.task_id,
                 task: report.job.name(),
                 result,
-            })
-            .await;
+            });
         }
         taskhost::app::protocol_app::deliver(ctx, report).await;
     }

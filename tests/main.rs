@@ -8,6 +8,7 @@
 //! - `browser`: the page in headless Chromium, driven through `cdp`.
 //! - `examples`: the applications in `host/examples/`, on real servers.
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
+//! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
 
 mod browser;
 mod cdp;
@@ -18,3 +19,4 @@ mod protocol;
 mod reload;
 mod sandbox;
 mod security;
+mod slow_clients;

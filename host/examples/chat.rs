@@ -53,15 +53,13 @@ impl App for ChatRoom {
                         .name
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(name.clone());
-                    ctx.broadcast(&json!({"type": "joined", "name": name}))
-                        .await;
+                    ctx.broadcast(&json!({"type": "joined", "name": name}));
                 }
                 None => refuse(client, "join needs a \"name\" string").await,
             },
             ("say", Some(from)) => match text("text") {
                 Some(said) => {
-                    ctx.broadcast(&json!({"type": "said", "from": from, "text": said}))
-                        .await;
+                    ctx.broadcast(&json!({"type": "said", "from": from, "text": said}));
                 }
                 None => refuse(client, "say needs a \"text\" string").await,
             },
@@ -71,7 +69,7 @@ impl App for ChatRoom {
 
     async fn on_close(&self, ctx: &Ctx<Self>, client: &Client<Member>) {
         if let Some(name) = client.session().name() {
-            ctx.broadcast(&json!({"type": "left", "name": name})).await;
+            ctx.broadcast(&json!({"type": "left", "name": name}));
         }
     }
 }

@@ -144,6 +144,46 @@ pub struct Options {
     #[arg(long = "trusted-proxy", value_name = "ADDR")]
     pub trusted_proxies: Vec<IpAddr>,
 
+    /// Tasks one client address may have queued or running at once, over all its
+    /// connections; past it, `queue_full` (default: --max-connection-tasks for addresses off
+    /// this machine, none for loopback; a value given applies to every address).
+    #[arg(long)]
+    pub max_address_tasks: Option<usize>,
+
+    /// Bytes of task inputs the server holds at once, queued or running; past it, new tasks
+    /// are rejected with `queue_full`.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub queue_bytes: u64,
+
+    /// Bytes of messages waiting for one client's socket; past it, messages a later one
+    /// supersedes (progress, broadcasts) are dropped for that client and others wait.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub outbox_bytes: usize,
+
+    /// How long a client may leave its socket unread (the server's writes blocked) before it
+    /// is closed with 1008, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub slow_client_ms: u64,
+
+    /// How often the server pings an idle client, in milliseconds; a client that does not
+    /// answer by the next ping is closed.
+    #[arg(long, default_value_t = 30_000)]
+    pub ping_interval_ms: u64,
+
+    /// How long a frame may take to arrive once it has started, in milliseconds; past it the
+    /// connection is closed with 1008.
+    #[arg(long, default_value_t = 30_000)]
+    pub frame_timeout_ms: u64,
+
+    /// On Ctrl-C or SIGTERM, how long /healthz answers 503 while tasks are still taken, so a
+    /// load balancer can stop sending clients here first, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub drain_ms: u64,
+
+    /// Log lines as `text` (for people) or `json` (one object a line, for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TASKHOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// Do not watch the tasks folder: modules load at start only.
     #[arg(long)]
     pub no_watch: bool,
@@ -193,6 +233,28 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// Reverse proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Tasks one address may have queued or running; `None` is the default rule (the
+    /// per-connection cap for other machines, no cap for loopback).
+    pub max_address_tasks: Option<usize>,
+    /// Bytes of task inputs held at once.
+    pub queue_bytes: u64,
+    /// Bytes each connection's outbox holds.
+    pub outbox_bytes: usize,
+    /// How long a client's socket may stay unwritable before it is closed.
+    pub slow_client: Duration,
+    /// How often an idle client is pinged, and how long it has to answer.
+    pub ping_interval: Duration,
+    /// How long a frame may take to arrive once started.
+    pub frame_timeout: Duration,
+    /// How long /healthz answers 503 before a shutdown stops taking tasks.
+    pub drain: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The PEM files of a TLS certificate chain and its key.
@@ -290,6 +352,13 @@ impl Options {
                 .unwrap_or_else(|| default_max_connections(open_files_limit())),
             max_connections_per_ip: self.max_connections_per_ip,
             trusted_proxies: self.trusted_proxies.clone(),
+            max_address_tasks: self.max_address_tasks,
+            queue_bytes: self.queue_bytes,
+            outbox_bytes: self.outbox_bytes,
+            slow_client: Duration::from_millis(self.slow_client_ms.max(1)),
+            ping_interval: Duration::from_millis(self.ping_interval_ms.max(1)),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms.max(1)),
+            drain: Duration::from_millis(self.drain_ms),
         })
     }
 

@@ -3,41 +3,109 @@
 //! so that a finishing task never waits on the socket and a client that stops reading slows
 //! only itself.
 //!
+//! Deadlines, so that no client holds the server's memory or sockets for ever:
+//! - the writer gives a write (and flush) at most `--slow-client-ms`; a client that leaves its
+//!   socket unread that long is closed with 1008;
+//! - the reader pings an idle client every `--ping-interval-ms` and closes one that has
+//!   answered nothing by the next ping;
+//! - a frame that has started to arrive must be complete within `--frame-timeout-ms`, else
+//!   1008 (the bytes read are counted below tungstenite, which only shows whole messages).
+//!
 //! The writer ends when the reader does: it sends what is already queued, then a close frame.
 //! Messages sent after that are dropped, since the client is gone (guarantee 2 holds "while
 //! the connection stays open").
+//!
+//! [`Outbox`]: crate::outbox::Outbox
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::{App, Client, Ctx, protocol_app};
-use crate::outbox::Text;
+use crate::outbox::{Drain, Frame};
 use crate::protocol::{BadFrame, ErrorCode, Reply, WireError, parse_frame};
 use crate::tls::Stream;
 
-/// Runs one upgraded connection until the client leaves or the server closes it.
-pub async fn run<A: App>(ctx: Ctx<A>, socket: WebSocketStream<Stream>, peer: SocketAddr) {
+/// tungstenite's read buffer per connection. Its default, 128 KiB, would make a thousand idle
+/// connections cost 128 MiB; frames larger than this still arrive, in several reads.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// tungstenite gathers frames up to this size before writing them. The writer task feeds
+/// every queued message and then flushes once, so a burst of replies goes out in one `sendto`
+/// (with 0, each frame was a syscall: measured 5 µs of server CPU per task more).
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// How long the close frame to a client being dropped for slowness may take.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The socket under the WebSocket, counting the bytes it reads.
+type Socket = WebSocketStream<CountedReads<Stream>>;
+
+/// Runs one upgraded connection (its handshake answered; `leftover` is what the client sent
+/// after it) until the client leaves or the server closes it. `address` is the client's
+/// address after any trusted proxy.
+pub async fn run<A: App>(
+    ctx: Ctx<A>,
+    stream: Stream,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+    address: IpAddr,
+) {
+    let read_bytes = Arc::new(AtomicU64::new(0));
+    let stream = CountedReads {
+        inner: stream,
+        read: Arc::clone(&read_bytes),
+    };
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = READ_BUFFER_BYTES;
+    config.write_buffer_size = WRITE_BUFFER_BYTES;
+    config.max_message_size = Some(ctx.config().max_frame);
+    config.max_frame_size = Some(ctx.config().max_frame);
+    let socket =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     let (sink, frames) = socket.split();
-    let (outbox, queued) = ctx.connections().open(peer);
+    let (outbox, drain) = ctx.connections().open(peer, address);
     let (close_tx, close_rx) = oneshot::channel();
+    // Cancelled by the writer when it gives up on a slow client: the reader stops too.
+    let dropped = CancellationToken::new();
     let client = Client::new(outbox, A::Session::default());
     let span = tracing::info_span!("connection", id = client.id(), %peer);
-    let writer = tokio::spawn(write_loop(sink, queued, close_rx).instrument(span.clone()));
+    let writer = Writer {
+        sink,
+        drain,
+        deadline: ctx.config().slow_client,
+        dropped: dropped.clone(),
+    };
+    let writer = tokio::spawn(writer.run(close_rx).instrument(span.clone()));
 
     async {
         tracing::info!("connection opened");
         ctx.metrics().connections.inc();
         ctx.app().on_open(&ctx, &client).await;
-        let close = read_loop(&ctx, &client, frames).await;
+        let reader = Reader {
+            ctx: &ctx,
+            client: &client,
+            read_bytes,
+            dropped,
+        };
+        let close = reader.run(frames).await;
         ctx.connections().close(client.id());
         ctx.metrics().connections.dec();
         ctx.app().on_close(&ctx, &client).await;
@@ -50,118 +118,284 @@ pub async fn run<A: App>(ctx: Ctx<A>, socket: WebSocketStream<Stream>, peer: Soc
     .await;
 }
 
-/// Reads frames until the client closes, the socket fails or the server stops. Returns the
-/// close frame the writer should end with.
-async fn read_loop<A: App>(
-    ctx: &Ctx<A>,
-    client: &Client<A::Session>,
-    mut frames: SplitStream<WebSocketStream<Stream>>,
-) -> Option<CloseFrame> {
-    let default_task = ctx.config().default_task.clone();
-    loop {
-        let frame = tokio::select! {
-            () = ctx.closing_connections() => {
-                return Some(CloseFrame { code: CloseCode::Away, reason: "the server is shutting down".into() });
+/// A close frame with a reason cut to the 123 bytes a close frame holds.
+fn close_frame(code: CloseCode, reason: String) -> Option<CloseFrame> {
+    let mut reason = reason;
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
+/// The reading side of a connection.
+struct Reader<'a, A: App> {
+    ctx: &'a Ctx<A>,
+    client: &'a Client<A::Session>,
+    /// Bytes read from the socket so far (see [`CountedReads`]).
+    read_bytes: Arc<AtomicU64>,
+    /// Cancelled when the writer dropped the client for not reading.
+    dropped: CancellationToken,
+}
+
+impl<A: App> Reader<'_, A> {
+    /// Reads frames until the client closes, the socket fails, a deadline passes or the
+    /// server stops. Returns the close frame the writer should end with.
+    async fn run(self, mut frames: SplitStream<Socket>) -> Option<CloseFrame> {
+        let config = self.ctx.config();
+        let default_task = config.default_task.clone();
+        let check_every = config.ping_interval.min(config.frame_timeout);
+        let mut checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_message = Instant::now();
+        let mut bytes_at_last_message = self.read_bytes.load(Ordering::Relaxed);
+        let mut last_ping = Instant::now();
+        let mut awaiting_pong = false;
+        loop {
+            let frame = tokio::select! {
+                () = self.ctx.closing_connections() => {
+                    return close_frame(CloseCode::Away, "the server is shutting down".to_owned());
+                }
+                () = self.dropped.cancelled() => {
+                    self.ctx.metrics().closed("slow_client");
+                    return None;
+                }
+                _ = checks.tick() => {
+                    let now = Instant::now();
+                    let started = self.read_bytes.load(Ordering::Relaxed) != bytes_at_last_message;
+                    if started && now.duration_since(last_message) >= config.frame_timeout {
+                        self.ctx.metrics().closed("frame_timeout");
+                        tracing::info!("a frame took too long to arrive; closing with 1008");
+                        let reason = format!(
+                            "a frame took longer than {} ms to arrive (--frame-timeout-ms)",
+                            config.frame_timeout.as_millis()
+                        );
+                        return close_frame(CloseCode::Policy, reason);
+                    }
+                    if now.duration_since(last_ping) >= config.ping_interval {
+                        if awaiting_pong {
+                            self.ctx.metrics().closed("ping_timeout");
+                            tracing::info!("no answer to a ping; closing");
+                            let reason = "no answer to a ping".to_owned();
+                            return close_frame(CloseCode::Away, reason);
+                        }
+                        awaiting_pong = self.client.ping();
+                        last_ping = now;
+                    }
+                    continue;
+                }
+                frame = frames.next() => frame,
+            };
+            last_message = Instant::now();
+            bytes_at_last_message = self.read_bytes.load(Ordering::Relaxed);
+            awaiting_pong = false;
+            let message = match frame {
+                None | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return self.unreadable(error),
+            };
+            match message {
+                Message::Text(text) => match parse_frame(&text, &default_task) {
+                    Ok(request) => {
+                        self.ctx
+                            .app()
+                            .on_message(self.ctx, self.client, request)
+                            .await
+                    }
+                    Err(BadFrame::Message(error)) => {
+                        self.client.send(&Reply::Error { error: &error }).await;
+                    }
+                    Err(BadFrame::Task { reference, error }) => {
+                        protocol_app::reject(self.ctx, self.client, reference.as_ref(), error)
+                            .await;
+                    }
+                },
+                Message::Binary(_) => {
+                    let error = WireError::new(
+                        ErrorCode::BadRequest,
+                        "binary frames are not part of the protocol: send each message as a text frame holding one JSON object",
+                    );
+                    self.client.send(&Reply::Error { error: &error }).await;
+                }
+                // Pings are answered by tungstenite itself; any frame shows the client is there.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
             }
-            frame = frames.next() => frame,
-        };
-        let message = match frame {
-            None | Some(Ok(Message::Close(_))) => return None,
-            Some(Ok(message)) => message,
-            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+        }
+    }
+
+    /// The close frame for a read that failed.
+    fn unreadable(&self, error: WsError) -> Option<CloseFrame> {
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 tracing::info!(size, max_size, "frame over --max-frame; closing with 1009");
-                return Some(CloseFrame {
-                    code: CloseCode::Size,
-                    reason: format!("frame of {size} bytes is over the limit of {max_size}").into(),
-                });
+                let reason = format!("frame of {size} bytes is over the limit of {max_size}");
+                close_frame(CloseCode::Size, reason)
             }
-            Some(Err(WsError::Utf8(_))) => {
+            WsError::Utf8(_) => {
                 tracing::info!("text frame that is not UTF-8; closing with 1007");
-                return Some(CloseFrame {
-                    code: CloseCode::Invalid,
-                    reason: "a text frame was not valid UTF-8".into(),
-                });
+                close_frame(
+                    CloseCode::Invalid,
+                    "a text frame was not valid UTF-8".to_owned(),
+                )
             }
-            Some(Err(WsError::Protocol(error))) => {
+            WsError::Protocol(error) => {
                 tracing::info!(%error, "WebSocket protocol violation; closing with 1002");
-                let mut reason = format!("WebSocket protocol error: {error}");
-                // A close frame's reason holds at most 123 bytes.
-                while reason.len() > 123 {
-                    reason.pop();
-                }
-                return Some(CloseFrame {
-                    code: CloseCode::Protocol,
-                    reason: reason.into(),
-                });
+                close_frame(
+                    CloseCode::Protocol,
+                    format!("WebSocket protocol error: {error}"),
+                )
             }
-            Some(Err(error)) => {
+            error => {
                 tracing::debug!(%error, "connection ended");
-                return None;
+                None
             }
-        };
-        match message {
-            Message::Text(text) => match parse_frame(&text, &default_task) {
-                Ok(request) => ctx.app().on_message(ctx, client, request).await,
-                Err(BadFrame::Message(error)) => {
-                    client.send(&Reply::Error { error: &error }).await;
-                }
-                Err(BadFrame::Task { reference, error }) => {
-                    protocol_app::reject(ctx, client, reference.as_ref(), error).await;
-                }
-            },
-            Message::Binary(_) => {
-                let error = WireError::new(
-                    ErrorCode::BadRequest,
-                    "binary frames are not part of the protocol: send each message as a text frame holding one JSON object",
-                );
-                client.send(&Reply::Error { error: &error }).await;
-            }
-            // Pings are answered by tungstenite itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
         }
     }
 }
 
-/// Writes queued messages, batching what is ready into one flush. When told to close, it
-/// sends what is still queued, then the close frame.
-async fn write_loop(
-    mut sink: SplitSink<WebSocketStream<Stream>, Message>,
-    mut queued: mpsc::Receiver<Text>,
-    mut close: oneshot::Receiver<Option<CloseFrame>>,
-) {
-    loop {
-        let message = tokio::select! {
-            message = queued.recv() => message,
-            frame = &mut close => {
-                queued.close();
-                while let Ok(text) = queued.try_recv() {
-                    // Refused once the client has closed: what is left cannot reach it.
-                    if sink.feed(Message::Text(text.into_payload())).await.is_err() {
-                        break;
-                    }
+/// The writing side of a connection.
+struct Writer {
+    sink: SplitSink<Socket, Message>,
+    drain: Drain,
+    /// How long one write or flush may take (`--slow-client-ms`).
+    deadline: Duration,
+    /// Cancelled when the client is dropped for not reading.
+    dropped: CancellationToken,
+}
+
+impl Writer {
+    /// Writes queued frames, batching what is ready into one flush. When told to close, it
+    /// sends what is still queued, then the close frame. A write that the client does not
+    /// let finish within the deadline ends the connection with 1008.
+    async fn run(mut self, mut close: oneshot::Receiver<Option<CloseFrame>>) {
+        loop {
+            let queued = tokio::select! {
+                queued = self.drain.next() => queued,
+                frame = &mut close => {
+                    let _ = self.finish(frame.ok().flatten()).await;
+                    return;
                 }
-                // The peer may already be gone; the close is a courtesy then.
-                let _ = match frame.ok().flatten() {
-                    Some(frame) => sink.send(Message::Close(Some(frame))).await,
-                    // The client closed, and tungstenite queued the reply it is owed (RFC 6455
-                    // 5.5.1): closing the sink sends it. Or the socket broke: nothing to send.
-                    None => sink.close().await,
-                };
-                return;
+            };
+            // Every handle is dropped only when the server holds none: then close too.
+            let Some(first) = queued else { return };
+            let wrote = tokio::time::timeout(self.deadline, self.write_ready(first)).await;
+            match wrote {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => return self.drop_slow_client().await,
+            }
+        }
+    }
+
+    /// Feeds `first` and whatever else is queued now, then flushes once.
+    async fn write_ready(&mut self, first: crate::outbox::Queued) -> Result<(), WsError> {
+        self.feed(first).await?;
+        while let Some(queued) = self.drain.try_next() {
+            self.feed(queued).await?;
+        }
+        self.sink.flush().await
+    }
+
+    async fn feed(&mut self, queued: crate::outbox::Queued) -> Result<(), WsError> {
+        let message = match queued.frame {
+            Frame::Text(text) => Message::Text(text.into_payload()),
+            Frame::Ping => Message::Ping(Bytes::new()),
+        };
+        let fed = self.sink.feed(message).await;
+        self.drain.written(queued.cost);
+        fed
+    }
+
+    /// Sends what is still queued, then `frame` (or the close reply tungstenite owes).
+    async fn finish(&mut self, frame: Option<CloseFrame>) -> Result<(), WsError> {
+        let deadline = self.deadline;
+        let rest = async {
+            while let Some(queued) = self.drain.try_next() {
+                // Refused once the client has closed: what is left cannot reach it.
+                self.feed(queued).await?;
+            }
+            match frame {
+                Some(frame) => self.sink.send(Message::Close(Some(frame))).await,
+                // The client closed, and tungstenite queued the reply it is owed (RFC 6455
+                // 5.5.1): closing the sink sends it. Or the socket broke: nothing to send.
+                None => self.sink.close().await,
             }
         };
-        // Every handle is dropped only when the server holds none: then close too.
-        let Some(text) = message else { return };
-        if sink.feed(Message::Text(text.into_payload())).await.is_err() {
-            return;
+        // The peer may already be gone, or not reading: the close is a courtesy then.
+        tokio::time::timeout(deadline, rest).await.unwrap_or(Ok(()))
+    }
+
+    /// Gives up on a client that has not read for the deadline: the reader stops, waiting
+    /// sends fail, and the socket closes with 1008 if the client takes even that.
+    async fn drop_slow_client(mut self) {
+        tracing::info!(
+            deadline_ms = self.deadline.as_millis() as u64,
+            "the client does not read; closing with 1008"
+        );
+        self.dropped.cancel();
+        let reason = format!(
+            "the client did not read for {} ms (--slow-client-ms)",
+            self.deadline.as_millis()
+        );
+        if let Some(frame) = close_frame(CloseCode::Policy, reason) {
+            let close = self.sink.send(Message::Close(Some(frame)));
+            let _ = tokio::time::timeout(SLOW_CLOSE_GRACE, close).await;
         }
-        while let Ok(text) = queued.try_recv() {
-            if sink.feed(Message::Text(text.into_payload())).await.is_err() {
-                return;
-            }
+    }
+}
+
+/// A stream that counts the bytes read from it, so the reader can tell a frame that has
+/// started to arrive from an idle connection.
+struct CountedReads<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountedReads<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.read.fetch_add(read as u64, Ordering::Relaxed);
         }
-        if sink.flush().await.is_err() {
-            return;
-        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedReads<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

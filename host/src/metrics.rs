@@ -21,6 +21,10 @@ pub struct Metrics {
     rejected: ByOutcome,
     /// Connections and requests refused at the door, by reason.
     refused: ByOutcome,
+    /// Connections the server closed on a deadline, by reason.
+    closed: ByOutcome,
+    /// Broadcast messages a connection missed because its outbox was full.
+    broadcast_missed: Counter,
     finished_total: Counter,
     failed_total: Counter,
     rejected_total: Counter,
@@ -49,6 +53,8 @@ impl Metrics {
             tasks: ByOutcome::default(),
             rejected: ByOutcome::default(),
             refused: ByOutcome::default(),
+            closed: ByOutcome::default(),
+            broadcast_missed: Counter::default(),
             finished_total: Counter::default(),
             failed_total: Counter::default(),
             rejected_total: Counter::default(),
@@ -77,6 +83,17 @@ impl Metrics {
             "Connections and requests refused before serving, by reason (max_connections, \
              max_connections_per_ip, host, origin, token, bad_upgrade)",
             metrics.refused.clone(),
+        );
+        registry.register(
+            "closed",
+            "Connections the server closed on a deadline, by reason (slow_client, \
+             ping_timeout, frame_timeout)",
+            metrics.closed.clone(),
+        );
+        registry.register(
+            "broadcast_missed",
+            "Broadcast messages a connection missed because its outbox was full",
+            metrics.broadcast_missed.clone(),
         );
         registry.register(
             "task_duration_seconds",
@@ -138,6 +155,18 @@ impl Metrics {
     /// Counts a connection or request refused before it was served.
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts a connection closed on a deadline.
+    pub fn closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts broadcast messages that `missed` connections did not get.
+    pub fn broadcast_missed(&self, missed: usize) {
+        if missed > 0 {
+            self.broadcast_missed.inc_by(missed as u64);
+        }
     }
 
     pub fn finished(&self) -> u64 {

@@ -1,22 +1,30 @@
-//! The way back to a client, without any I/O: an [`Outbox`] is a bounded queue of [`Text`]
-//! frames that the connection's writer drains onto the socket. Tasks, callbacks and
+//! The way back to a client, without any I/O: an [`Outbox`] is a queue of frames, bounded in
+//! bytes, that the connection's writer drains onto the socket. Tasks, callbacks and
 //! broadcasts keep outboxes; only `connection` holds the receiving ends.
 //!
-//! Sending never waits on the socket itself: [`Outbox::send`] waits only while the queue is
-//! full (a client that stops reading slows the sender of that one message), and
-//! [`Outbox::offer`] never waits, for messages that a later one supersedes.
+//! Two ways to send, because messages differ in what losing one costs:
+//! - [`Outbox::send`] waits while the queue is full, and never drops: answers, `accepted`,
+//!   terminal messages, the last progress report. A client that stops reading makes its
+//!   senders wait until the connection's writer gives up on it (`--slow-client-ms`) and
+//!   closes it; then every waiting send returns `false` at once.
+//! - [`Outbox::offer`] never waits: it drops the frame when the queue is full, for messages
+//!   that a later one supersedes or that the client only watches (progress, broadcasts, list
+//!   updates). A broadcast therefore never waits on any reader.
+//!
+//! The bound is in bytes ([`Outboxes`]' budget, `--outbox-bytes`), each frame costing its
+//! length plus [`FRAME_OVERHEAD`], so that many small frames are bounded too.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Messages that may wait for the socket per connection; past it, whoever sends waits.
-const OUTBOX_CAPACITY: usize = 128;
+/// What one queued frame costs beyond its bytes: the queue entry and the frame header.
+pub const FRAME_OVERHEAD: usize = 64;
 
 /// One text frame for a client. Cheap to clone, so one broadcast is encoded once and shared.
 #[derive(Debug, Clone)]
@@ -51,14 +59,65 @@ impl From<String> for Text {
     }
 }
 
+/// What the writer takes from an outbox.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Text(Text),
+    /// A WebSocket ping, to see whether the client is still there.
+    Ping,
+}
+
+/// A queued frame and the room it holds in the outbox, given back once it is written.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub frame: Frame,
+    pub cost: u32,
+}
+
+/// The receiving end of an outbox, for the connection's writer.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    queued: mpsc::UnboundedReceiver<Queued>,
+    room: Arc<Semaphore>,
+}
+
+impl Drain {
+    /// The next frame, once one is queued; `None` once every outbox handle is gone.
+    pub async fn next(&mut self) -> Option<Queued> {
+        self.queued.recv().await
+    }
+
+    /// The next frame if one is queued now.
+    pub fn try_next(&mut self) -> Option<Queued> {
+        self.queued.try_recv().ok()
+    }
+
+    /// Gives back the room of a frame that was written (or thrown away).
+    pub fn written(&self, cost: u32) {
+        self.room.add_permits(cost as usize);
+    }
+}
+
+impl Drop for Drain {
+    /// The connection is over: sends waiting for room fail now, instead of for ever.
+    fn drop(&mut self) {
+        self.room.close();
+    }
+}
+
 /// A handle to one connection's outgoing queue. Cheap to clone; it outlives the connection
 /// harmlessly (sends then report `false`).
 #[derive(Debug, Clone)]
 pub struct Outbox {
     id: u64,
     peer: SocketAddr,
+    address: IpAddr,
     /// The connection's writer holds the receiving end; it is gone once the connection closed.
-    queue: mpsc::Sender<Text>,
+    queue: mpsc::UnboundedSender<Queued>,
+    /// Bytes the queue may still take; the writer gives them back as it writes.
+    room: Arc<Semaphore>,
+    /// The whole budget: a frame larger than it costs this much, so it can still go alone.
+    budget: usize,
 }
 
 impl Outbox {
@@ -67,13 +126,19 @@ impl Outbox {
         self.id
     }
 
-    /// The client's address.
+    /// The address the connection comes from (a trusted proxy's own, for a proxied client).
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
+    /// The client's address: the peer's, or the one a trusted proxy named.
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
     /// Sends a message (a protocol [`crate::protocol::Reply`], or any serializable value an
-    /// application defines). Returns `false` if the connection has closed.
+    /// application defines), waiting while the outbox is full. Returns `false` if the
+    /// connection has closed.
     pub async fn send(&self, message: &impl Serialize) -> bool {
         match Text::json(message) {
             Some(text) => self.send_text(text).await,
@@ -81,40 +146,102 @@ impl Outbox {
         }
     }
 
-    /// Sends one frame as it is. Returns `false` if the connection has closed.
+    /// Sends one frame as it is, waiting while the outbox is full. Returns `false` if the
+    /// connection has closed.
     pub async fn send_text(&self, text: Text) -> bool {
-        self.queue.send(text).await.is_ok()
+        let cost = self.cost(&text);
+        match self.room.acquire_many(cost).await {
+            Ok(permit) => {
+                permit.forget();
+                self.enqueue(Frame::Text(text), cost)
+            }
+            Err(_) => false,
+        }
     }
 
     /// Queues one frame if there is room now, else drops it: for messages that a later one
-    /// supersedes (progress, list updates), where waiting is worse than missing one. Returns
-    /// whether it was queued.
+    /// supersedes (progress, list updates) or that the client only watches (broadcasts),
+    /// where waiting is worse than missing one. Returns whether it was queued.
     pub fn offer(&self, text: Text) -> bool {
-        self.queue.try_send(text).is_ok()
+        let cost = self.cost(&text);
+        self.offer_frame(Frame::Text(text), cost)
+    }
+
+    /// Queues a ping if there is room.
+    pub(crate) fn ping(&self) -> bool {
+        self.offer_frame(Frame::Ping, FRAME_OVERHEAD as u32)
     }
 
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
         self.queue.is_closed()
     }
+
+    fn offer_frame(&self, frame: Frame, cost: u32) -> bool {
+        match self.room.try_acquire_many(cost) {
+            Ok(permit) => {
+                permit.forget();
+                self.enqueue(frame, cost)
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn enqueue(&self, frame: Frame, cost: u32) -> bool {
+        // Refused once the writer is gone: the room no longer matters then.
+        self.queue.send(Queued { frame, cost }).is_ok()
+    }
+
+    fn cost(&self, text: &Text) -> u32 {
+        let cost = (text.as_str().len() + FRAME_OVERHEAD).min(self.budget);
+        u32::try_from(cost).unwrap_or(u32::MAX)
+    }
 }
 
 /// The open connections' outboxes, for `stats`, broadcasts and sending to one connection.
 /// Std mutex: held to insert, remove or copy the handles, never across an `.await`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outboxes {
     next_id: AtomicU64,
+    /// Bytes each outbox may hold (`--outbox-bytes`).
+    budget: usize,
     open: Mutex<HashMap<u64, Outbox>>,
 }
 
+/// What a broadcast did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fanout {
+    /// Connections whose outbox took the frame.
+    pub reached: usize,
+    /// Connections whose outbox was full: they missed it.
+    pub missed: usize,
+}
+
 impl Outboxes {
+    /// Outboxes of `budget` bytes each (at most `u32::MAX`).
+    pub fn new(budget: usize) -> Outboxes {
+        Outboxes {
+            next_id: AtomicU64::new(0),
+            budget: budget.clamp(FRAME_OVERHEAD, u32::MAX as usize),
+            open: Mutex::default(),
+        }
+    }
+
     /// A new connection's outbox, and the receiving end its writer drains.
-    pub(crate) fn open(&self, peer: SocketAddr) -> (Outbox, mpsc::Receiver<Text>) {
-        let (queue, queued) = mpsc::channel(OUTBOX_CAPACITY);
+    pub(crate) fn open(&self, peer: SocketAddr, address: IpAddr) -> (Outbox, Drain) {
+        let (queue, queued) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(self.budget));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let outbox = Outbox { id, peer, queue };
+        let outbox = Outbox {
+            id,
+            peer,
+            address,
+            queue,
+            room: Arc::clone(&room),
+            budget: self.budget,
+        };
         self.lock().insert(id, outbox.clone());
-        (outbox, queued)
+        (outbox, Drain { queued, room })
     }
 
     /// Forgets a connection that closed.
@@ -140,27 +267,81 @@ impl Outboxes {
         self.lock().values().cloned().collect()
     }
 
-    /// Sends one frame to every open connection, all at once: a slow reader delays only the
-    /// caller, never the other connections. Returns how many were reached.
-    pub async fn broadcast(&self, text: Text) -> usize {
-        let outboxes = self.all();
-        let sends = outboxes.iter().map(|outbox| outbox.send_text(text.clone()));
-        futures_util::future::join_all(sends)
-            .await
-            .into_iter()
-            .filter(|reached| *reached)
-            .count()
-    }
-
-    /// Like [`Outboxes::broadcast`], but drops the frame for connections whose outbox is full,
-    /// for messages that a later one supersedes.
-    pub fn offer_all(&self, text: Text) {
+    /// Offers one frame to every open connection: never waits, and a connection whose outbox
+    /// is full misses it.
+    pub fn broadcast(&self, text: &Text) -> Fanout {
+        let mut fanout = Fanout::default();
         for outbox in self.all() {
-            outbox.offer(text.clone());
+            if outbox.offer(text.clone()) {
+                fanout.reached += 1;
+            } else if !outbox.is_closed() {
+                fanout.missed += 1;
+            }
         }
+        fanout
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Outbox>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outboxes(budget: usize) -> (Outboxes, Outbox, Drain) {
+        let outboxes = Outboxes::new(budget);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (outbox, drain) = outboxes.open(peer, peer.ip());
+        (outboxes, outbox, drain)
+    }
+
+    #[tokio::test]
+    async fn offers_drop_when_full_and_sends_wait_for_room() {
+        let (_outboxes, outbox, mut drain) = outboxes(2 * (100 + FRAME_OVERHEAD));
+        let text = || Text::from("x".repeat(100));
+        assert!(outbox.offer(text()));
+        assert!(outbox.offer(text()));
+        assert!(!outbox.offer(text()), "full: an offer is dropped");
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send_text(text()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "full: a send waits");
+        let first = drain.next().await.unwrap();
+        drain.written(first.cost);
+        assert!(waiting.await.unwrap(), "room came back: the send went");
+    }
+
+    #[tokio::test]
+    async fn waiting_sends_fail_once_the_connection_is_gone() {
+        let (_outboxes, outbox, drain) = outboxes(FRAME_OVERHEAD + 10);
+        assert!(outbox.offer(Text::from("0123456789".to_owned())));
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send_text(Text::from("more".to_owned())).await }
+        });
+        drop(drain);
+        assert!(!waiting.await.unwrap());
+        let huge = Text::from("y".repeat(10_000));
+        assert!(!outbox.offer(huge), "closed");
+    }
+
+    #[test]
+    fn a_broadcast_counts_who_missed_it() {
+        let (outboxes, full, _drain) = outboxes(FRAME_OVERHEAD + 5);
+        let peer: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let (_reader, _reader_drain) = outboxes.open(peer, peer.ip());
+        assert!(full.offer(Text::from("12345".to_owned())));
+        let fanout = outboxes.broadcast(&Text::from("hello".to_owned()));
+        assert_eq!(
+            fanout,
+            Fanout {
+                reached: 1,
+                missed: 1
+            }
+        );
     }
 }

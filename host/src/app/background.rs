@@ -51,7 +51,8 @@ impl<A: App> Ctx<A> {
             }
             let tasks = self.tasks();
             let text = Text::from(Reply::TasksChanged { tasks: &tasks }.to_json());
-            self.connections().offer_all(text);
+            // A client that misses one gets the next; none is owed every version.
+            self.connections().broadcast(&text);
         }
     }
 

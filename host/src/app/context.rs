@@ -97,6 +97,7 @@ impl<A: App> Ctx<A> {
             elapsed_ms = loading.elapsed().as_millis() as u64,
             "tasks loaded"
         );
+        let outbox_bytes = config.outbox_bytes;
         Ok(Ctx {
             shared: Arc::new(Shared {
                 dispatcher: Arc::new(Dispatcher::new(
@@ -108,7 +109,7 @@ impl<A: App> Ctx<A> {
                 config,
                 sandbox,
                 registry,
-                outboxes: Outboxes::default(),
+                outboxes: Outboxes::new(outbox_bytes),
                 metrics: Metrics::new(),
                 started: Instant::now(),
                 tasks: TaskTracker::new(),
@@ -132,12 +133,15 @@ impl<A: App> Ctx<A> {
         &self.shared.outboxes
     }
 
-    /// Sends `message` to every open connection. Returns how many were reached.
-    pub async fn broadcast(&self, message: &impl Serialize) -> usize {
-        match Text::json(message) {
-            Some(text) => self.shared.outboxes.broadcast(text).await,
-            None => 0,
-        }
+    /// Offers `message` to every open connection. It never waits on a reader: a connection
+    /// whose outbox is full misses it (counted in `/metrics`). Returns how many took it.
+    pub fn broadcast(&self, message: &impl Serialize) -> usize {
+        let Some(text) = Text::json(message) else {
+            return 0;
+        };
+        let fanout = self.shared.outboxes.broadcast(&text);
+        self.shared.metrics.broadcast_missed(fanout.missed);
+        fanout.reached
     }
 
     /// Sends `message` to connection `id`. Returns `false` if it is not open.

@@ -113,10 +113,11 @@ impl Job {
     }
 
     /// Sends the last progress report held back by the rate limit, if any: due before the
-    /// task's terminal message.
-    pub fn flush_progress(&self) {
+    /// task's terminal message, and never dropped (it waits for room like the terminal
+    /// message does).
+    pub async fn flush_progress(&self) {
         if let Some(progress) = &self.progress {
-            progress.flush();
+            progress.flush().await;
         }
     }
 

@@ -46,7 +46,8 @@ impl ProgressThrottle {
         ProgressSink::new(move |fraction, message| throttle.report(fraction, message))
     }
 
-    /// Sends the report now if the interval has passed, else holds it.
+    /// Sends the report now if the interval has passed, else holds it. A report the outbox had
+    /// no room for is held too, so the last one still goes out before the task's end.
     pub fn report(&self, fraction: f64, message: &str) {
         {
             let mut state = self.lock();
@@ -64,23 +65,33 @@ impl ProgressThrottle {
         self.send(fraction, message);
     }
 
-    /// Sends the held report, if any: called before the task's terminal message.
-    pub fn flush(&self) {
+    /// Sends the held report, if any, waiting for room in the outbox: called before the
+    /// task's terminal message, so the client always sees where the task got to.
+    pub async fn flush(&self) {
         let held = self.lock().held.take();
         if let Some((fraction, message)) = held {
-            self.send(fraction, &message);
+            self.submitter
+                .send_text(self.text(fraction, &message))
+                .await;
         }
     }
 
     fn send(&self, fraction: f64, message: &str) {
+        // Progress is superseded by the next report: a client not reading misses some, but
+        // not the last (see `flush`).
+        if !self.submitter.offer(self.text(fraction, message)) {
+            self.lock().held = Some((fraction, message.to_owned()));
+        }
+    }
+
+    fn text(&self, fraction: f64, message: &str) -> Text {
         let reply = Reply::Progress {
             task_id: self.task_id,
             reference: self.reference.as_ref(),
             progress: fraction,
             message,
         };
-        // Progress is superseded by the next report: a client not reading misses some.
-        self.submitter.offer(Text::from(reply.to_json()));
+        Text::from(reply.to_json())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Throttle> {

@@ -106,16 +106,17 @@ pub async fn reject<A: App>(
 /// a task delivered by `broadcast` also sends its result to every open connection first.
 pub async fn deliver<A: App>(ctx: &Ctx<A>, report: Report) {
     let job = &report.job;
-    job.flush_progress();
+    job.flush_progress().await;
     if let (Delivery::Broadcast, Outcome::Finished { result, .. }) =
         (job.delivery(), &report.outcome)
     {
+        // Offered, never awaited: a reader that is behind misses it, and the submitter's
+        // terminal message below never waits on the others.
         ctx.broadcast(&Reply::Broadcast {
             task_id: job.task_id,
             task: job.name(),
             result,
-        })
-        .await;
+        });
     }
     // A closed connection cannot be told; the outcome is already logged and counted.
     if let Some(submitter) = &job.submitter {

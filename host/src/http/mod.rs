@@ -19,9 +19,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::app::{App, Ctx};
 use crate::config::Config;
@@ -35,15 +33,6 @@ const INDEX_HTML: &str = include_str!("../../static/index.html");
 
 /// How long a client may take for the TLS handshake and its request head together.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// tungstenite's read buffer per connection. Its default, 128 KiB, would make a thousand idle
-/// connections cost 128 MiB; frames larger than this still arrive, in several reads.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
-
-/// tungstenite gathers frames up to this size before writing them. The writer task feeds
-/// every queued message and then flushes once, so a burst of replies goes out in one `sendto`
-/// (with 0, each frame was a syscall: measured 5 µs of server CPU per task more).
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// What the connections of one port share: the connection caps and the TLS acceptor.
 pub struct Edge {
@@ -143,7 +132,7 @@ pub async fn handle<A: App>(
                     _open: open,
                     _address: Some(address),
                 };
-                upgrade(ctx, stream, peer, key, head.leftover(), places).await;
+                upgrade(ctx, stream, peer, client, key, head.leftover(), places).await;
             }
             Err((status, reason, why)) => {
                 ctx.metrics().refused(reason);
@@ -265,6 +254,7 @@ async fn upgrade<A: App>(
     ctx: Ctx<A>,
     mut stream: Stream,
     peer: SocketAddr,
+    client: IpAddr,
     key: &str,
     leftover: Vec<u8>,
     places: Places,
@@ -277,14 +267,7 @@ async fn upgrade<A: App>(
     if stream.write_all(response.as_bytes()).await.is_err() {
         return;
     }
-    let mut config = WebSocketConfig::default();
-    config.read_buffer_size = READ_BUFFER_BYTES;
-    config.write_buffer_size = WRITE_BUFFER_BYTES;
-    config.max_message_size = Some(ctx.config().max_frame);
-    config.max_frame_size = Some(ctx.config().max_frame);
-    let socket =
-        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
-    connection::run(ctx, socket, peer).await;
+    connection::run(ctx, stream, leftover, peer, client).await;
     drop(places);
 }
 
