@@ -169,7 +169,7 @@ async fn the_pool_warms_at_start_without_keeping_tasks_waiting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_running_tasks_finish_and_fails_queued_ones() {
+async fn shutdown_lets_running_and_queued_tasks_finish_in_the_grace_period() {
     let mut config = test_config();
     config.task_workers = 1;
     let server = start_server_with(config, taskhost::ProtocolApp).await;
@@ -202,12 +202,46 @@ async fn shutdown_lets_running_tasks_finish_and_fails_queued_ones() {
         "the running task finished in the grace period"
     );
     let queued_end = end_of(&queued);
-    assert_eq!(queued_end["error"]["code"], "shutdown", "{queued_end}");
+    assert_eq!(
+        queued_end["type"], "finished",
+        "a queued task runs in the grace period too"
+    );
     stopping.await.unwrap().unwrap();
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "no longer listening"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_turns_health_503_while_tasks_are_still_taken_then_refuses_them() {
+    let mut config = test_config();
+    config.drain = Duration::from_millis(1500);
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let addr = server.addr;
+    let mut client = server.client().await;
+    // A running task keeps the server in its grace period after the drain.
+    let long = client.submit("slow", json!({"seconds": 3})).await;
+    let mut other = server.client().await;
+    let stopping = tokio::spawn(server.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = get(addr, "/healthz").await;
+    assert_eq!(status, 503, "a load balancer sees the drain");
+    let finished = other.run("echo", json!("during the drain")).await;
+    assert_eq!(
+        finished["result"], "during the drain",
+        "tasks are still taken"
+    );
+    let mut late = crate::common::Client::connect(&format!("ws://{addr}/")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    late.send(json!({"type": "task", "task": "echo", "input": 1}))
+        .await;
+    let refused = late.recv().await;
+    assert_eq!(refused["type"], "rejected", "{refused}");
+    assert_eq!(refused["error"]["code"], "shutdown", "{refused}");
+    let ended = client.recv_for(long["task_id"].as_u64().unwrap()).await;
+    assert_eq!(ended["type"], "finished", "{ended}");
+    stopping.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,6 +427,73 @@ async fn the_wall_clock_limit_holds_for_any_task_callback() {
     assert_eq!(ended["error"]["code"], "timeout", "{ended}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// An application with bugs: its `task` callback panics on the input "boom", and its
+/// `message` callback on messages of type "boom".
+struct Buggy;
+
+impl App for Buggy {
+    type Session = ();
+
+    async fn on_message(
+        &self,
+        ctx: &Ctx<Self>,
+        client: &taskhost::Client<()>,
+        request: taskhost::protocol::Request,
+    ) {
+        if let taskhost::protocol::Request::Custom { kind, .. } = &request {
+            assert_ne!(kind, "boom", "a bug in on_message");
+        }
+        taskhost::app::protocol_app::answer(ctx, client, request).await;
+    }
+
+    async fn on_task(&self, ctx: &Ctx<Self>, job: &Job) -> Outcome {
+        assert_ne!(&job.input[..], b"\"boom\"", "a bug in on_task");
+        ctx.run_in_sandbox(job).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_callback_fails_its_task_or_message_and_the_server_serves_on() {
+    let server = start_server_with(test_config(), Buggy).await;
+    let mut client = server.client().await;
+    let failed = client.run("echo", json!("boom")).await;
+    assert_eq!(failed["type"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "internal", "{failed}");
+    let error = client.request(json!({"type": "boom"})).await;
+    assert_eq!(error["error"]["code"], "internal", "{error}");
+    let finished = client.run("echo", json!("fine")).await;
+    assert_eq!(finished["result"], "fine", "the same connection serves on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_tasks_clamp_their_inputs_and_leave_the_runtime_free() {
+    let server = start_server_with(test_config(), taskhost::NativeTasks).await;
+    let mut client = server.client().await;
+    client
+        .send(
+            json!({"type": "task", "task": "slow", "input": {"seconds": 1e300},
+                     "limits": {"timeout_ms": 300}}),
+        )
+        .await;
+    let accepted = client.recv().await;
+    let ended = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(ended["error"]["code"], "timeout", "{ended}");
+    let refused = client.run("fib", json!(93)).await;
+    assert_eq!(refused["error"]["code"], "exit", "{refused}");
+    // A long native fib runs on a blocking thread: echo on another connection stays quick.
+    let mut busy = server.client().await;
+    busy.send(json!({"type": "task", "task": "fib", "input": 38}))
+        .await;
+    let started = std::time::Instant::now();
+    let finished = client.run("echo", json!(1)).await;
+    assert_eq!(finished["result"], 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
         "{:?}",
         started.elapsed()
     );

@@ -19,6 +19,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -38,7 +39,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::app::{App, Client, Ctx, protocol_app};
+use crate::app::{App, Client, Ctx, panic_message, protocol_app};
 use crate::outbox::{Drain, Frame};
 use crate::protocol::{BadFrame, ErrorCode, Reply, WireError, parse_frame};
 use crate::tls::Stream;
@@ -98,7 +99,15 @@ pub async fn run<A: App>(
     async {
         tracing::info!("connection opened");
         ctx.metrics().connections.inc();
-        ctx.app().on_open(&ctx, &client).await;
+        if let Err(panic) = AssertUnwindSafe(ctx.app().on_open(&ctx, &client))
+            .catch_unwind()
+            .await
+        {
+            tracing::error!(
+                panic = panic_message(panic.as_ref()),
+                "the open callback panicked"
+            );
+        }
         let reader = Reader {
             ctx: &ctx,
             client: &client,
@@ -108,7 +117,15 @@ pub async fn run<A: App>(
         let close = reader.run(frames).await;
         ctx.connections().close(client.id());
         ctx.metrics().connections.dec();
-        ctx.app().on_close(&ctx, &client).await;
+        if let Err(panic) = AssertUnwindSafe(ctx.app().on_close(&ctx, &client))
+            .catch_unwind()
+            .await
+        {
+            tracing::error!(
+                panic = panic_message(panic.as_ref()),
+                "the close callback panicked"
+            );
+        }
         // The writer may already be gone if the socket broke; nothing is left to tell then.
         let _ = close_tx.send(close);
         let _ = writer.await;
@@ -198,12 +215,7 @@ impl<A: App> Reader<'_, A> {
             };
             match message {
                 Message::Text(text) => match parse_frame(&text, &default_task) {
-                    Ok(request) => {
-                        self.ctx
-                            .app()
-                            .on_message(self.ctx, self.client, request)
-                            .await
-                    }
+                    Ok(request) => self.on_message(request).await,
                     Err(BadFrame::Message(error)) => {
                         self.client.send(&Reply::Error { error: &error }).await;
                     }
@@ -222,6 +234,23 @@ impl<A: App> Reader<'_, A> {
                 // Pings are answered by tungstenite itself; any frame shows the client is there.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
             }
+        }
+    }
+
+    /// Calls the application's `message` callback; a panic in it is answered with
+    /// `internal`, and the connection goes on.
+    async fn on_message(&self, request: crate::protocol::Request) {
+        let handled = AssertUnwindSafe(self.ctx.app().on_message(self.ctx, self.client, request))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = handled {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(panic = message, "the message callback panicked");
+            let error = WireError::internal(format!(
+                "the server failed while answering this message ({message}); this is a bug in \
+                 the server or its application: report it"
+            ));
+            self.client.send(&Reply::Error { error: &error }).await;
         }
     }
 

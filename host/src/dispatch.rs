@@ -16,22 +16,50 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::workers::{Permit, Workers};
+use crate::workers::{Permit, Place, Workers};
 
 /// How much longer than its wall-clock limit a task may run before the dispatcher ends it,
 /// for `task` callbacks that do not enforce the limit themselves.
 pub const TIMEOUT_BACKSTOP: Duration = Duration::from_millis(50);
 
+/// Who submitted a task, as the dispatcher counts and orders tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// The connection: the only one allowed to cancel the task.
+    pub connection: u64,
+    /// The client's address: tasks wait for a worker in one line per address, so that
+    /// opening many connections gets a client no more turns.
+    pub address: IpAddr,
+}
+
+/// The dispatcher's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Tasks running at once.
+    pub task_workers: usize,
+    /// Tasks waiting beyond those running.
+    pub queue: usize,
+    /// Tasks one connection may have admitted at once (0: no limit).
+    pub per_connection: usize,
+    /// Tasks one address may have admitted at once; `None`: `per_connection` for addresses
+    /// off this machine, no limit for loopback (and for the application's own tasks).
+    pub per_address: Option<usize>,
+    /// Bytes of task input admitted tasks may hold together.
+    pub input_bytes: u64,
+}
+
 /// A task's cancel handle, kept while it is queued or running.
 struct CancelHandle {
-    /// The connection that submitted the task: the only one allowed to cancel it.
-    owner: u64,
+    owner: Owner,
+    /// Its input's size, counted against [`Caps::input_bytes`].
+    bytes: u64,
     token: CancellationToken,
 }
 
@@ -39,7 +67,7 @@ pub struct Dispatcher {
     /// The next task id: unique and increasing for the server's whole run.
     next_task_id: AtomicU64,
     task_workers: usize,
-    /// Workers for running tasks; a queued task waits here, in its connection's line.
+    /// Workers for running tasks; a queued task waits here, in its address's line.
     workers: Workers,
     /// Cancelled when a task waits for a permit or the server stops: permits lent to
     /// background work must come back.
@@ -51,20 +79,35 @@ pub struct Dispatcher {
     capacity: usize,
     /// Std mutex: held only to insert, remove or look up a handle, never across an `.await`.
     handles: Mutex<Handles>,
-    /// Tasks one connection may have admitted at once (0: no limit), so that no client can
-    /// take the whole pool and queue.
-    per_connection: usize,
-    /// Cancelled when the server begins to stop: queued tasks end with `shutdown`.
+    /// Bounds per connection, per address and on input bytes, so that no client can take
+    /// the whole pool and queue.
+    caps: Caps,
+    /// Cancelled when the server stops taking tasks: new ones are refused with `shutdown`.
+    stop_admitting: CancellationToken,
+    /// Cancelled when the grace period ends: queued tasks end with `shutdown`.
     stop_starting: CancellationToken,
     /// Cancelled when the grace period ends: running tasks end with `shutdown`.
     stop_running: CancellationToken,
 }
 
-/// The tasks admitted and not ended: their cancel handles, and how many each connection has.
+/// The tasks admitted and not ended: their cancel handles, how many each connection and each
+/// address has, and the bytes of input they hold.
 #[derive(Default)]
 struct Handles {
     by_task: HashMap<u64, CancelHandle>,
-    per_owner: HashMap<u64, usize>,
+    per_connection: HashMap<u64, usize>,
+    per_address: HashMap<IpAddr, usize>,
+    bytes: u64,
+}
+
+/// One less for `key` in `counts`, forgetting keys that reach zero.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// A task that holds a place in the queue and an id, not yet running. Dropping it frees the
@@ -72,8 +115,8 @@ struct Handles {
 pub struct Admission {
     dispatcher: Arc<Dispatcher>,
     pub task_id: u64,
-    /// The connection that submitted the task: its line, when it waits for a permit.
-    owner: u64,
+    /// Who submitted the task: its address's line is where it waits for a permit.
+    owner: Owner,
     token: CancellationToken,
 }
 
@@ -88,13 +131,10 @@ impl std::fmt::Debug for Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut handles = self.dispatcher.lock_handles();
-        if let Some(handle) = handles.by_task.remove(&self.task_id)
-            && let Some(count) = handles.per_owner.get_mut(&handle.owner)
-        {
-            *count -= 1;
-            if *count == 0 {
-                handles.per_owner.remove(&handle.owner);
-            }
+        if let Some(handle) = handles.by_task.remove(&self.task_id) {
+            decrement(&mut handles.per_connection, &handle.owner.connection);
+            decrement(&mut handles.per_address, &handle.owner.address);
+            handles.bytes -= handle.bytes;
         }
         drop(handles);
         self.dispatcher.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -121,7 +161,11 @@ pub enum Refusal {
     /// Every worker is busy and the queue is full.
     AtCapacity { running: usize, waiting: usize },
     /// The submitting connection has `limit` tasks queued or running already.
-    OwnerAtLimit { limit: usize },
+    ConnectionAtLimit { limit: usize },
+    /// The submitting address has `limit` tasks queued or running already.
+    AddressAtLimit { limit: usize },
+    /// Admitted tasks hold `limit` bytes of input between them already.
+    InputBytesFull { limit: u64 },
 }
 
 /// Why a task stopped before its own end.
@@ -143,21 +187,21 @@ pub struct Load {
 }
 
 impl Dispatcher {
-    /// `task_workers` tasks run at once and `queue` more may wait; one connection may have
-    /// `per_connection` of them (0: any number).
-    pub fn new(task_workers: usize, queue: usize, per_connection: usize) -> Dispatcher {
-        let stop_starting = CancellationToken::new();
+    /// A dispatcher within `caps`.
+    pub fn new(caps: Caps) -> Dispatcher {
+        let stop_admitting = CancellationToken::new();
         Dispatcher {
             next_task_id: AtomicU64::new(1),
-            task_workers,
-            workers: Workers::new(task_workers),
-            reclaim: stop_starting.child_token(),
+            task_workers: caps.task_workers,
+            workers: Workers::new(caps.task_workers),
+            reclaim: stop_admitting.child_token(),
             lent: Arc::new(AtomicUsize::new(0)),
             admitted: AtomicUsize::new(0),
-            capacity: task_workers.saturating_add(queue),
+            capacity: caps.task_workers.saturating_add(caps.queue),
             handles: Mutex::new(Handles::default()),
-            per_connection,
-            stop_starting,
+            caps,
+            stop_admitting,
+            stop_starting: CancellationToken::new(),
             stop_running: CancellationToken::new(),
         }
     }
@@ -177,9 +221,10 @@ impl Dispatcher {
         }
     }
 
-    /// Takes a place in the queue and an id for a task from connection `owner`, or says why not.
-    pub fn admit(self: &Arc<Self>, owner: u64) -> Result<Admission, Refusal> {
-        if self.stop_starting.is_cancelled() {
+    /// Takes a place in the queue and an id for a task from `owner` with `input_bytes` of
+    /// input, or says why not.
+    pub fn admit(self: &Arc<Self>, owner: Owner, input_bytes: u64) -> Result<Admission, Refusal> {
+        if self.stop_admitting.is_cancelled() {
             return Err(Refusal::ShuttingDown);
         }
         let reserved = self
@@ -194,21 +239,21 @@ impl Dispatcher {
             });
         }
         let mut handles = self.lock_handles();
-        let owned = handles.per_owner.entry(owner).or_default();
-        if self.per_connection > 0 && *owned >= self.per_connection {
+        if let Err(refusal) = self.within_caps(&handles, owner, input_bytes) {
             drop(handles);
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::OwnerAtLimit {
-                limit: self.per_connection,
-            });
+            return Err(refusal);
         }
-        *owned += 1;
+        *handles.per_connection.entry(owner.connection).or_default() += 1;
+        *handles.per_address.entry(owner.address).or_default() += 1;
+        handles.bytes += input_bytes;
         let task_id = self.next_task_id.fetch_add(1, Ordering::Relaxed);
         let token = self.stop_running.child_token();
         handles.by_task.insert(
             task_id,
             CancelHandle {
                 owner,
+                bytes: input_bytes,
                 token: token.clone(),
             },
         );
@@ -219,6 +264,38 @@ impl Dispatcher {
             owner,
             token,
         })
+    }
+
+    /// Whether one more task from `owner` fits the per-connection, per-address and byte caps.
+    fn within_caps(
+        &self,
+        handles: &Handles,
+        owner: Owner,
+        input_bytes: u64,
+    ) -> Result<(), Refusal> {
+        let caps = &self.caps;
+        let connection_count = handles.per_connection.get(&owner.connection).copied();
+        if caps.per_connection > 0 && connection_count.unwrap_or(0) >= caps.per_connection {
+            return Err(Refusal::ConnectionAtLimit {
+                limit: caps.per_connection,
+            });
+        }
+        let local = owner.address.is_loopback() || owner.address.is_unspecified();
+        let per_address = match caps.per_address {
+            Some(limit) => limit,
+            None if local => 0,
+            None => caps.per_connection,
+        };
+        let address_count = handles.per_address.get(&owner.address).copied();
+        if per_address > 0 && address_count.unwrap_or(0) >= per_address {
+            return Err(Refusal::AddressAtLimit { limit: per_address });
+        }
+        if handles.bytes.saturating_add(input_bytes) > caps.input_bytes {
+            return Err(Refusal::InputBytesFull {
+                limit: caps.input_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Waits for a worker, runs `task` and returns its output, or why it stopped first, and
@@ -242,7 +319,10 @@ impl Dispatcher {
                     biased;
                     () = admission.token.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
                     () = self.stop_starting.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
-                    permit = self.workers.take(admission.owner) => permit,
+                    permit = self.workers.take(Place {
+                        address: admission.owner.address,
+                        connection: admission.owner.connection,
+                    }) => permit,
                 }
             }
         };
@@ -276,11 +356,11 @@ impl Dispatcher {
         self.reclaim.clone()
     }
 
-    /// Cancels task `task_id` for connection `owner`. Returns `false` when `owner` has no
+    /// Cancels task `task_id` for connection `connection`. Returns `false` when it has no
     /// such task queued or running.
-    pub fn cancel(&self, owner: u64, task_id: u64) -> bool {
+    pub fn cancel(&self, connection: u64, task_id: u64) -> bool {
         match self.lock_handles().by_task.get(&task_id) {
-            Some(handle) if handle.owner == owner => {
+            Some(handle) if handle.owner.connection == connection => {
                 handle.token.cancel();
                 true
             }
@@ -288,8 +368,14 @@ impl Dispatcher {
         }
     }
 
-    /// Begins the shutdown: no new tasks, and queued ones end with `shutdown`.
+    /// Takes no new tasks (they are refused with `shutdown`); queued ones still run.
+    pub fn stop_admitting(&self) {
+        self.stop_admitting.cancel();
+    }
+
+    /// Starts no more tasks: queued ones end with `shutdown`.
     pub fn stop_starting(&self) {
+        self.stop_admitting.cancel();
         self.stop_starting.cancel();
     }
 
@@ -317,53 +403,127 @@ impl Dispatcher {
 mod tests {
     use super::*;
 
+    fn dispatcher(task_workers: usize, queue: usize, per_connection: usize) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher::new(Caps {
+            task_workers,
+            queue,
+            per_connection,
+            per_address: None,
+            input_bytes: u64::MAX,
+        }))
+    }
+
+    /// A connection from a loopback address (no per-address cap by default).
+    fn local(connection: u64) -> Owner {
+        Owner {
+            connection,
+            address: "127.0.0.1".parse().unwrap(),
+        }
+    }
+
     #[test]
     fn ids_increase_and_the_queue_is_bounded() {
-        let dispatcher = Arc::new(Dispatcher::new(1, 1, 0));
-        let first = dispatcher.admit(1).unwrap();
-        let second = dispatcher.admit(1).unwrap();
+        let dispatcher = dispatcher(1, 1, 0);
+        let first = dispatcher.admit(local(1), 0).unwrap();
+        let second = dispatcher.admit(local(1), 0).unwrap();
         assert!(second.task_id > first.task_id);
         assert!(matches!(
-            dispatcher.admit(1).unwrap_err(),
+            dispatcher.admit(local(1), 0).unwrap_err(),
             Refusal::AtCapacity { .. }
         ));
         drop(first);
-        let third = dispatcher.admit(1).unwrap();
+        let third = dispatcher.admit(local(1), 0).unwrap();
         assert!(third.task_id > second.task_id);
     }
 
     #[test]
     fn one_connection_may_not_take_every_place() {
-        let dispatcher = Arc::new(Dispatcher::new(2, 10, 2));
-        let first = dispatcher.admit(1).unwrap();
-        let _second = dispatcher.admit(1).unwrap();
-        let refused = dispatcher.admit(1).unwrap_err();
-        assert_eq!(refused, Refusal::OwnerAtLimit { limit: 2 });
+        let dispatcher = dispatcher(2, 10, 2);
+        let first = dispatcher.admit(local(1), 0).unwrap();
+        let _second = dispatcher.admit(local(1), 0).unwrap();
+        let refused = dispatcher.admit(local(1), 0).unwrap_err();
+        assert_eq!(refused, Refusal::ConnectionAtLimit { limit: 2 });
         let _other = dispatcher
-            .admit(2)
+            .admit(local(2), 0)
             .expect("another connection still gets in");
         drop(first);
-        dispatcher.admit(1).expect("a place of its own came free");
+        dispatcher
+            .admit(local(1), 0)
+            .expect("a place of its own came free");
+    }
+
+    #[test]
+    fn many_connections_from_one_address_share_its_cap() {
+        let dispatcher = dispatcher(2, 10, 2);
+        let remote = |connection| Owner {
+            connection,
+            address: "192.0.2.1".parse().unwrap(),
+        };
+        let _a = dispatcher.admit(remote(1), 0).unwrap();
+        let _b = dispatcher.admit(remote(2), 0).unwrap();
+        assert_eq!(
+            dispatcher.admit(remote(3), 0).unwrap_err(),
+            Refusal::AddressAtLimit { limit: 2 },
+            "a third connection gives the address no more room"
+        );
+        let _c = dispatcher
+            .admit(local(4), 0)
+            .expect("loopback has no address cap");
+        let _d = dispatcher.admit(local(5), 0).unwrap();
+        let _e = dispatcher.admit(local(6), 0).unwrap();
+    }
+
+    #[test]
+    fn input_bytes_are_bounded_and_given_back() {
+        let dispatcher = Arc::new(Dispatcher::new(Caps {
+            task_workers: 1,
+            queue: 100,
+            per_connection: 0,
+            per_address: None,
+            input_bytes: 1000,
+        }));
+        let big = dispatcher.admit(local(1), 600).unwrap();
+        assert_eq!(
+            dispatcher.admit(local(2), 500).unwrap_err(),
+            Refusal::InputBytesFull { limit: 1000 }
+        );
+        let _small = dispatcher.admit(local(2), 400).unwrap();
+        drop(big);
+        dispatcher
+            .admit(local(2), 500)
+            .expect("the bytes came back");
     }
 
     #[test]
     fn only_the_owner_may_cancel() {
-        let dispatcher = Arc::new(Dispatcher::new(1, 1, 0));
-        let admission = dispatcher.admit(7).unwrap();
+        let dispatcher = dispatcher(1, 1, 0);
+        let admission = dispatcher.admit(local(7), 0).unwrap();
         assert!(!dispatcher.cancel(8, admission.task_id));
         assert!(dispatcher.cancel(7, admission.task_id));
         drop(admission);
         assert!(!dispatcher.cancel(7, 1));
     }
 
+    #[test]
+    fn after_stop_admitting_queued_tasks_keep_their_places() {
+        let dispatcher = dispatcher(1, 1, 0);
+        let queued = dispatcher.admit(local(1), 0).unwrap();
+        dispatcher.stop_admitting();
+        assert_eq!(
+            dispatcher.admit(local(1), 0).unwrap_err(),
+            Refusal::ShuttingDown
+        );
+        assert!(!queued.token.is_cancelled());
+    }
+
     #[tokio::test]
     async fn a_waiting_task_reclaims_lent_permits() {
-        let dispatcher = Arc::new(Dispatcher::new(1, 1, 0));
+        let dispatcher = dispatcher(1, 1, 0);
         let loan = dispatcher.lend().expect("a free permit is lent");
         assert_eq!(dispatcher.load().running, 0, "a loan is not a running task");
         let reclaimed = dispatcher.reclaimed();
         assert!(dispatcher.lend().is_none(), "only one permit exists");
-        let admission = dispatcher.admit(1).unwrap();
+        let admission = dispatcher.admit(local(1), 0).unwrap();
         let give_back = async {
             reclaimed.cancelled().await;
             drop(loan);

@@ -31,12 +31,14 @@
 //!    - `sandbox`: the only door into wasmtime: engine and pool, compile cache, imports
 //!      (WASI and `progress`), per-task store and limits, and how a run ended, in its own
 //!      terms.
-//!    - [`limits`], [`config`], `metrics`: plain data and counters, used by all.
+//!    - [`limits`], [`config`], `metrics`, `clip`: plain data, counters and the cutting of
+//!      client text for logs, used by all.
 //!
 //! The sandbox, the dispatcher and the registry import nothing from the protocol: their
 //! errors and outcomes are their own types, which the application turns into wire codes.
 
 pub mod app;
+mod clip;
 pub mod config;
 mod connection;
 mod dispatch;

@@ -7,18 +7,25 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use taskhost::config::LogFormat;
 use taskhost::{NativeTasks, Options, ProtocolApp};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let options = Options::parse();
+    // Lines go to stderr from a thread of their own: a slow terminal or pipe never holds up
+    // the runtime's threads (lines beyond the writer's buffer are dropped, not waited for).
+    // The guard flushes what is left when main returns.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match options.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    taskhost::config::raise_open_files_limit();
     let config = options.validate()?;
     // Listen for Ctrl-C and SIGTERM from here on, before the (possibly slow) start.
     let shutdown = taskhost::shutdown_signal();

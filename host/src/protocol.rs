@@ -17,6 +17,10 @@ pub use crate::registry::{Delivery, TaskListing, TaskState};
 /// The protocol version announced in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The longest `ref`, in bytes of its JSON: it is echoed on every message about its task, so
+/// a long one would multiply the bytes the server sends.
+pub const MAX_REF_BYTES: usize = 256;
+
 /// A client's `ref`: a string or a number, echoed back on every message about its task.
 ///
 /// A number is kept as the client wrote it (`1e400`, `-0`, thirty digits), so that the echo
@@ -43,6 +47,12 @@ impl<'de> Deserialize<'de> for Ref {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         let text = raw.get();
+        if text.len() > MAX_REF_BYTES {
+            return Err(de::Error::custom(format_args!(
+                "`ref` is {} bytes of JSON, over the limit of {MAX_REF_BYTES}: use a short id",
+                text.len()
+            )));
+        }
         match text.as_bytes().first() {
             Some(b'"') => serde_json::from_str(text)
                 .map(Ref::Text)
@@ -480,6 +490,23 @@ mod tests {
             panic!("a task frame is rejected, not answered with error")
         };
         assert_eq!(reference, Some(Ref::Text("mine".into())));
+    }
+
+    #[test]
+    fn a_long_ref_is_a_bad_request_and_is_not_echoed() {
+        let long = "r".repeat(10_000);
+        let frame = format!(r#"{{"type":"task","task":"echo","ref":"{long}"}}"#);
+        let BadFrame::Task { reference, error } = parse_frame(&frame, "slow").unwrap_err() else {
+            panic!("a task frame is rejected")
+        };
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert!(error.message.contains("256"), "{}", error.message);
+        assert_eq!(reference, None, "a ref over the limit is not echoed");
+        let fits = format!(
+            r#"{{"type":"task","task":"echo","ref":"{}"}}"#,
+            "r".repeat(254)
+        );
+        assert!(parse_frame(&fits, "slow").is_ok());
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! accepted belongs to `http` and `connection`; everything about tasks to the application
 //! ([`Ctx`]).
 //!
-//! Shutdown, in order: stop accepting connections and new tasks (queued tasks end with
-//! `shutdown`); give running tasks the grace period; end the rest with `shutdown`; let their
-//! finish callbacks deliver; then close every connection with a close frame (1001).
+//! Shutdown, in order:
+//! 1. drain (`--drain-ms`): /healthz answers 503, so a load balancer stops sending clients
+//!    here, while connections and tasks are still taken;
+//! 2. stop accepting connections and new tasks (`shutdown`); queued and running tasks go on;
+//! 3. after the grace period (`--grace-ms`), end the rest with `shutdown`;
+//! 4. let their finish callbacks deliver, then close every connection with 1001.
 
 use std::future::Future;
 use std::time::Duration;
@@ -62,27 +65,44 @@ impl<A: App> Server<A> {
         }
         self.ctx.start_background_work();
         let connections = TaskTracker::new();
+        let accept = |accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>| {
+            let ctx = self.ctx.clone();
+            let edge = std::sync::Arc::clone(&edge);
+            let connections = &connections;
+            async move {
+                match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(http::handle(ctx, edge, stream, peer));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors, say: wait a little rather than spin.
+                        tracing::warn!(%error, "could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        };
         tokio::pin!(shutdown);
         loop {
-            let accepted = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(http::handle(
-                        self.ctx.clone(),
-                        std::sync::Arc::clone(&edge),
-                        stream,
-                        peer,
-                    ));
-                }
-                Err(error) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(%error, "could not accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                accepted = listener.accept() => accept(accepted).await,
+            }
+        }
+        let drain = self.ctx.config().drain;
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "shutting down: draining"
+        );
+        self.ctx.begin_drain();
+        let drained = tokio::time::sleep(drain);
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut drained => break,
+                accepted = listener.accept() => accept(accepted).await,
             }
         }
         drop(listener);
@@ -93,7 +113,10 @@ impl<A: App> Server<A> {
     async fn shut_down(&self, connections: TaskTracker) {
         let ctx = &self.ctx;
         let grace = ctx.config().grace;
-        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "taking no new tasks; waiting for queued and running ones"
+        );
         ctx.stop_taking_work();
         if !ctx.tasks_done(grace).await {
             tracing::warn!("grace period over: ending the remaining tasks with `shutdown`");

@@ -1,16 +1,26 @@
-//! Worker permits (`--task-workers` of them), handed out in turn across connections.
+//! Worker permits (`--task-workers` of them), handed out in turn: first across client
+//! addresses, then across each address's connections.
 //!
 //! Why not one first-come, first-served queue: then a connection with a backlog of
 //! thousands of tasks makes every other connection's task wait behind all of them. Here
-//! each connection waits in a line of its own, and a freed permit goes to the next
-//! connection in turn (round robin): a connection's tasks still start in the order it
-//! sent them, and a connection with one task waits for one permit, not for another's
-//! backlog.
+//! each connection waits in a line of its own, and a freed permit goes to the next address
+//! in turn, and within it to the next connection in turn (round robin at both levels). A
+//! connection's tasks still start in the order it sent them; a connection with one task
+//! waits for one permit, not for another's backlog; and a client that opens many
+//! connections from one address gets no more turns than a client with one.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
+
+/// Where a waiting task stands: its address's line, and its connection's line within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub address: IpAddr,
+    pub connection: u64,
+}
 
 /// The worker permits and the lines of tasks waiting for one.
 pub struct Workers {
@@ -19,10 +29,64 @@ pub struct Workers {
 
 struct Inner {
     free: usize,
-    /// Each waiting connection's line, oldest first. A line exists only while not empty.
-    lines: HashMap<u64, VecDeque<oneshot::Sender<Permit>>>,
+    /// Each address with waiting tasks, its connections' lines. Exists only while not empty.
+    addresses: HashMap<IpAddr, AddressLine>,
+    /// The addresses with waiting tasks, in the order their turn comes.
+    turns: VecDeque<IpAddr>,
+    next_waiter: u64,
+}
+
+/// One address's waiting tasks.
+#[derive(Default)]
+struct AddressLine {
+    /// Each connection's waiting tasks, oldest first, each with its waiter id. A line exists
+    /// only while not empty.
+    lines: HashMap<u64, VecDeque<(u64, oneshot::Sender<Permit>)>>,
     /// The connections with a line, in the order their turn comes.
     turns: VecDeque<u64>,
+}
+
+impl Inner {
+    /// Takes the next waiter in turn, if any.
+    fn next_waiter(&mut self) -> Option<oneshot::Sender<Permit>> {
+        let address = self.turns.pop_front()?;
+        let line = self.addresses.get_mut(&address).expect("a turn has a line");
+        let connection = line
+            .turns
+            .pop_front()
+            .expect("an address line is never empty");
+        let waiting = line.lines.get_mut(&connection).expect("a turn has a line");
+        let (_, give) = waiting.pop_front().expect("a line is never empty");
+        if waiting.is_empty() {
+            line.lines.remove(&connection);
+        } else {
+            line.turns.push_back(connection);
+        }
+        if line.lines.is_empty() {
+            self.addresses.remove(&address);
+        } else {
+            self.turns.push_back(address);
+        }
+        Some(give)
+    }
+
+    /// Removes waiter `id` of `place`, if it is still waiting.
+    fn leave(&mut self, place: Place, id: u64) {
+        let Some(line) = self.addresses.get_mut(&place.address) else {
+            return;
+        };
+        if let Some(waiting) = line.lines.get_mut(&place.connection) {
+            waiting.retain(|(waiter, _)| *waiter != id);
+            if waiting.is_empty() {
+                line.lines.remove(&place.connection);
+                line.turns.retain(|c| *c != place.connection);
+            }
+        }
+        if line.lines.is_empty() {
+            self.addresses.remove(&place.address);
+            self.turns.retain(|a| *a != place.address);
+        }
+    }
 }
 
 /// One worker permit, held while a task runs; dropping it hands it to the next waiting task.
@@ -36,8 +100,9 @@ impl Workers {
         Workers {
             inner: Arc::new(Mutex::new(Inner {
                 free: count,
-                lines: HashMap::new(),
+                addresses: HashMap::new(),
                 turns: VecDeque::new(),
+                next_waiter: 0,
             })),
         }
     }
@@ -57,31 +122,64 @@ impl Workers {
         Some(self.permit())
     }
 
-    /// A permit for a task of connection `owner`: at once if one is free, else when its turn
-    /// comes. Dropping the future gives up the place in line.
-    pub async fn take(&self, owner: u64) -> Permit {
-        let handed = {
+    /// A permit for a task at `place`: at once if one is free, else when its turn comes.
+    /// Dropping the future gives up the place in line at once.
+    pub async fn take(&self, place: Place) -> Permit {
+        let (handed, mut waiter) = {
             let mut inner = lock(&self.inner);
             if inner.free > 0 {
                 inner.free -= 1;
                 return self.permit();
             }
             let (give, handed) = oneshot::channel();
-            if !inner.lines.contains_key(&owner) {
-                inner.turns.push_back(owner);
+            inner.next_waiter += 1;
+            let id = inner.next_waiter;
+            if !inner.addresses.contains_key(&place.address) {
+                inner.turns.push_back(place.address);
             }
-            inner.lines.entry(owner).or_default().push_back(give);
-            handed
+            let line = inner.addresses.entry(place.address).or_default();
+            if !line.lines.contains_key(&place.connection) {
+                line.turns.push_back(place.connection);
+            }
+            line.lines
+                .entry(place.connection)
+                .or_default()
+                .push_back((id, give));
+            let waiter = Waiter {
+                workers: &self.inner,
+                place,
+                id,
+                served: false,
+            };
+            (handed, waiter)
         };
-        // The sender lives in `inner` until it is used, and `inner` outlives `self`.
-        handed
+        let permit = handed
             .await
-            .expect("a waiting task's sender is only dropped once it has sent")
+            .expect("a waiting task's sender is only dropped once it has sent");
+        // Served: its entry is gone already.
+        waiter.served = true;
+        permit
     }
 
     fn permit(&self) -> Permit {
         Permit {
             workers: Some(Arc::clone(&self.inner)),
+        }
+    }
+}
+
+/// A task's place in its line; dropped unserved (the task was cancelled), it leaves the line.
+struct Waiter<'a> {
+    workers: &'a Mutex<Inner>,
+    place: Place,
+    id: u64,
+    served: bool,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if !self.served {
+            lock(self.workers).leave(self.place, self.id);
         }
     }
 }
@@ -93,21 +191,14 @@ impl Drop for Permit {
         };
         let mut inner = lock(&workers);
         loop {
-            let Some(owner) = inner.turns.pop_front() else {
+            let Some(give) = inner.next_waiter() else {
                 inner.free += 1;
                 return;
             };
-            let line = inner.lines.get_mut(&owner).expect("a turn has a line");
-            let give = line.pop_front().expect("a line is never empty");
-            if line.is_empty() {
-                inner.lines.remove(&owner);
-            } else {
-                inner.turns.push_back(owner);
-            }
-            let slot = Permit {
+            let permit = Permit {
                 workers: Some(Arc::clone(&workers)),
             };
-            match give.send(slot) {
+            match give.send(permit) {
                 Ok(()) => return,
                 // The task stopped waiting (cancelled): the permit goes to the next in turn.
                 // Emptied so that its own drop does nothing while this lock is held.
@@ -129,54 +220,100 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[tokio::test]
-    async fn freed_slots_go_to_connections_in_turn() {
-        let slots = Arc::new(Workers::new(1));
-        let held = slots.try_take().unwrap();
-        assert!(slots.try_take().is_none());
+    fn place(address: &str, connection: u64) -> Place {
+        Place {
+            address: address.parse().unwrap(),
+            connection,
+        }
+    }
+
+    /// Queues tasks at `places` behind one held permit, frees it, and returns the order in
+    /// which the tasks started.
+    async fn start_order(places: &[(Place, &'static str)]) -> Vec<&'static str> {
+        let workers = Arc::new(Workers::new(1));
+        let held = workers.try_take().unwrap();
         let (order, mut started) = tokio::sync::mpsc::unbounded_channel();
-        // Connection 1 queues three tasks, then connection 2 one.
-        for (owner, task) in [(1, "1a"), (1, "1b"), (1, "1c"), (2, "2a")] {
-            let (slots, order) = (Arc::clone(&slots), order.clone());
+        for &(place, task) in places {
+            let (workers, order) = (Arc::clone(&workers), order.clone());
             tokio::spawn(async move {
-                let slot = slots.take(owner).await;
+                let permit = workers.take(place).await;
                 order.send(task).unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                drop(slot);
+                drop(permit);
             });
             tokio::task::yield_now().await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(held);
         let mut seen = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..places.len() {
             seen.push(started.recv().await.unwrap());
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(workers.free(), 1, "the last task gave its permit back");
+        seen
+    }
+
+    #[tokio::test]
+    async fn freed_permits_go_to_connections_in_turn() {
+        let a = "192.0.2.1";
+        // Connection 1 queues three tasks, then connection 2 (same address) one.
+        let seen = start_order(&[
+            (place(a, 1), "1a"),
+            (place(a, 1), "1b"),
+            (place(a, 1), "1c"),
+            (place(a, 2), "2a"),
+        ])
+        .await;
         assert_eq!(
             seen,
             ["1a", "2a", "1b", "1c"],
             "connection 2 waits for one turn"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(slots.free(), 1, "the last task gave its slot back");
     }
 
     #[tokio::test]
-    async fn a_task_that_stops_waiting_does_not_keep_its_slot() {
-        let slots = Arc::new(Workers::new(1));
-        let held = slots.try_take().unwrap();
+    async fn many_connections_from_one_address_get_one_turn() {
+        let (a, b) = ("192.0.2.1", "198.51.100.2");
+        // Address a opens three connections with two tasks each; address b has one task.
+        let seen = start_order(&[
+            (place(a, 1), "a1"),
+            (place(a, 2), "a2"),
+            (place(a, 3), "a3"),
+            (place(a, 1), "a1'"),
+            (place(b, 9), "b"),
+        ])
+        .await;
+        assert_eq!(
+            seen[..2],
+            ["a1", "b"],
+            "b waits for one turn, not for a's connections"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_stops_waiting_does_not_keep_its_permit_or_its_entry() {
+        let workers = Arc::new(Workers::new(1));
+        let held = workers.try_take().unwrap();
         let waiting = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.take(1).await }
+            let workers = Arc::clone(&workers);
+            async move { workers.take(place("192.0.2.1", 1)).await }
         });
         tokio::task::yield_now().await;
         waiting.abort();
         let _ = waiting.await;
+        {
+            let inner = lock(&workers.inner);
+            assert!(
+                inner.addresses.is_empty() && inner.turns.is_empty(),
+                "a cancelled waiter leaves no entry behind"
+            );
+        }
         drop(held);
         assert_eq!(
-            slots.free(),
+            workers.free(),
             1,
-            "the slot came back instead of going to nobody"
+            "the permit came back instead of going to nobody"
         );
     }
 }

@@ -126,11 +126,26 @@ pub(crate) fn refusal(refusal: Refusal) -> WireError {
                 "the server is at capacity ({running} running, {waiting} waiting); retry later"
             ),
         ),
-        Refusal::OwnerAtLimit { limit } => WireError::new(
+        Refusal::ConnectionAtLimit { limit } => WireError::new(
             ErrorCode::QueueFull,
             format!(
                 "this connection already has {limit} tasks queued or running, the most one \
                  connection may have (--max-connection-tasks); wait for some to end"
+            ),
+        ),
+        Refusal::AddressAtLimit { limit } => WireError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "your address already has {limit} tasks queued or running over all its \
+                 connections, the most one address may have (--max-address-tasks); wait for \
+                 some to end"
+            ),
+        ),
+        Refusal::InputBytesFull { limit } => WireError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "the server holds as much task input as it may ({limit} bytes, \
+                 --queue-bytes); retry later, or send smaller inputs"
             ),
         ),
     }
@@ -164,4 +179,26 @@ pub(crate) fn wait_expired(waited_ms: u64) -> Outcome {
         ),
         fuel_used: None,
     }
+}
+
+/// A callback that panicked, as its task's failure.
+pub(crate) fn panicked(callback: &str, panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let message = panic_message(panic);
+    tracing::error!(callback, panic = message, "a callback panicked");
+    Outcome::Failed {
+        error: WireError::internal(format!(
+            "the server's {callback} callback failed ({message}); this is a bug in the server \
+             or its application, not in your task: report it"
+        )),
+        fuel_used: None,
+    }
+}
+
+/// What a panic said, when it said it as text.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }

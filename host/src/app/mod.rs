@@ -32,6 +32,7 @@ use std::future::Future;
 
 pub use client::Client;
 pub use context::Ctx;
+pub(crate) use failures::panic_message;
 pub use job::{Admitted, Job, NewTask, Outcome, Report};
 pub use native::NativeTasks;
 pub use progress::PROGRESS_INTERVAL;

@@ -2,6 +2,7 @@
 //! `taskhost` binary runs; each function is public so that an application overriding a
 //! callback can still call the default for the cases it keeps.
 
+use crate::clip::clip;
 use crate::outbox::Outbox;
 use crate::protocol::{
     ErrorCode, PROTOCOL_VERSION, Ref, Reply, Request, TaskRequest, WireError, unknown_type,
@@ -67,7 +68,8 @@ pub async fn submit<A: App>(ctx: &Ctx<A>, client: &Outbox, request: TaskRequest)
                 error.message = format!(
                     "a frame that is not a JSON object runs the default task (--default-task), \
                      {}, which cannot run: {}",
-                    task.task, error.message
+                    clip(&task.task),
+                    error.message
                 );
             }
             return reject(ctx, client, task.reference.as_ref(), error).await;
@@ -93,7 +95,7 @@ pub async fn reject<A: App>(
     error: WireError,
 ) {
     ctx.metrics().task_rejected(error.code.as_str());
-    tracing::info!(code = %error.code, message = %error.message, "task rejected");
+    tracing::info!(code = %error.code, message = %clip(&error.message), "task rejected");
     client
         .send(&Reply::Rejected {
             reference,

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::app::{App, Ctx};
+use crate::clip::clip;
 use crate::config::Config;
 use crate::connection;
 use crate::peers::{AddressPlace, Peers, Place};
@@ -112,9 +113,9 @@ pub async fn handle<A: App>(
     if request.origin.is_some()
         && !access::host_allowed(request.host.as_deref(), local, &config.allowed_hosts)
     {
-        let host = request.host.as_deref().unwrap_or("(none)");
+        let host = clip(request.host.as_deref().unwrap_or("(none)"));
         ctx.metrics().refused("host");
-        tracing::info!(%peer, host, "request refused: its Host is not a name of this server");
+        tracing::info!(%peer, %host, "request refused: its Host is not a name of this server");
         let why = format!(
             "Host {host} is not a name of this server: start it with --allow-host NAME for \
              each name clients use to reach it\n"
@@ -136,7 +137,8 @@ pub async fn handle<A: App>(
             }
             Err((status, reason, why)) => {
                 ctx.metrics().refused(reason);
-                tracing::info!(%peer, %client, status, why, "WebSocket upgrade refused");
+                // The client's own text in `why` is clipped already.
+                tracing::info!(%peer, %client, status, why = why.trim_end(), "WebSocket upgrade refused");
                 let _ = respond(&mut stream, status, &why).await;
             }
         }
@@ -213,7 +215,7 @@ fn upgrade_refusal<A: App>(
     if request.path != "/" {
         let why = format!(
             "no WebSocket endpoint at {}: connect to / (ws://HOST:PORT/)\n",
-            request.path
+            clip(&request.path)
         );
         return Err((404, "bad_upgrade", why));
     }
@@ -230,6 +232,7 @@ fn upgrade_refusal<A: App>(
              http://HOST:PORT/, or start the server with --allow-origin null\n"
                 .to_owned()
         } else {
+            let origin = clip(origin);
             format!(
                 "WebSocket connections from pages at {origin} are refused: start the server \
                  with --allow-origin {origin} to allow them\n"

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch as signal;
 
+use crate::clip::clip;
 use crate::limits::Limits;
 use crate::sandbox::{Sandbox, WasmModule};
 
@@ -31,7 +32,7 @@ pub use manifest::Manifest;
 pub enum LookupError {
     #[error("task {name:?} failed to load: {reason}; fix the module file and it can run")]
     FailedToLoad { name: String, reason: String },
-    #[error("there is no task {name:?}; the tasks are: {}", available_names(.available))]
+    #[error("there is no task {:?}; the tasks are: {}", clip(.name), available_names(.available))]
     NoSuchTask {
         name: String,
         /// The names that can run, for the message.
