@@ -443,3 +443,100 @@ async fn a_full_pool_of_components_runs_without_running_out_of_slots() {
         assert_eq!(end["result"]["words"], 3, "{end}");
     }
 }
+
+/// A component of two core instances, each with a memory of its own, that grows the first
+/// by `A` pages and the second by `B` (64 KiB each), trapping if either growth is refused.
+const TWO_MEMORIES: &str = r#"(component
+  (core module $half
+    (memory (export "memory") 0)
+    (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+  (core instance $a (instantiate $half))
+  (core instance $b (instantiate $half))
+  (core module $main
+    (import "a" "grow" (func $grow_a (param i32) (result i32)))
+    (import "b" "grow" (func $grow_b (param i32) (result i32)))
+    (func (export "run") (result i32)
+      (if (i32.lt_s (call $grow_a (i32.const A)) (i32.const 0)) (then unreachable))
+      (if (i32.lt_s (call $grow_b (i32.const B)) (i32.const 0)) (then unreachable))
+      (i32.const 0)))
+  (core instance $m (instantiate $main (with "a" (instance $a)) (with "b" (instance $b))))
+  (func $run (result (result)) (canon lift (core func $m "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $cli)))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_counts_all_of_a_task_s_memories_together() {
+    let folder = TaskFolder::with(&[]);
+    let two_memories = |a: u32, b: u32| {
+        TWO_MEMORIES
+            .replace("const A", &format!("const {a}"))
+            .replace("const B", &format!("const {b}"))
+    };
+    // Two memories of 3 MiB each: within 4 MiB one by one, not together.
+    folder.write("two_halves.wat", two_memories(48, 48));
+    folder.write("one_whole.wat", two_memories(64, 0));
+    let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let limits = json!({"memory_bytes": 4 << 20});
+
+    let ended = run_with_limits(&mut client, "two_halves", Value::Null, limits.clone()).await;
+    assert_eq!(error_code(&ended), "memory_limit", "{ended}");
+    assert!(
+        error_message(&ended).contains("4194304"),
+        "names the limit: {ended}"
+    );
+    // One memory may still take the whole limit.
+    let ended = run_with_limits(&mut client, "one_whole", Value::Null, limits).await;
+    assert_eq!(ended["type"], "finished", "{ended}");
+}
+
+/// A module that grows its memory (from none) to 1 MiB, then sleeps a second holding it.
+const HOLD_A_MEBIBYTE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 0)
+  (func (export "_start")
+    (if (i32.lt_s (memory.grow (i32.const 16)) (i32.const 0)) (then unreachable))
+    ;; One subscription at 0: a relative timeout of 1 s on the monotonic clock.
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 1000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_past_the_server_s_memory_budget_fail_until_others_end() {
+    const MIB: u64 = 1 << 20;
+    let folder = TaskFolder::with(&[]);
+    folder.write("hold.wat", HOLD_A_MEBIBYTE);
+    let mut config = folder.config();
+    config.memory_budget = 3 * MIB;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+
+    for _ in 0..5 {
+        client.send(json!({"type": "task", "task": "hold"})).await;
+    }
+    let ends = client.ends(5).await;
+    let finished = ends.iter().filter(|end| end["type"] == "finished").count();
+    assert_eq!(finished, 3, "three fit in the budget: {ends:?}");
+    for end in ends.iter().filter(|end| end["type"] == "failed") {
+        assert_eq!(error_code(end), "memory_limit", "{end}");
+        let message = error_message(end);
+        assert!(
+            message.contains("--memory-budget") && message.contains("busy"),
+            "{message}"
+        );
+    }
+
+    // They have ended: the budget is free again.
+    let (_, metrics) = crate::lifecycle::http(server.addr, "GET", "/metrics").await;
+    assert!(
+        metrics.contains("taskhost_memory_reserved_bytes 0\n"),
+        "{metrics}"
+    );
+    for _ in 0..3 {
+        client.send(json!({"type": "task", "task": "hold"})).await;
+    }
+    for end in client.ends(3).await {
+        assert_eq!(end["type"], "finished", "{end}");
+    }
+}

@@ -3,10 +3,11 @@
 //!
 //! A task's store holds its own WASI context (stdin is the input; stdout and stderr are
 //! bounded in-memory pipes; no files, environment, arguments beyond the task's name, host
-//! stdio or sockets), its memory cap and its progress sink. Fuel bounds its CPU and, through
-//! async yields, keeps it from holding a thread; a timer around the whole run bounds its
-//! wall-clock time, which also covers time blocked in host calls such as WASI's sleep, where
-//! fuel does not tick.
+//! stdio or sockets), its memory cap (all its memories and tables together, within the
+//! server's budget) and its progress sink. Fuel bounds its CPU and, through async yields,
+//! keeps it from holding a thread; a timer around the whole run bounds its wall-clock time,
+//! which also covers time blocked in host calls such as WASI's sleep, where fuel does not
+//! tick.
 
 #[cfg(test)]
 mod differential_tests;
@@ -22,6 +23,7 @@ mod warm;
 mod wasi_abi;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,12 +34,12 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
-pub use engine::{EngineSettings, FUEL_YIELD_INTERVAL};
+pub use engine::{EngineSettings, FUEL_YIELD_INTERVAL, physical_memory};
 pub use outcome::{Failure, RunEnd};
 pub use state::{MAX_PROGRESS_MESSAGE, ProgressSink};
 
 use crate::limits::Limits;
-use limiter::MemoryCap;
+use limiter::{MemoryBudget, MemoryCap};
 use outcome::{Ending, RunError, classify};
 use output::OutputCapture;
 use state::{ComponentState, Controlled, Controls, HostSlice, ModuleState};
@@ -102,6 +104,8 @@ pub struct Sandbox {
     components: ComponentLinker<ComponentState>,
     /// Bytes of stdout and stderr together a task may write (`--max-output`).
     max_output: usize,
+    /// The memory all running tasks may hold together; each task's cap holds a clone.
+    budget: Arc<MemoryBudget>,
     warmer: Warmer,
 }
 
@@ -109,6 +113,7 @@ impl Sandbox {
     pub fn new(settings: &EngineSettings, max_output: usize) -> anyhow::Result<Sandbox> {
         let (engine, cache) = engine::build_engine(settings)?;
         Ok(Sandbox {
+            budget: Arc::new(MemoryBudget::new(settings.memory_budget_bytes)),
             cache,
             modules: imports::module_linker(&engine)?,
             components: imports::component_linker(&engine)?,
@@ -116,6 +121,11 @@ impl Sandbox {
             engine,
             max_output,
         })
+    }
+
+    /// Bytes of memories and tables that running tasks hold now, out of `--memory-budget`.
+    pub fn memory_reserved(&self) -> u64 {
+        self.budget.reserved()
     }
 
     /// Modules and components loaded from the compile cache, and compiled afresh, so far.
@@ -198,7 +208,7 @@ impl Sandbox {
     pub async fn run(&self, module: &WasmModule, spec: RunSpec) -> RunEnd {
         let capture = OutputCapture::new(self.max_output);
         let controls = Controls {
-            memory: MemoryCap::new(spec.limits.memory_bytes),
+            memory: MemoryCap::new(spec.limits.memory_bytes, Arc::clone(&self.budget)),
             progress: spec.progress.clone(),
             slice: HostSlice::new(),
         };
