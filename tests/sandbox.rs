@@ -540,3 +540,68 @@ async fn tasks_past_the_server_s_memory_budget_fail_until_others_end() {
         assert_eq!(end["type"], "finished", "{end}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compile_cache_folder_is_made_for_the_server_s_user_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = cache_folder("fresh");
+    let mut config = test_config();
+    config.cache_dir = Some(folder.join("taskhost"));
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mode = std::fs::metadata(folder.join("taskhost"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    // And it is used.
+    let mut client = server.client().await;
+    assert_eq!(client.run("echo", json!(1)).await["type"], "finished");
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+#[test]
+fn a_compile_cache_folder_that_others_could_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = cache_folder("shared");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut config = test_config();
+    config.cache_dir = Some(folder.clone());
+    let refused =
+        |config: taskhost::Config| match taskhost::Server::new(config, taskhost::ProtocolApp) {
+            Ok(_) => panic!("the server started with the cache in {}", folder.display()),
+            Err(error) => format!("{error:#}"),
+        };
+    let message = refused(config.clone());
+    for part in [
+        folder.to_str().unwrap(),
+        "group or other users may write it",
+        "--cache-dir",
+        "--no-cache",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    // A folder of another user's, however private.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).unwrap();
+        let message = refused(config);
+        assert!(
+            message.contains("owned by user id 65534") && message.contains("--no-cache"),
+            "{message}"
+        );
+    } else {
+        println!("not root: the test of a folder owned by another user is skipped");
+    }
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+/// A fresh path for a compile cache folder of this test's own.
+fn cache_folder(name: &str) -> std::path::PathBuf {
+    let folder = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cache-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    folder
+}

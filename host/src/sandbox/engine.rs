@@ -12,6 +12,8 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 
+use super::cache_dir;
+
 /// Fuel between two voluntary yields to tokio. A guest that never blocks would otherwise hold
 /// its worker thread until it ends. Compiled code burns about 8 units per nanosecond
 /// (fib(27): 8.7 M units in 1.1 ms), so this is a yield about every 0.12 ms: often enough
@@ -125,6 +127,7 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
 
     let cache = match &settings.cache_dir {
         Some(dir) => {
+            cache_dir::prepare(dir)?;
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
             let cache = Cache::new(cache)

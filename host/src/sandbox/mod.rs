@@ -9,6 +9,7 @@
 //! which also covers time blocked in host calls such as WASI's sleep, where fuel does not
 //! tick.
 
+mod cache_dir;
 #[cfg(test)]
 mod differential_tests;
 mod engine;
