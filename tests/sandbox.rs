@@ -249,7 +249,7 @@ async fn a_loop_of_host_calls_still_times_out_cancels_and_shares_the_threads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_looping_over_host_calls_is_stopped_on_time() {
-    // `flood` reports progress forever, each report a 64 KiB string for the host to copy.
+    // `flood` reports progress forever, each report a 64 KiB string for the host to check.
     let server = start_server().await;
     assert_stopped_on_time(&server, "flood").await;
 }
@@ -604,4 +604,91 @@ fn cache_folder(name: &str) -> std::path::PathBuf {
         .join(format!("cache-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&folder);
     folder
+}
+
+/// A component that subscribes to the clock once, then asks `wasi:io/poll` about that one
+/// pollable `N` times over in one list (at most 120,000: the list and the answer share its
+/// 1 MiB memory).
+const POLL_MANY: &str = r#"(component
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type (sub resource)))
+    (export "poll" (func (param "in" (list (borrow 0))) (result (list u32))))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer 1 $pollable (type))
+    (export "pollable" (type (eq 0)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own 1))))))
+  (core module $libc
+    (memory (export "memory") 16)
+    (global $next (mut i32) (i32.const 0x80000))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (global.get $next)
+      (global.set $next (i32.add (global.get $next) (local.get 3)))))
+  (core instance $libc (instantiate $libc))
+  (core func $subscribe (canon lower (func $clock "subscribe-duration")))
+  (core func $poll_list (canon lower (func $poll "poll")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "host" "poll" (func $poll (param i32 i32 i32)))
+    (func (export "run") (result i32)
+      (local $pollable i32) (local $i i32)
+      (local.set $pollable (call $subscribe (i64.const 0)))
+      (loop $fill
+        (i32.store (i32.mul (local.get $i) (i32.const 4)) (local.get $pollable))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $fill (i32.lt_u (local.get $i) (i32.const N))))
+      (call $poll (i32.const 0) (i32.const N) (i32.const 0x7fff0))
+      (i32.const 0)))
+  (core instance $m (instantiate $main
+    (with "libc" (instance $libc))
+    (with "host" (instance
+      (export "subscribe" (func $subscribe))
+      (export "poll" (func $poll_list))))))
+  (func $run (result (result)) (canon lift (core func $m "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $cli)))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_s_poll_list_is_bounded_like_preview_1_s() {
+    let folder = TaskFolder::with(&[]);
+    let poll_many = |n: u32| POLL_MANY.replace("const N", &format!("const {n}"));
+    folder.write("poll_some.wat", poll_many(4096));
+    // Below wasmtime's own bound (100,000 live handles in a store, each entry a lend), so
+    // wasmtime-wasi would build it all: a host `Resource` per entry, and more.
+    folder.write("poll_many.wat", poll_many(50_000));
+    let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let list = client.request(json!({"type": "list"})).await;
+    for name in ["poll_some", "poll_many"] {
+        assert_eq!(listed(&list, name).unwrap()["state"], "ready", "{list}");
+    }
+    let ended = client.run("poll_some", Value::Null).await;
+    assert_eq!(ended["type"], "finished", "{ended}");
+    // Past what one call may pass the host, it traps before the host builds anything.
+    let ended = client.run("poll_many", Value::Null).await;
+    assert_eq!(error_code(&ended), "trap", "{ended}");
+    assert!(error_message(&ended).contains("too much data"), "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_progress_messages_are_cut_like_preview_1_s() {
+    // `flood` reports a 64 KiB message over and over.
+    let server = start_server().await;
+    let mut client = server.client().await;
+    let accepted = client.submit("flood", Value::Null).await;
+    let progress = client
+        .recv_until(Duration::from_secs(5), "progress", |_| true)
+        .await;
+    assert_eq!(
+        progress["message"].as_str().unwrap().chars().count(),
+        200,
+        "{progress}"
+    );
+    client
+        .send(json!({"type": "cancel", "task_id": accepted["task_id"]}))
+        .await;
+    let ended = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(error_code(&ended), "cancelled", "{ended}");
 }

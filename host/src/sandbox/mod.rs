@@ -54,6 +54,16 @@ const COMPONENT_MAX_RANDOM: u64 = 1 << 20;
 /// in host memory, outside the task's memory limit (wasmtime's default is a million).
 const COMPONENT_MAX_HANDLES: usize = 10_000;
 
+/// The most data a component may hand the host in one call, in bytes (wasmtime's "hostcall
+/// fuel", whose default is 128 MiB): its strings and lists, such as a progress message, a
+/// write or a `wasi:io/poll` list. A call that passes more traps. What the host copies or
+/// builds for one call lives outside the task's memory limit; this bounds it. Four times
+/// the largest write the output streams permit (64 KiB). A poll list costs a host
+/// `Resource` (12 bytes) an entry, so it may name at most 21,845 pollables, where
+/// wasmtime-wasi takes any number up to wasmtime's 100,000 live handles in a store (the
+/// same pollable repeated: each entry is a lend).
+pub(crate) const COMPONENT_MAX_CALL_BYTES: usize = 256 << 10;
+
 /// A task's code, compiled and linked once, ready to be instantiated for every task.
 pub struct WasmModule {
     entry: Entry,
@@ -383,6 +393,13 @@ impl Start<ComponentState> for CommandPre<ComponentState> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_component_s_poll_list_is_bounded() {
+        // wasmtime charges a lifted list of handles at the host size of each.
+        let entry = size_of::<wasmtime::component::Resource<()>>();
+        assert_eq!(super::COMPONENT_MAX_CALL_BYTES / entry, 21_845);
+    }
+
     #[test]
     fn text_errors_do_not_quote_the_file() {
         let error = wat::parse_bytes(b"root:x:0:0:root:/root:/bin/bash\n").unwrap_err();
