@@ -249,7 +249,7 @@ async fn a_loop_of_host_calls_still_times_out_cancels_and_shares_the_threads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_looping_over_host_calls_is_stopped_on_time() {
-    // `flood` reports progress forever, each report a 64 KiB string for the host to copy.
+    // `flood` reports progress forever, each report a 64 KiB string for the host to check.
     let server = start_server().await;
     assert_stopped_on_time(&server, "flood").await;
 }
@@ -442,4 +442,253 @@ async fn a_full_pool_of_components_runs_without_running_out_of_slots() {
     for end in client.ends(8).await {
         assert_eq!(end["result"]["words"], 3, "{end}");
     }
+}
+
+/// A component of two core instances, each with a memory of its own, that grows the first
+/// by `A` pages and the second by `B` (64 KiB each), trapping if either growth is refused.
+const TWO_MEMORIES: &str = r#"(component
+  (core module $half
+    (memory (export "memory") 0)
+    (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+  (core instance $a (instantiate $half))
+  (core instance $b (instantiate $half))
+  (core module $main
+    (import "a" "grow" (func $grow_a (param i32) (result i32)))
+    (import "b" "grow" (func $grow_b (param i32) (result i32)))
+    (func (export "run") (result i32)
+      (if (i32.lt_s (call $grow_a (i32.const A)) (i32.const 0)) (then unreachable))
+      (if (i32.lt_s (call $grow_b (i32.const B)) (i32.const 0)) (then unreachable))
+      (i32.const 0)))
+  (core instance $m (instantiate $main (with "a" (instance $a)) (with "b" (instance $b))))
+  (func $run (result (result)) (canon lift (core func $m "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $cli)))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_counts_all_of_a_task_s_memories_together() {
+    let folder = TaskFolder::with(&[]);
+    let two_memories = |a: u32, b: u32| {
+        TWO_MEMORIES
+            .replace("const A", &format!("const {a}"))
+            .replace("const B", &format!("const {b}"))
+    };
+    // Two memories of 3 MiB each: within 4 MiB one by one, not together.
+    folder.write("two_halves.wat", two_memories(48, 48));
+    folder.write("one_whole.wat", two_memories(64, 0));
+    let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let limits = json!({"memory_bytes": 4 << 20});
+
+    let ended = run_with_limits(&mut client, "two_halves", Value::Null, limits.clone()).await;
+    assert_eq!(error_code(&ended), "memory_limit", "{ended}");
+    assert!(
+        error_message(&ended).contains("4194304"),
+        "names the limit: {ended}"
+    );
+    // One memory may still take the whole limit.
+    let ended = run_with_limits(&mut client, "one_whole", Value::Null, limits).await;
+    assert_eq!(ended["type"], "finished", "{ended}");
+}
+
+/// A module that grows its memory (from none) to 1 MiB, then sleeps a second holding it.
+const HOLD_A_MEBIBYTE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 0)
+  (func (export "_start")
+    (if (i32.lt_s (memory.grow (i32.const 16)) (i32.const 0)) (then unreachable))
+    ;; One subscription at 0: a relative timeout of 1 s on the monotonic clock.
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 1000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_past_the_server_s_memory_budget_fail_until_others_end() {
+    const MIB: u64 = 1 << 20;
+    let folder = TaskFolder::with(&[]);
+    folder.write("hold.wat", HOLD_A_MEBIBYTE);
+    let mut config = folder.config();
+    config.memory_budget = 3 * MIB;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+
+    for _ in 0..5 {
+        client.send(json!({"type": "task", "task": "hold"})).await;
+    }
+    let ends = client.ends(5).await;
+    let finished = ends.iter().filter(|end| end["type"] == "finished").count();
+    assert_eq!(finished, 3, "three fit in the budget: {ends:?}");
+    for end in ends.iter().filter(|end| end["type"] == "failed") {
+        assert_eq!(error_code(end), "memory_limit", "{end}");
+        let message = error_message(end);
+        assert!(
+            message.contains("--memory-budget") && message.contains("busy"),
+            "{message}"
+        );
+    }
+
+    // They have ended: the budget is free again.
+    let (_, metrics) = crate::lifecycle::http(server.addr, "GET", "/metrics").await;
+    assert!(
+        metrics.contains("taskhost_memory_reserved_bytes 0\n"),
+        "{metrics}"
+    );
+    for _ in 0..3 {
+        client.send(json!({"type": "task", "task": "hold"})).await;
+    }
+    for end in client.ends(3).await {
+        assert_eq!(end["type"], "finished", "{end}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compile_cache_folder_is_made_for_the_server_s_user_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = cache_folder("fresh");
+    let mut config = test_config();
+    config.cache_dir = Some(folder.join("taskhost"));
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mode = std::fs::metadata(folder.join("taskhost"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    // And it is used.
+    let mut client = server.client().await;
+    assert_eq!(client.run("echo", json!(1)).await["type"], "finished");
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+#[test]
+fn a_compile_cache_folder_that_others_could_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = cache_folder("shared");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut config = test_config();
+    config.cache_dir = Some(folder.clone());
+    let refused =
+        |config: taskhost::Config| match taskhost::Server::new(config, taskhost::ProtocolApp) {
+            Ok(_) => panic!("the server started with the cache in {}", folder.display()),
+            Err(error) => format!("{error:#}"),
+        };
+    let message = refused(config.clone());
+    for part in [
+        folder.to_str().unwrap(),
+        "group or other users may write it",
+        "--cache-dir",
+        "--no-cache",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    // A folder of another user's, however private.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).unwrap();
+        let message = refused(config);
+        assert!(
+            message.contains("owned by user id 65534") && message.contains("--no-cache"),
+            "{message}"
+        );
+    } else {
+        println!("not root: the test of a folder owned by another user is skipped");
+    }
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+/// A fresh path for a compile cache folder of this test's own.
+fn cache_folder(name: &str) -> std::path::PathBuf {
+    let folder = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cache-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    folder
+}
+
+/// A component that subscribes to the clock once, then asks `wasi:io/poll` about that one
+/// pollable `N` times over in one list (at most 120,000: the list and the answer share its
+/// 1 MiB memory).
+const POLL_MANY: &str = r#"(component
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type (sub resource)))
+    (export "poll" (func (param "in" (list (borrow 0))) (result (list u32))))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer 1 $pollable (type))
+    (export "pollable" (type (eq 0)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own 1))))))
+  (core module $libc
+    (memory (export "memory") 16)
+    (global $next (mut i32) (i32.const 0x80000))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (global.get $next)
+      (global.set $next (i32.add (global.get $next) (local.get 3)))))
+  (core instance $libc (instantiate $libc))
+  (core func $subscribe (canon lower (func $clock "subscribe-duration")))
+  (core func $poll_list (canon lower (func $poll "poll")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "host" "poll" (func $poll (param i32 i32 i32)))
+    (func (export "run") (result i32)
+      (local $pollable i32) (local $i i32)
+      (local.set $pollable (call $subscribe (i64.const 0)))
+      (loop $fill
+        (i32.store (i32.mul (local.get $i) (i32.const 4)) (local.get $pollable))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $fill (i32.lt_u (local.get $i) (i32.const N))))
+      (call $poll (i32.const 0) (i32.const N) (i32.const 0x7fff0))
+      (i32.const 0)))
+  (core instance $m (instantiate $main
+    (with "libc" (instance $libc))
+    (with "host" (instance
+      (export "subscribe" (func $subscribe))
+      (export "poll" (func $poll_list))))))
+  (func $run (result (result)) (canon lift (core func $m "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $cli)))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_s_poll_list_is_bounded_like_preview_1_s() {
+    let folder = TaskFolder::with(&[]);
+    let poll_many = |n: u32| POLL_MANY.replace("const N", &format!("const {n}"));
+    folder.write("poll_some.wat", poll_many(4096));
+    // Below wasmtime's own bound (100,000 live handles in a store, each entry a lend), so
+    // wasmtime-wasi would build it all: a host `Resource` per entry, and more.
+    folder.write("poll_many.wat", poll_many(50_000));
+    let server = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let list = client.request(json!({"type": "list"})).await;
+    for name in ["poll_some", "poll_many"] {
+        assert_eq!(listed(&list, name).unwrap()["state"], "ready", "{list}");
+    }
+    let ended = client.run("poll_some", Value::Null).await;
+    assert_eq!(ended["type"], "finished", "{ended}");
+    // Past what one call may pass the host, it traps before the host builds anything.
+    let ended = client.run("poll_many", Value::Null).await;
+    assert_eq!(error_code(&ended), "trap", "{ended}");
+    assert!(error_message(&ended).contains("too much data"), "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_progress_messages_are_cut_like_preview_1_s() {
+    // `flood` reports a 64 KiB message over and over.
+    let server = start_server().await;
+    let mut client = server.client().await;
+    let accepted = client.submit("flood", Value::Null).await;
+    let progress = client
+        .recv_until(Duration::from_secs(5), "progress", |_| true)
+        .await;
+    assert_eq!(
+        progress["message"].as_str().unwrap().chars().count(),
+        200,
+        "{progress}"
+    );
+    client
+        .send(json!({"type": "cancel", "task_id": accepted["task_id"]}))
+        .await;
+    let ended = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(error_code(&ended), "cancelled", "{ended}");
 }

@@ -54,9 +54,17 @@ pub struct Options {
     #[arg(long, default_value_t = 10_000_000_000)]
     pub fuel: u64,
 
-    /// Linear memory per task in bytes (default and maximum); also bounds tables.
+    /// Memory per task in bytes (default and maximum): all its linear memories and tables
+    /// together.
     #[arg(long, default_value_t = 64 << 20)]
     pub memory: u64,
+
+    /// Memory all running tasks may hold at once, in bytes (their memories and tables
+    /// together). A task whose growth would pass it fails with `memory_limit`, saying the
+    /// server is busy, so that tasks together never take the host's memory (default: half of
+    /// this machine's memory, and at least --memory).
+    #[arg(long)]
+    pub memory_budget: Option<u64>,
 
     /// Largest frame a client may send, in bytes; a bigger one closes the connection (1009).
     #[arg(long, default_value_t = 1 << 20)]
@@ -207,6 +215,8 @@ pub struct Config {
     pub default_task: String,
     /// Limits a task gets when neither its manifest nor its client lowers them; also maxima.
     pub limits: Limits,
+    /// Bytes of memories and tables all running tasks may hold together (`--memory-budget`).
+    pub memory_budget: u64,
     pub max_frame: usize,
     pub max_output: usize,
     /// How long running tasks may go on after a shutdown signal.
@@ -286,6 +296,15 @@ impl Options {
                 self.memory
             );
         }
+        if let Some(budget) = self.memory_budget
+            && budget < self.memory
+        {
+            bail!(
+                "--memory-budget {budget} is below --memory {}: a task could never use its \
+                 whole limit; raise --memory-budget or lower --memory",
+                self.memory
+            );
+        }
         if self.max_frame < 1024 {
             bail!(
                 "--max-frame {} is too small to carry a task message",
@@ -323,6 +342,9 @@ impl Options {
                 fuel: self.fuel,
                 memory_bytes: self.memory,
             },
+            memory_budget: self
+                .memory_budget
+                .unwrap_or_else(|| default_memory_budget(self.memory)),
             max_frame: self.max_frame,
             max_output: self.max_output,
             grace: Duration::from_millis(self.grace_ms),
@@ -428,6 +450,12 @@ pub fn raise_open_files_limit() -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+/// Half of this machine's memory, and at least `memory` (one task's limit); no budget when
+/// the machine's memory is unknown.
+fn default_memory_budget(memory: u64) -> u64 {
+    crate::sandbox::physical_memory().map_or(u64::MAX, |total| (total / 2).max(memory))
 }
 
 /// `$XDG_CACHE_HOME/taskhost`, else `$HOME/.cache/taskhost`, else none.

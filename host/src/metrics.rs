@@ -38,6 +38,9 @@ pub struct Metrics {
     pub pool_warming: Gauge,
     /// Slots of the sandbox pool warmed at start.
     pub pool_warmed_slots: Gauge,
+    /// Bytes of memories and tables running tasks hold, out of `--memory-budget`; read from
+    /// the sandbox when /metrics is encoded.
+    pub memory_reserved: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,7 @@ impl Metrics {
             connections: Gauge::default(),
             pool_warming: Gauge::default(),
             pool_warmed_slots: Gauge::default(),
+            memory_reserved: Gauge::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -129,6 +133,12 @@ impl Metrics {
             "pool_warmed_slots",
             "Slots of the sandbox pool warmed at start",
             metrics.pool_warmed_slots.clone(),
+        );
+        registry.register(
+            "memory_reserved_bytes",
+            "Bytes of linear memories and tables that running tasks hold, out of \
+             --memory-budget",
+            metrics.memory_reserved.clone(),
         );
         metrics
     }

@@ -3,8 +3,8 @@
 //! of their own, is still stopped by its wall-clock limit or a cancel and does not hold a
 //! thread that other tasks need.
 //!
-//! Every report makes the host copy and check the whole message before it cuts it to 200
-//! characters; the loop itself does almost nothing in WebAssembly.
+//! Every report makes the host check the whole message (it must be UTF-8) before it cuts it
+//! to 200 characters; the loop itself does almost nothing in WebAssembly.
 
 use std::hint::black_box;
 

@@ -83,6 +83,7 @@ impl<A: App> Ctx<A> {
             &EngineSettings {
                 instances: config.task_workers,
                 max_memory_bytes: config.limits.memory_bytes,
+                memory_budget_bytes: config.memory_budget,
                 cache_dir: config.cache_dir.clone(),
             },
             config.max_output,
@@ -403,6 +404,9 @@ impl<A: App> Ctx<A> {
         let metrics = &self.shared.metrics;
         metrics.queued.set(load.queued as i64);
         metrics.running.set(load.running as i64);
+        metrics
+            .memory_reserved
+            .set(i64::try_from(self.shared.sandbox.memory_reserved()).unwrap_or(i64::MAX));
         metrics.encode()
     }
 

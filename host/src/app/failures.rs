@@ -46,12 +46,24 @@ fn failure_error(failure: Failure) -> WireError {
             WireError::new(
                 ErrorCode::MemoryLimit,
                 format!(
-                    "the task needed more memory than its limit of {limit_bytes} bytes{asked}; \
-                     ask for a higher `limits.memory_bytes` (up to the server's --memory) or \
-                     use less memory"
+                    "the task needed more memory than its limit of {limit_bytes} bytes{asked} \
+                     (its memories and tables together); ask for a higher \
+                     `limits.memory_bytes` (up to the server's --memory) or use less memory"
                 ),
             )
         }
+        Failure::MemoryBudget {
+            budget_bytes,
+            asked_bytes,
+        } => WireError::new(
+            ErrorCode::MemoryLimit,
+            format!(
+                "the server is busy: its running tasks together hold its memory budget of \
+                 {budget_bytes} bytes (--memory-budget), and this task could not have \
+                 {asked_bytes} bytes within its own limit; retry later, when other tasks have \
+                 ended"
+            ),
+        ),
         Failure::OutputTooLarge { limit_bytes } => WireError::new(
             ErrorCode::OutputTooLarge,
             format!(

@@ -12,6 +12,8 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 
+use super::cache_dir;
+
 /// Fuel between two voluntary yields to tokio. A guest that never blocks would otherwise hold
 /// its worker thread until it ends. Compiled code burns about 8 units per nanosecond
 /// (fib(27): 8.7 M units in 1.1 ms), so this is a yield about every 0.12 ms: often enough
@@ -56,8 +58,10 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 pub struct EngineSettings {
     /// Instances alive at once: one per running task.
     pub instances: usize,
-    /// The largest linear memory a task may have, in bytes.
+    /// The most memory a task may have, in bytes: its linear memories and tables together.
     pub max_memory_bytes: u64,
+    /// The most memory all running tasks may hold together, in bytes (`--memory-budget`).
+    pub memory_budget_bytes: u64,
     /// Folder of compiled code, keyed by module content and engine settings, so that a
     /// restart does not compile again. `None`: compile every time.
     pub cache_dir: Option<PathBuf>,
@@ -82,13 +86,17 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
         .filter(|&n| n > 0)
         .context("--task-workers must be between 1 and 4294967295")?;
     check_map_count(size.instances as u64)?;
-    warn_if_beyond_memory(size);
+    warn_if_beyond_memory(settings.memory_budget_bytes);
     let (reservation, guard) = reservation_for(size)?;
 
     let mut config = Config::new();
     // Fuel is both the CPU limit and, with async yields, the preemption that keeps a busy guest
     // from stalling the server: one mechanism, measured cheaper than fuel plus epochs.
     config.consume_fuel(true);
+    // No Wasm GC: no task needs it (Rust guests use linear memory), and a GC heap is one more
+    // memory per task, taken from the same pool slots. Without wasmtime's `gc` feature (see
+    // host/Cargo.toml) GC types, `externref` and exceptions are refused at load too.
+    config.wasm_gc(false);
     config.memory_reservation(reservation);
     config.memory_guard_size(guard);
     // Growth stays within the reservation: memories never move, so no copy on growth.
@@ -119,6 +127,7 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
 
     let cache = match &settings.cache_dir {
         Some(dir) => {
+            cache_dir::prepare(dir)?;
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
             let cache = Cache::new(cache)
@@ -169,33 +178,43 @@ fn reservation_for(size: EngineSize) -> anyhow::Result<(u64, u64)> {
     Ok((reservation, SMALL_GUARD))
 }
 
-/// Says so (in the log, at start) when running tasks could together use more linear memory
-/// than the machine has. That is allowed, and the default (1,024 × 64 MiB) on most machines:
-/// most tasks use a fraction of their limit. But an operator expecting tasks that use their
-/// whole limit should know that many at once would exhaust the host rather than fail
-/// `memory_limit` one by one.
-fn warn_if_beyond_memory(size: EngineSize) {
+/// Says so (in the log, at start) when the memory budget is more than the machine has: then
+/// tasks that use their whole limit, many at once, could exhaust the host rather than fail
+/// `memory_limit` one by one. The default budget is half the machine's memory.
+fn warn_if_beyond_memory(budget: u64) {
     let Some(total) = physical_memory() else {
         return;
     };
-    let worst = (size.instances as u64).saturating_mul(size.max_memory_bytes);
-    if worst > total {
-        tracing::info!(
-            task_workers = size.instances,
-            memory = size.max_memory_bytes,
+    if budget > total {
+        tracing::warn!(
+            memory_budget = budget,
             physical_memory = total,
-            "running tasks could together take more memory than this machine has; lower \
-             --task-workers or --memory if many tasks may use their whole limit at once"
+            "--memory-budget is more than this machine's memory: running tasks could together \
+             exhaust it"
         );
     }
 }
 
-/// The machine's RAM in bytes, from /proc/meminfo (Linux).
-fn physical_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// The machine's RAM in bytes: MemTotal in /proc/meminfo (Linux), else what `sysconf` says.
+pub fn physical_memory() -> Option<u64> {
+    let from_meminfo = || {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    from_meminfo().or_else(|| {
+        // SAFETY: sysconf only reads system constants.
+        let (pages, page_size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let pages = u64::try_from(pages).ok()?;
+        let page_size = u64::try_from(page_size).ok()?;
+        Some(pages.saturating_mul(page_size)).filter(|&bytes| bytes > 0)
+    })
 }
 
 /// Refuses a pool that Linux's `vm.max_map_count` could not map, naming the sysctl to raise.

@@ -6,10 +6,15 @@
 //! - Preview 2: interface `taskhost:task/progress@0.1.0`, `report(fraction: f64, message:
 //!   string)` (`wit/taskhost.wit`).
 //!
-//! A call with a message outside the module's memory traps the task.
+//! A call with a message outside the module's memory traps the task. Only the first
+//! [`super::MAX_PROGRESS_MESSAGE`] characters are passed on, and the host copies no more:
+//! preview 1 decodes at most 4 bytes for each of them; preview 2 reads the string in place in
+//! the component's memory (the component model has the host check that all of it is UTF-8),
+//! and a message, like anything a component passes one host call, may be at most
+//! `COMPONENT_MAX_CALL_BYTES` (`mod.rs`).
 
 use anyhow::Context;
-use wasmtime::component::Linker as ComponentLinker;
+use wasmtime::component::{Linker as ComponentLinker, WasmStr};
 use wasmtime::{Caller, Engine, Extern, Linker, format_err};
 
 use super::state::{ComponentState, ModuleState};
@@ -55,12 +60,13 @@ pub fn component_linker(engine: &Engine) -> anyhow::Result<ComponentLinker<Compo
         .and_then(|mut progress| {
             progress.func_wrap(
                 "report",
-                |mut store: wasmtime::StoreContextMut<'_, ComponentState>,
-                 (fraction, message): (f64, String)| {
-                    store
-                        .data_mut()
-                        .controls
-                        .report_progress(fraction, &message);
+                |store: wasmtime::StoreContextMut<'_, ComponentState>,
+                 (fraction, message): (f64, WasmStr)| {
+                    // Read in place in the component's memory, not copied into the host
+                    // (a `String` would be, whole); `report_progress` keeps the first
+                    // MAX_PROGRESS_MESSAGE characters of it.
+                    let message = message.to_str(&store)?;
+                    store.data().controls.report_progress(fraction, &message);
                     Ok(())
                 },
             )

@@ -3,11 +3,13 @@
 //!
 //! A task's store holds its own WASI context (stdin is the input; stdout and stderr are
 //! bounded in-memory pipes; no files, environment, arguments beyond the task's name, host
-//! stdio or sockets), its memory cap and its progress sink. Fuel bounds its CPU and, through
-//! async yields, keeps it from holding a thread; a timer around the whole run bounds its
-//! wall-clock time, which also covers time blocked in host calls such as WASI's sleep, where
-//! fuel does not tick.
+//! stdio or sockets), its memory cap (all its memories and tables together, within the
+//! server's budget) and its progress sink. Fuel bounds its CPU and, through async yields,
+//! keeps it from holding a thread; a timer around the whole run bounds its wall-clock time,
+//! which also covers time blocked in host calls such as WASI's sleep, where fuel does not
+//! tick.
 
+mod cache_dir;
 #[cfg(test)]
 mod differential_tests;
 mod engine;
@@ -22,6 +24,7 @@ mod warm;
 mod wasi_abi;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,12 +35,12 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
-pub use engine::{EngineSettings, FUEL_YIELD_INTERVAL};
+pub use engine::{EngineSettings, FUEL_YIELD_INTERVAL, physical_memory};
 pub use outcome::{Failure, RunEnd};
 pub use state::{MAX_PROGRESS_MESSAGE, ProgressSink};
 
 use crate::limits::Limits;
-use limiter::MemoryCap;
+use limiter::{MemoryBudget, MemoryCap};
 use outcome::{Ending, RunError, classify};
 use output::OutputCapture;
 use state::{ComponentState, Controlled, Controls, HostSlice, ModuleState};
@@ -50,6 +53,16 @@ const COMPONENT_MAX_RANDOM: u64 = 1 << 20;
 /// The most resource handles (streams, pollables) a component may hold at once: they live
 /// in host memory, outside the task's memory limit (wasmtime's default is a million).
 const COMPONENT_MAX_HANDLES: usize = 10_000;
+
+/// The most data a component may hand the host in one call, in bytes (wasmtime's "hostcall
+/// fuel", whose default is 128 MiB): its strings and lists, such as a progress message, a
+/// write or a `wasi:io/poll` list. A call that passes more traps. What the host copies or
+/// builds for one call lives outside the task's memory limit; this bounds it. Four times
+/// the largest write the output streams permit (64 KiB). A poll list costs a host
+/// `Resource` (12 bytes) an entry, so it may name at most 21,845 pollables, where
+/// wasmtime-wasi takes any number up to wasmtime's 100,000 live handles in a store (the
+/// same pollable repeated: each entry is a lend).
+pub(crate) const COMPONENT_MAX_CALL_BYTES: usize = 256 << 10;
 
 /// A task's code, compiled and linked once, ready to be instantiated for every task.
 pub struct WasmModule {
@@ -102,6 +115,8 @@ pub struct Sandbox {
     components: ComponentLinker<ComponentState>,
     /// Bytes of stdout and stderr together a task may write (`--max-output`).
     max_output: usize,
+    /// The memory all running tasks may hold together; each task's cap holds a clone.
+    budget: Arc<MemoryBudget>,
     warmer: Warmer,
 }
 
@@ -109,6 +124,7 @@ impl Sandbox {
     pub fn new(settings: &EngineSettings, max_output: usize) -> anyhow::Result<Sandbox> {
         let (engine, cache) = engine::build_engine(settings)?;
         Ok(Sandbox {
+            budget: Arc::new(MemoryBudget::new(settings.memory_budget_bytes)),
             cache,
             modules: imports::module_linker(&engine)?,
             components: imports::component_linker(&engine)?,
@@ -116,6 +132,11 @@ impl Sandbox {
             engine,
             max_output,
         })
+    }
+
+    /// Bytes of memories and tables that running tasks hold now, out of `--memory-budget`.
+    pub fn memory_reserved(&self) -> u64 {
+        self.budget.reserved()
     }
 
     /// Modules and components loaded from the compile cache, and compiled afresh, so far.
@@ -198,7 +219,7 @@ impl Sandbox {
     pub async fn run(&self, module: &WasmModule, spec: RunSpec) -> RunEnd {
         let capture = OutputCapture::new(self.max_output);
         let controls = Controls {
-            memory: MemoryCap::new(spec.limits.memory_bytes),
+            memory: MemoryCap::new(spec.limits.memory_bytes, Arc::clone(&self.budget)),
             progress: spec.progress.clone(),
             slice: HostSlice::new(),
         };
@@ -372,6 +393,13 @@ impl Start<ComponentState> for CommandPre<ComponentState> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_component_s_poll_list_is_bounded() {
+        // wasmtime charges a lifted list of handles at the host size of each.
+        let entry = size_of::<wasmtime::component::Resource<()>>();
+        assert_eq!(super::COMPONENT_MAX_CALL_BYTES / entry, 21_845);
+    }
+
     #[test]
     fn text_errors_do_not_quote_the_file() {
         let error = wat::parse_bytes(b"root:x:0:0:root:/root:/bin/bash\n").unwrap_err();

@@ -9,6 +9,7 @@ use wasmtime_wasi::I32Exit;
 
 use crate::limits::Limits;
 
+use super::limiter::Refusal;
 use super::output::OutputCapture;
 
 /// How much of the end of stderr a failure keeps.
@@ -30,11 +31,15 @@ pub enum Failure {
     Timeout { limit_ms: u64 },
     /// Burned all its fuel.
     FuelExhausted { limit: u64 },
-    /// A memory or table growth was refused; `asked_bytes` is the size it asked for, when known.
+    /// A memory or table growth was refused; `asked_bytes` is what the task's memories and
+    /// tables would have held together, when known.
     MemoryLimit {
         limit_bytes: u64,
         asked_bytes: Option<u64>,
     },
+    /// A memory or table growth within the task's limit was refused because running tasks
+    /// together held the server's memory budget: the same task may fit once others end.
+    MemoryBudget { budget_bytes: u64, asked_bytes: u64 },
     /// Wrote more than the output cap (stdout and stderr together).
     OutputTooLarge { limit_bytes: usize },
     /// Trapped (or failed a host call); the end of its stderr, if it wrote any.
@@ -78,8 +83,8 @@ pub struct Ending<'a> {
     /// `None` when the wall-clock deadline cut the task short.
     pub ran: Option<Result<(), RunError>>,
     pub capture: &'a OutputCapture,
-    /// A memory or table growth the limiter refused, `(current, desired)` bytes.
-    pub refused_memory: Option<(usize, usize)>,
+    /// A memory or table growth the limiter refused.
+    pub refused_memory: Option<Refusal>,
     pub fuel_used: u64,
     pub limits: Limits,
 }
@@ -105,11 +110,20 @@ pub fn classify(ending: Ending<'_>) -> RunEnd {
             limit_bytes: capture.budget(),
         });
     }
-    if let Some((_, desired)) = refused_memory {
-        return failed(Failure::MemoryLimit {
-            limit_bytes: limits.memory_bytes,
-            asked_bytes: (desired > 0).then_some(desired as u64),
-        });
+    match refused_memory {
+        Some(Refusal::Task { asked }) => {
+            return failed(Failure::MemoryLimit {
+                limit_bytes: limits.memory_bytes,
+                asked_bytes: (asked > 0).then_some(asked),
+            });
+        }
+        Some(Refusal::Server { asked, budget }) => {
+            return failed(Failure::MemoryBudget {
+                budget_bytes: budget,
+                asked_bytes: asked,
+            });
+        }
+        None => {}
     }
     let stderr = || capture.stderr_tail(STDERR_TAIL_BYTES);
     let error = match ran {

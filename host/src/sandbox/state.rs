@@ -181,9 +181,11 @@ impl Controlled for ComponentState {
 
     /// A component's host calls are wasmtime-wasi's preview 2, which burn no fuel: every
     /// return from one yields to the scheduler once the task has run [`HOST_SLICE`]
-    /// without yielding, as the preview 1 calls of [`super::stdio`] do.
+    /// without yielding, as the preview 1 calls of [`super::stdio`] do. And each may carry
+    /// at most [`super::COMPONENT_MAX_CALL_BYTES`] from the guest.
     fn prepare(store: &mut Store<Self>) {
         store.call_hook_async(YieldAfterSlice);
+        store.set_hostcall_fuel(super::COMPONENT_MAX_CALL_BYTES);
     }
 }
 

@@ -2,6 +2,7 @@
 //! compared: how the run ended, the guest's log, stdout and stderr.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use wasmtime::{Caller, Engine, Instance, Linker, Module, Store};
@@ -10,7 +11,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::sandbox::imports;
-use crate::sandbox::limiter::MemoryCap;
+use crate::sandbox::limiter::{MemoryBudget, MemoryCap};
 use crate::sandbox::output::OutputCapture;
 use crate::sandbox::state::{Controls, HostSlice, ModuleState};
 use crate::sandbox::stdio::Stdio;
@@ -132,7 +133,7 @@ impl Harness {
             capture.clone(),
         );
         let controls = Controls {
-            memory: MemoryCap::new(u64::MAX),
+            memory: MemoryCap::new(u64::MAX, Arc::new(MemoryBudget::new(u64::MAX))),
             progress: None,
             slice: HostSlice::new(),
         };
