@@ -498,3 +498,86 @@ async fn native_tasks_clamp_their_inputs_and_leave_the_runtime_free() {
         started.elapsed()
     );
 }
+
+/// The binary with `--log-format json`: every line is a JSON object, client text in them is
+/// cut short, and a task's end is not logged at the default level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_clipped_and_quiet_per_task() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--task-workers",
+            "8",
+            "--log-format",
+            "json",
+        ])
+        .arg("--tasks")
+        .arg(crate::common::tasks_dir())
+        .arg("--cache-dir")
+        .arg(cache)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start taskhost");
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    let address = loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "taskhost exited before listening"
+        );
+        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        lines.push(entry.clone());
+        if entry["fields"]["message"] == "taskhost listening" {
+            break entry["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    let mut client = crate::common::Client::connect(&format!("ws://{address}/")).await;
+    assert_eq!(client.run("echo", json!(1)).await["result"], 1);
+    let long_name = "x".repeat(100_000);
+    let rejected = client.submit(&long_name, json!(1)).await;
+    assert_eq!(rejected["error"]["code"], "unknown_task");
+    let message = rejected["error"]["message"].as_str().unwrap();
+    assert!(
+        message.len() < 2_000,
+        "the name is cut short: {} bytes",
+        message.len()
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    let rest = tokio::task::spawn_blocking(move || {
+        let rest: Vec<String> = log.lines().map_while(Result::ok).collect();
+        child.wait().unwrap();
+        rest
+    })
+    .await
+    .unwrap();
+    for line in rest {
+        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        lines.push(entry);
+    }
+    for entry in &lines {
+        assert_ne!(
+            entry["fields"]["message"], "task ended",
+            "per-task lines are at debug"
+        );
+        assert!(
+            entry.to_string().len() < 4_000,
+            "a log line stays short: {entry}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["fields"]["message"] == "task rejected"),
+        "the rejection was logged"
+    );
+}

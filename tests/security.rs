@@ -276,3 +276,51 @@ async fn connections_are_capped_per_address_and_overall() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_ref_is_refused_and_the_connection_goes_on() {
+    let server = start_server_with(test_config(), ProtocolApp).await;
+    let mut client = server.client().await;
+    client
+        .send(
+            json!({"type": "task", "task": "slow", "input": {"seconds": 0.1},
+                     "ref": "r".repeat(10_000)}),
+        )
+        .await;
+    let rejected = client.recv().await;
+    assert_eq!(rejected["type"], "rejected", "{rejected}");
+    assert_eq!(rejected["error"]["code"], "bad_request", "{rejected}");
+    assert!(
+        rejected.get("ref").is_none(),
+        "a ref over the limit is not echoed"
+    );
+    let finished = client.run("echo", json!("still usable")).await;
+    assert_eq!(finished["result"], "still usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_inputs_are_bounded_in_bytes_across_the_server() {
+    let mut config = test_config();
+    config.task_workers = 1;
+    config.queue_bytes = 64 << 10;
+    let server = start_server_with(config, ProtocolApp).await;
+    let mut client = server.client().await;
+    let big = "z".repeat(40 << 10);
+    let first = client
+        .submit("slow", json!({"seconds": 0.5, "pad": big}))
+        .await;
+    assert_eq!(first["type"], "accepted", "{first}");
+    let refused = client.submit("echo", json!(big)).await;
+    assert_eq!(refused["type"], "rejected", "{refused}");
+    assert_eq!(refused["error"]["code"], "queue_full", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--queue-bytes"),
+        "{refused}"
+    );
+    client.recv_for(first["task_id"].as_u64().unwrap()).await;
+    let finished = client.run("echo", json!(big)).await;
+    assert_eq!(finished["type"], "finished", "the bytes came back");
+}

@@ -95,7 +95,7 @@ pub async fn reject<A: App>(
     error: WireError,
 ) {
     ctx.metrics().task_rejected(error.code.as_str());
-    tracing::info!(code = %error.code, message = %clip(&error.message), "task rejected");
+    tracing::info!(code = %error.code, error = %clip(&error.message), "task rejected");
     client
         .send(&Reply::Rejected {
             reference,

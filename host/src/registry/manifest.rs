@@ -51,7 +51,7 @@ impl Manifest {
             anyhow::anyhow!(
                 "{name} is not a valid manifest: {} (line {line}); its keys are description, \
                  timeout_ms, fuel, memory_bytes and deliver = \"origin\" | \"broadcast\"",
-                error.message().trim()
+                redact_quoted(error.message().trim())
             )
         })?;
         manifest
@@ -87,6 +87,44 @@ impl Manifest {
     }
 }
 
+/// The words of the manifest's own schema, which a message may quote.
+const SCHEMA_WORDS: [&str; 7] = [
+    "description",
+    "timeout_ms",
+    "fuel",
+    "memory_bytes",
+    "deliver",
+    "origin",
+    "broadcast",
+];
+
+/// The parser's message without the file's own text: whatever it quotes (between `"` or
+/// backticks) becomes `…`, unless it is a word of the schema. serde quotes the values it
+/// refuses (`invalid type: string "hunter2"`), and the message reaches every client.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest.as_bytes()[open] as char;
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            out.push('…');
+            return out;
+        };
+        let quoted = &after[..close];
+        out.push_str(if SCHEMA_WORDS.contains(&quoted) {
+            quoted
+        } else {
+            "…"
+        });
+        out.push(quote);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +150,17 @@ mod tests {
         assert!(toml::from_str::<Manifest>("deliver = \"everyone\"").is_err());
         let zero: Manifest = toml::from_str("memory_bytes = 0").unwrap();
         assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn refused_values_are_not_quoted() {
+        let error = toml::from_str::<Manifest>("fuel = \"hunter2\"").unwrap_err();
+        let message = redact_quoted(error.message());
+        assert!(!message.contains("hunter2"), "{message}");
+        let error = toml::from_str::<Manifest>("deliver = \"s3cret\"").unwrap_err();
+        let message = redact_quoted(error.message());
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(message.contains("origin"), "schema words stay: {message}");
     }
 
     #[test]
