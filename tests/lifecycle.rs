@@ -322,7 +322,7 @@ fn an_impossible_pool_is_refused_at_start_with_what_to_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_stops_gracefully_on_sigterm() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let help = Command::new(env!("CARGO_BIN_EXE_taskhost"))
         .arg("--help")
@@ -339,24 +339,7 @@ async fn the_binary_stops_gracefully_on_sigterm() {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 
-    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--task-workers",
-            "64",
-            "--grace-ms",
-            "5000",
-        ])
-        .arg("--tasks")
-        .arg(crate::common::tasks_dir())
-        .arg("--cache-dir")
-        .arg(cache)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start taskhost");
+    let mut child = spawn_binary(&["--task-workers", "64", "--grace-ms", "5000"], "info");
     // The log says where it listens: "taskhost listening address=127.0.0.1:PORT".
     let mut log = BufReader::new(child.stderr.take().unwrap());
     let address = loop {
@@ -499,31 +482,36 @@ async fn native_tasks_clamp_their_inputs_and_leave_the_runtime_free() {
     );
 }
 
+/// Starts the `taskhost` binary on a free loopback port with the bundled tasks, the tests'
+/// compile cache, `args`, and `RUST_LOG` set to `log_level` (`""`: the default), its stderr
+/// piped.
+fn spawn_binary(args: &[&str], log_level: &str) -> std::process::Child {
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--tasks")
+        .arg(crate::common::tasks_dir())
+        .arg("--cache-dir")
+        .arg(cache)
+        .stderr(std::process::Stdio::piped());
+    if log_level.is_empty() {
+        command.env_remove("RUST_LOG");
+    } else {
+        command.env("RUST_LOG", log_level);
+    }
+    command.spawn().expect("start taskhost")
+}
+
 /// The binary with `--log-format json`: every line is a JSON object, client text in them is
 /// cut short, and a task's end is not logged at the default level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_json_clipped_and_quiet_per_task() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
-    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--task-workers",
-            "8",
-            "--log-format",
-            "json",
-        ])
-        .arg("--tasks")
-        .arg(crate::common::tasks_dir())
-        .arg("--cache-dir")
-        .arg(cache)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start taskhost");
+    let mut child = spawn_binary(&["--task-workers", "8", "--log-format", "json"], "");
     let mut log = BufReader::new(child.stderr.take().unwrap());
     let mut lines = Vec::new();
     let address = loop {
