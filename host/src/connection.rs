@@ -170,12 +170,16 @@ impl<A: App> Reader<'_, A> {
         let mut bytes_at_last_message = self.read_bytes.load(Ordering::Relaxed);
         let mut last_ping = Instant::now();
         let mut awaiting_pong = false;
+        // Made once, not on every frame: each registers a waiter with its token.
+        let closing = self.ctx.closing_connections();
+        let dropped = self.dropped.cancelled();
+        tokio::pin!(closing, dropped);
         loop {
             let frame = tokio::select! {
-                () = self.ctx.closing_connections() => {
+                () = &mut closing => {
                     return close_frame(CloseCode::Away, "the server is shutting down".to_owned());
                 }
-                () = self.dropped.cancelled() => {
+                () = &mut dropped => {
                     self.ctx.metrics().closed("slow_client");
                     return None;
                 }
@@ -299,6 +303,7 @@ impl Writer {
     /// sends what is still queued, then the close frame. A write that the client does not
     /// let finish within the deadline ends the connection with 1008.
     async fn run(mut self, mut close: oneshot::Receiver<Option<CloseFrame>>) {
+        let deadline = self.deadline;
         loop {
             let queued = tokio::select! {
                 queued = self.drain.next() => queued,
@@ -309,7 +314,17 @@ impl Writer {
             };
             // Every handle is dropped only when the server holds none: then close too.
             let Some(first) = queued else { return };
-            let wrote = tokio::time::timeout(self.deadline, self.write_ready(first)).await;
+            let wrote = {
+                let write = self.write_ready(first);
+                tokio::pin!(write);
+                // Most writes finish at once, into the socket's buffer: only a write that has
+                // to wait for the client gets a timer (arming one for every write cost CPU
+                // per task).
+                match futures_util::poll!(&mut write) {
+                    Poll::Ready(wrote) => Ok(wrote),
+                    Poll::Pending => tokio::time::timeout(deadline, write).await,
+                }
+            };
             match wrote {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
@@ -318,23 +333,29 @@ impl Writer {
         }
     }
 
-    /// Feeds `first` and whatever else is queued now, then flushes once.
+    /// Feeds `first` and whatever else is queued now, then flushes once; the room the frames
+    /// held in the outbox is given back once they are fed.
     async fn write_ready(&mut self, first: crate::outbox::Queued) -> Result<(), WsError> {
-        self.feed(first).await?;
-        while let Some(queued) = self.drain.try_next() {
-            self.feed(queued).await?;
+        let mut fed = first.cost;
+        let mut result = self.feed(first.frame).await;
+        while result.is_ok() {
+            let Some(queued) = self.drain.try_next() else {
+                break;
+            };
+            fed += queued.cost;
+            result = self.feed(queued.frame).await;
         }
+        self.drain.written(fed);
+        result?;
         self.sink.flush().await
     }
 
-    async fn feed(&mut self, queued: crate::outbox::Queued) -> Result<(), WsError> {
-        let message = match queued.frame {
+    async fn feed(&mut self, frame: Frame) -> Result<(), WsError> {
+        let message = match frame {
             Frame::Text(text) => Message::Text(text.into_payload()),
             Frame::Ping => Message::Ping(Bytes::new()),
         };
-        let fed = self.sink.feed(message).await;
-        self.drain.written(queued.cost);
-        fed
+        self.sink.feed(message).await
     }
 
     /// Sends what is still queued, then `frame` (or the close reply tungstenite owes).
@@ -342,8 +363,9 @@ impl Writer {
         let deadline = self.deadline;
         let rest = async {
             while let Some(queued) = self.drain.try_next() {
+                self.drain.written(queued.cost);
                 // Refused once the client has closed: what is left cannot reach it.
-                self.feed(queued).await?;
+                self.feed(queued.frame).await?;
             }
             match frame {
                 Some(frame) => self.sink.send(Message::Close(Some(frame))).await,

@@ -150,6 +150,11 @@ impl Outbox {
     /// connection has closed.
     pub async fn send_text(&self, text: Text) -> bool {
         let cost = self.cost(&text);
+        // Room is there nearly always: take it without making a waiting future.
+        if let Ok(permit) = self.room.try_acquire_many(cost) {
+            permit.forget();
+            return self.enqueue(Frame::Text(text), cost);
+        }
         match self.room.acquire_many(cost).await {
             Ok(permit) => {
                 permit.forget();

@@ -98,3 +98,29 @@ impl ProgressThrottle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Frame, Outboxes};
+
+    #[tokio::test]
+    async fn the_last_report_survives_a_full_outbox() {
+        let outboxes = Outboxes::new(400);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let (outbox, mut drain) = outboxes.open(peer, "127.0.0.1".parse().unwrap());
+        // Something else fills the outbox: the report finds no room and is dropped.
+        assert!(outbox.offer(Text::from("x".repeat(300))));
+        let throttle = ProgressThrottle::new(outbox, 7, None);
+        throttle.report(1.0, "done");
+        let filler = drain.next().await.unwrap();
+        assert!(drain.try_next().is_none(), "the report did not fit");
+        drain.written(filler.cost);
+        // Before the terminal message, the dropped report goes out after all.
+        throttle.flush().await;
+        let Frame::Text(text) = drain.next().await.unwrap().frame else {
+            panic!("a text frame")
+        };
+        assert!(text.as_str().contains("\"done\""), "{}", text.as_str());
+    }
+}
