@@ -103,25 +103,26 @@ async fn a_client_that_never_reads_stalls_no_one_else() {
 async fn a_client_that_stops_reading_is_closed_after_the_slow_client_deadline() {
     let mut config = test_config();
     config.slow_client = Duration::from_millis(500);
-    config.outbox_bytes = 64 << 10;
+    // An outbox that takes every broadcast, so the writer really pushes them at the socket
+    // until the client's buffers are full (a small one would drop most of them first).
+    config.outbox_bytes = 64 << 20;
     let server = start_server_with(config, ProtocolApp).await;
     let mut never_reads = raw_websocket(server.addr).await;
     let mut sender = server.client().await;
     let text = "y".repeat(2000);
-    // Enough broadcasts to fill the socket buffers and the outbox.
-    for _ in 0..10 {
+    let closed =
+        |metrics: &str| metrics.contains("taskhost_closed_total{reason=\"slow_client\"} 1");
+    // Broadcasts until the socket's buffers are full and the deadline passes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         for _ in 0..200 {
             sender
                 .send(json!({"type": "task", "task": "broadcast", "input": {"text": text}}))
                 .await;
         }
         finished(&mut sender, 200).await;
-    }
-    // The writer has been stuck since; past the deadline the client is dropped.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
         let (_, metrics) = crate::lifecycle::http(server.addr, "GET", "/metrics").await;
-        if metrics.contains("taskhost_closed_total{reason=\"slow_client\"} 1") {
+        if closed(&metrics) {
             break;
         }
         assert!(Instant::now() < deadline, "never closed: {metrics}");
