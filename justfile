@@ -72,3 +72,11 @@ check:
 bench *ARGS: build-guests
     cargo build --release -p taskhost -p taskhost-bench
     "$({{ target_dir }})/release/loadgen" {{ ARGS }}
+
+# Soak: mixed load against the release binary for MINUTES (default 60): echo, slow, broadcast,
+# the failure tasks, clients leaving mid-task, a slow reader, module reloads. Samples the
+# server's memory, open files, queue depth and echo p99 every 10 s, and fails if one trends
+# upward (docs/RELIABILITY.md has the rule); writes soak/latest.json in the target directory.
+soak MINUTES="60": build-guests
+    cargo build --release -p taskhost -p taskhost-bench
+    "$({{ target_dir }})/release/loadgen" soak --minutes {{ MINUTES }}
