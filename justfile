@@ -80,3 +80,9 @@ bench *ARGS: build-guests
 soak MINUTES="60": build-guests
     cargo build --release -p taskhost -p taskhost-bench
     "$({{ target_dir }})/release/loadgen" soak --minutes {{ MINUTES }}
+
+# Fuzz the parsers (text frames, HTTP request heads, task manifests) with their property
+# tests: CASES inputs per property (default 1,000,000), one property at a time on one thread;
+# each prints how many inputs it tried. `just test` runs the same properties briefly.
+fuzz CASES="1000000":
+    PROPTEST_CASES={{ CASES }} cargo test --release -p taskhost --lib fuzz_tests -- --test-threads 1 --nocapture

@@ -40,6 +40,8 @@ pub mod app;
 pub mod config;
 mod connection;
 mod dispatch;
+#[cfg(test)]
+mod fuzz_tests;
 mod http;
 pub mod limits;
 mod metrics;
