@@ -8,10 +8,12 @@
 //! - `browser`: the page in headless Chromium, driven through `cdp`.
 //! - `examples`: the applications in `host/examples/`, on real servers.
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
+//! - `crash`: the binary killed with SIGKILL under load, and started again.
 
 mod browser;
 mod cdp;
 mod common;
+mod crash;
 mod examples;
 mod lifecycle;
 mod protocol;
