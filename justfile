@@ -72,3 +72,17 @@ check:
 bench *ARGS: build-guests
     cargo build --release -p taskhost -p taskhost-bench
     "$({{ target_dir }})/release/loadgen" {{ ARGS }}
+
+# Soak: mixed load against the release binary for MINUTES (default 60): echo, slow, broadcast,
+# the failure tasks, clients leaving mid-task, a slow reader, module reloads. Samples the
+# server's memory, open files, queue depth and echo p99 every 10 s, and fails if one trends
+# upward (docs/RELIABILITY.md has the rule); writes soak/latest.json in the target directory.
+soak MINUTES="60": build-guests
+    cargo build --release -p taskhost -p taskhost-bench
+    "$({{ target_dir }})/release/loadgen" soak --minutes {{ MINUTES }}
+
+# Fuzz the parsers (text frames, HTTP request heads, task manifests) with their property
+# tests: CASES inputs per property (default 1,000,000), one property at a time on one thread;
+# each prints how many inputs it tried. `just test` runs the same properties briefly.
+fuzz CASES="1000000":
+    PROPTEST_CASES={{ CASES }} cargo test --release -p taskhost --lib fuzz_tests -- --test-threads 1 --nocapture

@@ -9,10 +9,12 @@
 //! - `examples`: the applications in `host/examples/`, on real servers.
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
 //! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
+//! - `crash`: the binary killed with SIGKILL under load, and started again.
 
 mod browser;
 mod cdp;
 mod common;
+mod crash;
 mod examples;
 mod lifecycle;
 mod protocol;

@@ -122,7 +122,8 @@ struct Incoming {
     task_id: Option<u64>,
     error: Option<ErrorBody>,
     fuel_used: Option<u64>,
-    tasks: Option<Vec<String>>,
+    /// Names in `hello`; entries (objects) in a pushed `tasks_changed`.
+    tasks: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,7 +159,7 @@ impl Client {
         let tasks = hello.tasks.unwrap_or_default();
         if let Some(missing) = needs
             .iter()
-            .find(|need| !tasks.iter().any(|task| task == *need))
+            .find(|need| !tasks.iter().any(|task| task.as_str() == Some(**need)))
         {
             bail!(
                 "the server does not serve the task {missing:?} (it serves {tasks:?}): \
@@ -338,6 +339,43 @@ impl Client {
         let frame = format!(r#"{{"type":"cancel","task_id":{task_id}}}"#);
         self.sink.send(Message::text(frame)).await?;
         Ok(())
+    }
+
+    /// Sends text frames as they are, then flushes: for loads that are not a closed loop
+    /// (a client that leaves mid-task, a client that stops reading, a `list`).
+    pub async fn send_texts(
+        &mut self,
+        frames: impl IntoIterator<Item = String>,
+    ) -> anyhow::Result<()> {
+        for frame in frames {
+            self.sink.feed(Message::text(frame)).await?;
+        }
+        self.sink.flush().await?;
+        Ok(())
+    }
+
+    /// The next text message as JSON, skipping pings and pongs; `None` once the connection has
+    /// ended (a close frame, or the socket closed). An error if nothing came within `wait`.
+    pub async fn next_json(&mut self, wait: Duration) -> anyhow::Result<Option<serde_json::Value>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .with_context(|| format!("no message within {wait:?}"))?;
+            match frame {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(text.as_str())
+                        .map(Some)
+                        .with_context(|| {
+                            format!("the server sent a message that is not JSON: {text}")
+                        });
+                }
+                Some(Ok(Message::Binary(_))) => bail!("the server sent a binary frame"),
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error).context("the connection failed"),
+            }
+        }
     }
 
     /// Closes the connection (for connections opened only to be held).

@@ -13,6 +13,7 @@
 //! - [`scenarios`]: the seven scenarios, one file each, and the quick or full [`Plan`].
 //! - [`stats`]: percentiles. [`procfs`]: what Linux says about a process and the machine.
 //! - [`report`]: the table rows and targets. [`chart`]: the SVG.
+//! - [`soak`]: `loadgen soak`, mixed load for a long time, failing when a figure trends upward.
 
 mod chart;
 mod client;
@@ -20,6 +21,7 @@ mod procfs;
 mod report;
 mod scenarios;
 mod server;
+mod soak;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -53,21 +55,40 @@ struct Options {
     quick: bool,
 
     /// The server binary [default: `taskhost` beside this binary].
-    #[arg(long)]
+    #[arg(long, global = true)]
     server: Option<PathBuf>,
 
     /// The tasks folder the servers serve (`just build-guests` fills it).
-    #[arg(long, default_value = "tasks")]
+    #[arg(long, default_value = "tasks", global = true)]
     tasks: PathBuf,
 
     /// Where latest.json, latest.svg and the server logs go [default: `bench/` in the target
-    /// directory this binary is in].
-    #[arg(long)]
+    /// directory this binary is in; `soak/` for the soak].
+    #[arg(long, global = true)]
     out: Option<PathBuf>,
 
     /// Run only these scenarios, by number or name, comma-separated (e.g. `--only 1,cpu`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Mixed load (echo, slow, broadcast, the failure tasks, clients leaving mid-task, a slow
+    /// reader, module reloads) for MINUTES; samples the server's memory, open files, queue
+    /// depth and echo p99 every 10 s and fails if one trends upward (docs/RELIABILITY.md).
+    Soak {
+        /// How long the load runs, in minutes (at least 1).
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+
+        /// Flags for the server, after `--` [default: -- --task-workers 64].
+        #[arg(last = true)]
+        server_args: Vec<String>,
+    },
 }
 
 const SCENARIOS: [&str; 7] = [
@@ -147,6 +168,17 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         .server
         .clone()
         .unwrap_or_else(|| exe_dir.join("taskhost"));
+    if let Some(Command::Soak {
+        minutes,
+        server_args,
+    }) = &options.command
+    {
+        let out = options
+            .out
+            .clone()
+            .unwrap_or_else(|| soak::default_out(&exe_dir));
+        return soak::run(*minutes, &binary, &options.tasks, &out, server_args).await;
+    }
     let out = options
         .out
         .clone()

@@ -41,6 +41,14 @@ pub fn memory(pid: &str) -> anyhow::Result<Memory> {
     })
 }
 
+/// How many files process `pid` has open (the entries of `/proc/PID/fd`): sockets, the
+/// tasks folder's watch, cache files.
+pub fn open_fds(pid: &str) -> anyhow::Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("could not read {path}"))?;
+    Ok(entries.count())
+}
+
 /// CPU time (user plus system, all threads) that process `pid` has used so far.
 pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
@@ -225,5 +233,7 @@ mod tests {
         let memory = memory("self").unwrap();
         assert!(memory.rss_bytes > 0 && memory.peak_rss_bytes >= memory.rss_bytes);
         cpu_time("self").unwrap();
+        // At least the directory being read.
+        assert!(open_fds("self").unwrap() > 0);
     }
 }

@@ -185,6 +185,16 @@ impl Server {
             .with_context(|| format!("server {} is gone", self.label))
     }
 
+    pub fn open_fds(&self) -> anyhow::Result<usize> {
+        procfs::open_fds(&self.pid.to_string())
+            .with_context(|| format!("server {} is gone", self.label))
+    }
+
+    /// The server's `/metrics` text now; `None` if it did not answer within a second.
+    pub async fn metrics(&self) -> Option<String> {
+        get(self.addr, "/metrics").await
+    }
+
     /// SIGTERM, then wait for the exit; an unclean exit is an error naming the log.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -42,6 +42,8 @@ mod clip;
 pub mod config;
 mod connection;
 mod dispatch;
+#[cfg(test)]
+mod fuzz_tests;
 mod http;
 pub mod limits;
 mod metrics;

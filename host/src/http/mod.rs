@@ -11,7 +11,7 @@
 //! WebSocket connection down to the socket and tungstenite's small buffers.
 
 mod access;
-mod request;
+pub(crate) mod request;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -42,9 +42,14 @@ impl Manifest {
         };
         let text = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("{name} is not UTF-8 text, as a TOML manifest must be"))?;
+        Self::parse(&name, &text).map(Some)
+    }
+
+    /// Parses and checks a manifest's text; `name` names its file in errors.
+    pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Manifest> {
         // The parser's own message quotes the offending line; this file may be anything
         // (a link to a host file, say) and the message reaches every client: say where only.
-        let manifest: Manifest = toml::from_str(&text).map_err(|error| {
+        let manifest: Manifest = toml::from_str(text).map_err(|error| {
             let line = error
                 .span()
                 .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
@@ -57,7 +62,7 @@ impl Manifest {
         manifest
             .check()
             .with_context(|| format!("{name} is not a valid manifest"))?;
-        Ok(Some(manifest))
+        Ok(manifest)
     }
 
     /// Refuses limits no task could run under, and descriptions too long to send around.
