@@ -321,7 +321,6 @@ fn an_impossible_pool_is_refused_at_start_with_what_to_change() {
 /// The `taskhost` binary itself: started as a user would, stopped with SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_stops_gracefully_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     use std::process::Command;
 
     let help = Command::new(env!("CARGO_BIN_EXE_taskhost"))
@@ -341,19 +340,7 @@ async fn the_binary_stops_gracefully_on_sigterm() {
 
     let mut child = spawn_binary(&["--task-workers", "64", "--grace-ms", "5000"], "info");
     // The log says where it listens: "taskhost listening address=127.0.0.1:PORT".
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let address = loop {
-        let mut line = String::new();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "taskhost exited before listening"
-        );
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in log.lines() {});
-
+    let address = listening_address(&mut child);
     let mut client = crate::common::Client::connect(&format!("ws://{address}/")).await;
     let accepted = client.submit("slow", json!({"seconds": 1})).await;
     assert_eq!(accepted["type"], "accepted");
@@ -486,6 +473,15 @@ async fn native_tasks_clamp_their_inputs_and_leave_the_runtime_free() {
 /// compile cache, `args`, and `RUST_LOG` set to `log_level` (`""`: the default), its stderr
 /// piped.
 fn spawn_binary(args: &[&str], log_level: &str) -> std::process::Child {
+    spawn_binary_with_env(args, log_level, &[])
+}
+
+/// [`spawn_binary`] with extra environment variables.
+fn spawn_binary_with_env(
+    args: &[&str],
+    log_level: &str,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"));
     command
@@ -495,6 +491,7 @@ fn spawn_binary(args: &[&str], log_level: &str) -> std::process::Child {
         .arg(crate::common::tasks_dir())
         .arg("--cache-dir")
         .arg(cache)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped());
     if log_level.is_empty() {
         command.env_remove("RUST_LOG");
@@ -568,4 +565,46 @@ async fn json_logs_are_json_clipped_and_quiet_per_task() {
             .any(|e| e["fields"]["message"] == "task rejected"),
         "the rejection was logged"
     );
+}
+
+/// Reads the binary's log until it says where it listens.
+fn listening_address(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "taskhost exited before listening"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            let address = rest.split_whitespace().next().unwrap().to_owned();
+            std::thread::spawn(move || for _ in log.lines() {});
+            return address;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_can_come_from_the_environment() {
+    let env = [
+        ("TASKHOST_TASK_WORKERS", "7"),
+        ("TASKHOST_MAX_FRAME", "4096"),
+        ("TASKHOST_NO_WATCH", "true"),
+    ];
+    let mut child = spawn_binary_with_env(&[], "info", &env);
+    let address = listening_address(&mut child);
+    let mut client = crate::common::Client::connect(&format!("ws://{address}/")).await;
+    let stats = client.request(json!({"type": "stats"})).await;
+    assert_eq!(stats["task_workers"], 7, "{stats}");
+    // A frame over the 4,096 bytes TASKHOST_MAX_FRAME allows closes the connection.
+    client
+        .send(json!({"type": "task", "task": "echo", "input": "x".repeat(5000)}))
+        .await;
+    assert!(
+        matches!(client.next_frame().await, Some(Message::Close(_)) | None),
+        "the frame limit came from the environment"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

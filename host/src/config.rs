@@ -28,56 +28,56 @@ pub struct Options {
 
     /// Tasks running at once (Swoole's task_worker_num). A task asleep in the sandbox holds a
     /// slot but no thread, so this can be high; each slot reserves sandbox memory up front.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, env = "TASKHOST_TASK_WORKERS")]
     pub task_workers: usize,
 
     /// Tasks that may wait for a free worker beyond those running; past it, tasks are
     /// rejected with `queue_full`.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "TASKHOST_QUEUE")]
     pub queue: usize,
 
     /// Tasks one connection may have queued or running at once; past it, its tasks are
     /// rejected with `queue_full`, so that no client can take the whole server (default:
     /// half of --task-workers plus --queue; 0: no limit).
-    #[arg(long)]
+    #[arg(env = "TASKHOST_MAX_CONNECTION_TASKS", long)]
     pub max_connection_tasks: Option<usize>,
 
     /// Task run for plain-text frames (the original example sends `666`).
-    #[arg(long, default_value = "slow")]
+    #[arg(long, default_value = "slow", env = "TASKHOST_DEFAULT_TASK")]
     pub default_task: String,
 
     /// Wall-clock limit per task in milliseconds (default and maximum; clients may lower it).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, env = "TASKHOST_TIMEOUT_MS")]
     pub timeout_ms: u64,
 
     /// Fuel (roughly, WebAssembly instructions) per task (default and maximum).
-    #[arg(long, default_value_t = 10_000_000_000)]
+    #[arg(long, default_value_t = 10_000_000_000, env = "TASKHOST_FUEL")]
     pub fuel: u64,
 
     /// Memory per task in bytes (default and maximum): all its linear memories and tables
     /// together.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = 64 << 20, env = "TASKHOST_MEMORY")]
     pub memory: u64,
 
     /// Memory all running tasks may hold at once, in bytes (their memories and tables
     /// together). A task whose growth would pass it fails with `memory_limit`, saying the
     /// server is busy, so that tasks together never take the host's memory (default: half of
     /// this machine's memory, and at least --memory).
-    #[arg(long)]
+    #[arg(env = "TASKHOST_MEMORY_BUDGET", long)]
     pub memory_budget: Option<u64>,
 
     /// Largest frame a client may send, in bytes; a bigger one closes the connection (1009).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, env = "TASKHOST_MAX_FRAME")]
     pub max_frame: usize,
 
     /// Most output a task may write (stdout and stderr together), in bytes; past it the task
     /// is stopped with `output_too_large`.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, env = "TASKHOST_MAX_OUTPUT")]
     pub max_output: usize,
 
     /// On Ctrl-C or SIGTERM, how long running tasks may take to finish, in milliseconds,
     /// before they are failed with `shutdown`.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "TASKHOST_GRACE_MS")]
     pub grace_ms: u64,
 
     /// Folder of compiled code, so that a restart does not compile again (default:
@@ -86,26 +86,36 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
 
     /// Compile every module at every start; keep nothing on disk.
-    #[arg(long, conflicts_with = "cache_dir")]
+    #[arg(long, conflicts_with = "cache_dir", env = "TASKHOST_NO_CACHE")]
     pub no_cache: bool,
 
     /// Task slots to prepare at start, in the background, while no task needs them (default:
     /// all of --task-workers; none with --native). A prepared slot spares the first task in
     /// it setting up its mappings and fiber stack, for about 10 KiB of memory kept.
-    #[arg(long)]
+    #[arg(env = "TASKHOST_WARM_SLOTS", long)]
     pub warm_slots: Option<usize>,
 
     /// A web origin whose pages may open WebSocket connections (repeat for more; `*` for
     /// any). Pages served by this server and from a loopback host always may; other sites
     /// may not, so that no web page a user visits can run tasks here. `null` allows pages
     /// opened from a file, and also sandboxed frames of any site.
-    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    #[arg(
+        long = "allow-origin",
+        value_name = "ORIGIN",
+        env = "TASKHOST_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
     pub allow_origins: Vec<String>,
 
     /// A host name this server is reached by, besides loopback names and the address it
     /// listens on (repeat for more). A browser request naming any other Host is refused
     /// (403), which stops DNS rebinding.
-    #[arg(long = "allow-host", value_name = "HOST")]
+    #[arg(
+        long = "allow-host",
+        value_name = "HOST",
+        env = "TASKHOST_ALLOW_HOST",
+        value_delimiter = ','
+    )]
     pub allow_hosts: Vec<String>,
 
     /// A secret that clients must present to run tasks and read /metrics: `Authorization:
@@ -120,72 +130,87 @@ pub struct Options {
     pub token: Option<String>,
 
     /// Read the token from this file (its first line), so it does not show in `ps`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "TASKHOST_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
     /// Serve without a token on an address other machines can reach: anyone who reaches the
     /// port can run tasks.
-    #[arg(long, conflicts_with_all = ["token", "token_file"])]
+    #[arg(long, conflicts_with_all = ["token", "token_file"], env = "TASKHOST_NO_TOKEN")]
     pub no_token: bool,
 
     /// Certificate chain (PEM) to serve wss:// and https:// with; needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "TASKHOST_TLS_CERT"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// Private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "TASKHOST_TLS_KEY"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// Most connections open at once; past it, new ones are answered 503 and closed
     /// (default: the open-files limit less room for the tasks folder and the cache).
-    #[arg(long)]
+    #[arg(env = "TASKHOST_MAX_CONNECTIONS", long)]
     pub max_connections: Option<usize>,
 
     /// Most connections open at once from one client address; past it, 429 (default: 256
     /// for addresses off this machine, none for loopback; a value given applies to every
     /// address, loopback included).
-    #[arg(long)]
+    #[arg(env = "TASKHOST_MAX_CONNECTIONS_PER_IP", long)]
     pub max_connections_per_ip: Option<usize>,
 
     /// The address of a reverse proxy in front of this server (repeat for more): requests
     /// from it name the client in X-Forwarded-For, which the per-address limits then use.
-    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "ADDR",
+        env = "TASKHOST_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<IpAddr>,
 
     /// Tasks one client address may have queued or running at once, over all its
     /// connections; past it, `queue_full` (default: --max-connection-tasks for addresses off
     /// this machine, none for loopback; a value given applies to every address).
-    #[arg(long)]
+    #[arg(env = "TASKHOST_MAX_ADDRESS_TASKS", long)]
     pub max_address_tasks: Option<usize>,
 
     /// Bytes of task inputs the server holds at once, queued or running; past it, new tasks
     /// are rejected with `queue_full`.
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = 256 << 20, env = "TASKHOST_QUEUE_BYTES")]
     pub queue_bytes: u64,
 
     /// Bytes of messages waiting for one client's socket; past it, messages a later one
     /// supersedes (progress, broadcasts) are dropped for that client and others wait.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = 8 << 20, env = "TASKHOST_OUTBOX_BYTES")]
     pub outbox_bytes: usize,
 
     /// How long a client may leave its socket unread (the server's writes blocked) before it
     /// is closed with 1008, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "TASKHOST_SLOW_CLIENT_MS")]
     pub slow_client_ms: u64,
 
     /// How often the server pings an idle client, in milliseconds; a client that does not
     /// answer by the next ping is closed.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, env = "TASKHOST_PING_INTERVAL_MS")]
     pub ping_interval_ms: u64,
 
     /// How long a frame may take to arrive once it has started, in milliseconds; past it the
     /// connection is closed with 1008.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, env = "TASKHOST_FRAME_TIMEOUT_MS")]
     pub frame_timeout_ms: u64,
 
     /// On Ctrl-C or SIGTERM, how long /healthz answers 503 while tasks are still taken, so a
     /// load balancer can stop sending clients here first, in milliseconds.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "TASKHOST_DRAIN_MS")]
     pub drain_ms: u64,
 
     /// Log lines as `text` (for people) or `json` (one object a line, for log collectors).
@@ -193,12 +218,12 @@ pub struct Options {
     pub log_format: LogFormat,
 
     /// Do not watch the tasks folder: modules load at start only.
-    #[arg(long)]
+    #[arg(env = "TASKHOST_NO_WATCH", long)]
     pub no_watch: bool,
 
     /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
     /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
-    #[arg(long)]
+    #[arg(env = "TASKHOST_NATIVE", long)]
     pub native: bool,
 }
 
