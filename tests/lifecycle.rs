@@ -608,3 +608,64 @@ async fn every_option_can_come_from_the_environment() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_config_file_is_overridden_by_the_environment_and_flags_and_prints_back() {
+    use std::process::Command;
+
+    let folder = crate::common::TaskFolder::with(&[]);
+    let file = folder.path.join("taskhost.toml");
+    std::fs::write(
+        &file,
+        "task-workers = 5\nallow_origin = [\"null\"]\nno_watch = true\n",
+    )
+    .unwrap();
+    let print = |env: &[(&str, &str)], args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .arg("--print-config")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run taskhost --print-config");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let printed = print(&[], &[]);
+    assert!(printed.contains("task_workers = 5\n"), "{printed}");
+    assert!(printed.contains("allow_origin = [\"null\"]"), "{printed}");
+    assert!(printed.contains("no_watch = true"), "{printed}");
+    assert!(print(&[("TASKHOST_TASK_WORKERS", "6")], &[]).contains("task_workers = 6\n"));
+    let flagged = print(&[("TASKHOST_TASK_WORKERS", "6")], &["--task-workers", "7"]);
+    assert!(flagged.contains("task_workers = 7\n"), "{flagged}");
+    let secret = "a token nobody may print";
+    let with_token = print(&[], &["--token", secret]);
+    assert!(!with_token.contains(secret), "{with_token}");
+    assert!(with_token.contains("# token: set"), "{with_token}");
+
+    // What it prints, it takes back.
+    let again = folder.path.join("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .arg("--config")
+        .arg(&again)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), printed);
+
+    std::fs::write(&file, "task_wokers = 5\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no option \"task_wokers\""), "{stderr}");
+}

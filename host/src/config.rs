@@ -5,8 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::ffi::OsString;
+
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::{Serialize, Serializer};
 
 use crate::limits::Limits;
 
@@ -15,9 +19,21 @@ use crate::limits::Limits;
 /// Clients connect to ws://LISTEN/ and send tasks (docs/PROTOCOL.md); each task runs in a fresh
 /// wasmtime sandbox loaded from the tasks folder. The same port serves the page at GET /,
 /// /healthz and /metrics.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "taskhost", version)]
 pub struct Options {
+    /// A TOML file of options, its keys the long flags (`task-workers = 64`, or
+    /// `task_workers`); flags and TASKHOST_* variables override it.
+    #[arg(long, value_name = "FILE", env = "TASKHOST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (file, environment and flags together, the token
+    /// redacted) as TOML, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
     /// Address to listen on (WebSocket, the page, /healthz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9501", env = "TASKHOST_LISTEN")]
     pub listen: SocketAddr,
@@ -105,6 +121,7 @@ pub struct Options {
         env = "TASKHOST_ALLOW_ORIGIN",
         value_delimiter = ','
     )]
+    #[serde(rename = "allow_origin")]
     pub allow_origins: Vec<String>,
 
     /// A host name this server is reached by, besides loopback names and the address it
@@ -116,6 +133,7 @@ pub struct Options {
         env = "TASKHOST_ALLOW_HOST",
         value_delimiter = ','
     )]
+    #[serde(rename = "allow_host")]
     pub allow_hosts: Vec<String>,
 
     /// A secret that clients must present to run tasks and read /metrics: `Authorization:
@@ -127,6 +145,7 @@ pub struct Options {
         hide_env_values = true,
         conflicts_with = "token_file"
     )]
+    #[serde(serialize_with = "redacted")]
     pub token: Option<String>,
 
     /// Read the token from this file (its first line), so it does not show in `ps`.
@@ -175,6 +194,7 @@ pub struct Options {
         env = "TASKHOST_TRUSTED_PROXY",
         value_delimiter = ','
     )]
+    #[serde(rename = "trusted_proxy")]
     pub trusted_proxies: Vec<IpAddr>,
 
     /// Tasks one client address may have queued or running at once, over all its
@@ -286,7 +306,8 @@ pub struct Config {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -306,7 +327,81 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// `--max-connections` is derived from the open-files limit.
 const RESERVED_FILES: u64 = 128;
 
+/// A secret, left out of `--print-config`'s output (which says in a comment that it is set).
+fn redacted<S: Serializer>(_: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_none()
+}
+
 impl Options {
+    /// The options from the process's arguments, its TASKHOST_* variables and the `--config`
+    /// file, in that order of precedence. Exits with clap's message on bad flags or `--help`.
+    pub fn load() -> anyhow::Result<Options> {
+        Options::load_from(std::env::args_os().collect())
+    }
+
+    /// [`Options::load`] with these arguments (the program's name first).
+    pub fn load_from(mut args: Vec<OsString>) -> anyhow::Result<Options> {
+        let command = Options::command();
+        let matches = command.clone().get_matches_from(args.clone());
+        if let Some(path) = matches.get_one::<PathBuf>("config") {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("could not read --config {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text).map_err(|error| {
+                anyhow::anyhow!(
+                    "--config {} is not TOML: {}",
+                    path.display(),
+                    error.message()
+                )
+            })?;
+            for (key, value) in table {
+                let long = key.replace('_', "-");
+                let Some(arg) = command
+                    .get_arguments()
+                    .find(|arg| arg.get_long() == Some(long.as_str()))
+                else {
+                    bail!(
+                        "--config {}: there is no option {key:?}; the keys are the long flags \
+                         of `taskhost --help`, without their dashes",
+                        path.display()
+                    );
+                };
+                // Flags and the environment win over the file.
+                if matches!(
+                    matches.value_source(arg.get_id().as_str()),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                ) {
+                    continue;
+                }
+                let flag = format!("--{long}");
+                let items = match value {
+                    toml::Value::Array(items) => items,
+                    value => vec![value],
+                };
+                for item in items {
+                    match item {
+                        toml::Value::Boolean(true) => args.push(flag.clone().into()),
+                        toml::Value::Boolean(false) => {}
+                        toml::Value::String(text) => args.push(format!("{flag}={text}").into()),
+                        other => args.push(format!("{flag}={other}").into()),
+                    }
+                }
+            }
+            let matches = command.get_matches_from(args);
+            return Ok(Options::from_arg_matches(&matches)?);
+        }
+        Ok(Options::from_arg_matches(&matches)?)
+    }
+
+    /// The options as TOML, for `--print-config`: a file `--config` takes back. The token is
+    /// never printed; a comment says when one is set.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        let mut text = toml::to_string(self).context("could not print the configuration")?;
+        if self.token.is_some() {
+            text.push_str("# token: set (not printed)\n");
+        }
+        Ok(text)
+    }
+
     /// Checks the options and turns them into a [`Config`].
     pub fn validate(&self) -> anyhow::Result<Config> {
         if self.task_workers == 0 {

@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +11,11 @@ use taskhost::{NativeTasks, Options, ProtocolApp};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let options = Options::parse();
+    let options = Options::load()?;
+    if options.print_config {
+        print!("{}", options.to_toml()?);
+        return Ok(());
+    }
     // Lines go to stderr from a thread of their own: a slow terminal or pipe never holds up
     // the runtime's threads (lines beyond the writer's queue are dropped, not waited for).
     // The guard flushes what is left when main returns.
