@@ -108,6 +108,8 @@ pub async fn run<A: App>(
                 "the open callback panicked"
             );
         }
+        // Listed only now: a broadcast must not reach the client before its `hello`.
+        ctx.connections().list(client.outbox());
         let reader = Reader {
             ctx: &ctx,
             client: &client,

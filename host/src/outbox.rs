@@ -232,7 +232,8 @@ impl Outboxes {
         }
     }
 
-    /// A new connection's outbox, and the receiving end its writer drains.
+    /// A new connection's outbox, and the receiving end its writer drains. It is not yet
+    /// among the open ones (broadcasts do not reach it) until [`Outboxes::list`].
     pub(crate) fn open(&self, peer: SocketAddr, address: IpAddr) -> (Outbox, Drain) {
         let (queue, queued) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(self.budget));
@@ -245,8 +246,13 @@ impl Outboxes {
             room: Arc::clone(&room),
             budget: self.budget,
         };
-        self.lock().insert(id, outbox.clone());
         (outbox, Drain { queued, room })
+    }
+
+    /// Counts `outbox` among the open connections, for broadcasts, `stats` and sending by id:
+    /// after its `hello`, so that nothing reaches a client before it.
+    pub(crate) fn list(&self, outbox: &Outbox) {
+        self.lock().insert(outbox.id, outbox.clone());
     }
 
     /// Forgets a connection that closed.
@@ -299,6 +305,7 @@ mod tests {
         let outboxes = Outboxes::new(budget);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let (outbox, drain) = outboxes.open(peer, peer.ip());
+        outboxes.list(&outbox);
         (outboxes, outbox, drain)
     }
 
@@ -338,7 +345,8 @@ mod tests {
     fn a_broadcast_counts_who_missed_it() {
         let (outboxes, full, _drain) = outboxes(FRAME_OVERHEAD + 5);
         let peer: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let (_reader, _reader_drain) = outboxes.open(peer, peer.ip());
+        let (reader, _reader_drain) = outboxes.open(peer, peer.ip());
+        outboxes.list(&reader);
         assert!(full.offer(Text::from("12345".to_owned())));
         let fanout = outboxes.broadcast(&Text::from("hello".to_owned()));
         assert_eq!(
