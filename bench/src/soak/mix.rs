@@ -43,6 +43,8 @@ pub struct Shared {
     pub unexpected: Mutex<BTreeMap<String, u64>>,
     /// Rounds that failed, with why (the first [`PROBLEMS_KEPT`]), and how many in all.
     pub problems: Mutex<(Vec<String>, u64)>,
+    /// Connections whose first message was a `broadcast` or `tasks_changed`, not `hello`.
+    pub pushed_before_hello: AtomicU64,
     /// Connections dropped with tasks in flight; module files replaced; slow-reader rounds.
     pub disconnects: AtomicU64,
     pub reloads: AtomicU64,
@@ -69,6 +71,7 @@ impl Shared {
             ended: AtomicU64::new(0),
             unexpected: Mutex::default(),
             problems: Mutex::default(),
+            pushed_before_hello: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             slow_reads: AtomicU64::new(0),
@@ -92,6 +95,15 @@ impl Shared {
         for (kind, n) in &tally.unexpected {
             *unexpected.entry(kind.clone()).or_default() += n;
         }
+    }
+
+    /// Opens a connection (which reads its `hello`), noting messages that came before it.
+    async fn connect(&self, needs: &[&str]) -> anyhow::Result<Client> {
+        let client = Client::connect(self.addr, needs).await?;
+        if client.pushed_before_hello() > 0 {
+            self.pushed_before_hello.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(client)
     }
 
     pub fn problem_count(&self) -> u64 {
@@ -168,7 +180,7 @@ async fn closed_loop(
     max_tasks: u64,
     expect: Expect,
 ) -> anyhow::Result<Tally> {
-    let client = Client::connect(shared.addr, &[task]).await?;
+    let client = shared.connect(&[task]).await?;
     let load = Load {
         task: task.to_owned(),
         input,
@@ -248,7 +260,7 @@ async fn failures(shared: Arc<Shared>, n: u64) -> anyhow::Result<()> {
 /// the socket, half the time with a close frame.
 async fn disconnect(shared: Arc<Shared>, n: u64) -> anyhow::Result<()> {
     let mut random = Random::new(n);
-    let mut client = Client::connect(shared.addr, &["slow", "echo", "spin"]).await?;
+    let mut client = shared.connect(&["slow", "echo", "spin"]).await?;
     let frames = (0..1 + random.below(8)).map(|i| match random.below(3) {
         0 => format!(r#"{{"type":"task","task":"slow","input":{{"seconds":1}},"ref":{i}}}"#),
         1 => format!(r#"{{"type":"task","task":"echo","input":{i},"ref":{i}}}"#),
@@ -276,7 +288,7 @@ const SLOW_READER_PAUSE: Duration = Duration::from_secs(3);
 /// socket and then its outbox fill up), then reads: every task must still get its `accepted`
 /// and `finished`.
 async fn slow_reader(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let mut client = Client::connect(shared.addr, &["echo"]).await?;
+    let mut client = shared.connect(&["echo"]).await?;
     let input = serde_json::to_string(&"y".repeat(SLOW_READER_INPUT_BYTES))?;
     let frames = (0..SLOW_READER_TASKS)
         .map(|i| format!(r#"{{"type":"task","task":"echo","input":{input},"ref":{i}}}"#));
@@ -339,7 +351,7 @@ async fn reload(shared: Arc<Shared>, n: u64) -> anyhow::Result<()> {
         text
     };
     let path = shared.tasks.join(file);
-    let mut client = Client::connect(shared.addr, &[name]).await?;
+    let mut client = shared.connect(&[name]).await?;
     let before = listed_hash(&mut client, name).await?;
     let temporary = shared.tasks.join(format!("{file}.tmp"));
     std::fs::write(&temporary, &contents)

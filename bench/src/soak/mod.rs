@@ -8,7 +8,9 @@
 //! running tasks (`/metrics`) and the probe's echo p99, and prints a line. At the end,
 //! [`trend`] judges each figure; the soak fails (exit status 1) when one rises, when a task
 //! ended otherwise than expected, when a round failed, or when the server did not stop
-//! cleanly. The samples and verdicts go to `soak/latest.json` in the target directory.
+//! cleanly; it reports, without failing, connections whose first message was not their
+//! `hello` (docs/RELIABILITY.md). The samples and verdicts go to `soak/latest.json` in the
+//! target directory.
 
 mod mix;
 mod trend;
@@ -135,6 +137,9 @@ struct Document<'a> {
     tasks_ended: u64,
     unexpected: &'a std::collections::BTreeMap<String, u64>,
     disconnects: u64,
+    /// Connections whose first message was pushed to all (`broadcast`, `tasks_changed`)
+    /// rather than their `hello`: reported, not a failure (docs/RELIABILITY.md).
+    pushed_before_hello: u64,
     reloads: u64,
     slow_reader_rounds: u64,
     problems: &'a [String],
@@ -295,6 +300,13 @@ pub async fn run(
     for verdict in verdicts.iter().filter(|v| v.rising) {
         problems.push(format!("{} trends upward", verdict.figure));
     }
+    let early = shared.pushed_before_hello.load(Ordering::Relaxed);
+    if early > 0 {
+        println!(
+            "warning: {early} connections got a broadcast or tasks_changed before their hello \
+             (the server counts a connection as open before it queues the hello)"
+        );
+    }
     for problem in &problems {
         println!("problem: {problem}");
     }
@@ -311,6 +323,7 @@ pub async fn run(
         tasks_ended: shared.ended.load(Ordering::Relaxed),
         unexpected: &unexpected,
         disconnects: shared.disconnects.load(Ordering::Relaxed),
+        pushed_before_hello: shared.pushed_before_hello.load(Ordering::Relaxed),
         reloads: shared.reloads.load(Ordering::Relaxed),
         slow_reader_rounds: shared.slow_reads.load(Ordering::Relaxed),
         problems: &problems,
