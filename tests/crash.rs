@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -33,7 +33,7 @@ impl Drop for Process {
 
 /// Starts the binary on `address` serving `tasks`, and returns once it says it is listening.
 fn start(address: &str, tasks: &Path, cache: &Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+    let mut child = crate::common::taskhost_command()
         .args(["--listen", address, "--task-workers", "512"])
         .arg("--tasks")
         .arg(tasks)

@@ -323,7 +323,7 @@ fn an_impossible_pool_is_refused_at_start_with_what_to_change() {
 async fn the_binary_stops_gracefully_on_sigterm() {
     use std::process::Command;
 
-    let help = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+    let help = crate::common::taskhost_command()
         .arg("--help")
         .output()
         .expect("run taskhost --help");
@@ -483,7 +483,7 @@ fn spawn_binary_with_env(
     env: &[(&str, &str)],
 ) -> std::process::Child {
     let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"));
+    let mut command = crate::common::taskhost_command();
     command
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -611,8 +611,6 @@ async fn every_option_can_come_from_the_environment() {
 
 #[test]
 fn a_config_file_is_overridden_by_the_environment_and_flags_and_prints_back() {
-    use std::process::Command;
-
     let folder = crate::common::TaskFolder::with(&[]);
     let file = folder.path.join("taskhost.toml");
     std::fs::write(
@@ -621,7 +619,7 @@ fn a_config_file_is_overridden_by_the_environment_and_flags_and_prints_back() {
     )
     .unwrap();
     let print = |env: &[(&str, &str)], args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        let output = crate::common::taskhost_command()
             .arg("--config")
             .arg(&file)
             .args(args)
@@ -651,7 +649,7 @@ fn a_config_file_is_overridden_by_the_environment_and_flags_and_prints_back() {
     // What it prints, it takes back.
     let again = folder.path.join("printed.toml");
     std::fs::write(&again, &printed).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+    let output = crate::common::taskhost_command()
         .arg("--config")
         .arg(&again)
         .arg("--print-config")
@@ -660,7 +658,7 @@ fn a_config_file_is_overridden_by_the_environment_and_flags_and_prints_back() {
     assert_eq!(String::from_utf8(output.stdout).unwrap(), printed);
 
     std::fs::write(&file, "task_wokers = 5\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+    let output = crate::common::taskhost_command()
         .arg("--config")
         .arg(&file)
         .output()

@@ -148,7 +148,7 @@ async fn with_a_token_the_task_channel_and_metrics_need_it() {
 
 #[test]
 fn the_binary_will_not_serve_other_machines_without_a_token() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+    let output = crate::common::taskhost_command()
         .args(["--listen", "0.0.0.0:0", "--tasks", "/nonexistent"])
         .output()
         .expect("run taskhost");

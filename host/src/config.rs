@@ -589,8 +589,11 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 impl Config {
     /// The defaults of every flag, with the given tasks folder: what tests and embedders start from.
+    /// The process's TASKHOST_* variables are not read: defaults are defaults.
     pub fn with_tasks_dir(tasks_dir: impl Into<PathBuf>) -> Config {
-        let mut options = Options::parse_from(["taskhost"]);
+        let command = Options::command().mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["taskhost"]);
+        let mut options = Options::from_arg_matches(&matches).expect("the defaults parse");
         options.tasks = tasks_dir.into();
         options.validate().expect("the default options are valid")
     }

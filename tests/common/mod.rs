@@ -18,6 +18,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for a message it expects before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The `taskhost` binary as the tests run it: with none of the `TASKHOST_*` variables of the
+/// environment the tests run in, so that a developer's own settings (a token, say) do not
+/// change what the tests see.
+pub fn taskhost_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TASKHOST_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// The tasks folder `just build-guests` fills.
 pub fn tasks_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tasks");
