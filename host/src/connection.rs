@@ -99,15 +99,7 @@ pub async fn run<A: App>(
     async {
         tracing::info!("connection opened");
         ctx.metrics().connections.inc();
-        if let Err(panic) = AssertUnwindSafe(ctx.app().on_open(&ctx, &client))
-            .catch_unwind()
-            .await
-        {
-            tracing::error!(
-                panic = panic_message(panic.as_ref()),
-                "the open callback panicked"
-            );
-        }
+        guarded("open", ctx.app().on_open(&ctx, &client)).await;
         // Listed only now: a broadcast must not reach the client before its `hello`.
         ctx.connections().list(client.outbox());
         let reader = Reader {
@@ -119,15 +111,7 @@ pub async fn run<A: App>(
         let close = reader.run(frames).await;
         ctx.connections().close(client.id());
         ctx.metrics().connections.dec();
-        if let Err(panic) = AssertUnwindSafe(ctx.app().on_close(&ctx, &client))
-            .catch_unwind()
-            .await
-        {
-            tracing::error!(
-                panic = panic_message(panic.as_ref()),
-                "the close callback panicked"
-            );
-        }
+        guarded("close", ctx.app().on_close(&ctx, &client)).await;
         // The writer may already be gone if the socket broke; nothing is left to tell then.
         let _ = close_tx.send(close);
         let _ = writer.await;
@@ -135,6 +119,14 @@ pub async fn run<A: App>(
     }
     .instrument(span)
     .await;
+}
+
+/// Awaits an application's callback; a panic in it is logged, and the connection goes on.
+async fn guarded(callback: &'static str, future: impl std::future::Future<Output = ()>) {
+    if let Err(panic) = AssertUnwindSafe(future).catch_unwind().await {
+        let panic = panic_message(panic.as_ref());
+        tracing::error!(callback, panic, "a callback panicked");
+    }
 }
 
 /// A close frame with a reason cut to the 123 bytes a close frame holds.
