@@ -89,14 +89,9 @@ async fn a_client_that_never_reads_stalls_no_one_else() {
         "took {:?}",
         started.elapsed()
     );
-    let metrics = sender.request(json!({"type": "stats"})).await;
-    assert_eq!(metrics["type"], "stats");
-    let (_, text) = crate::lifecycle::http(server.addr, "GET", "/metrics").await;
-    assert!(
-        text.contains("taskhost_closed_total{reason=\"slow_client\"} 1")
-            || text.contains("taskhost_broadcast_missed_total"),
-        "the non-reader was dropped or missed broadcasts: {text}"
-    );
+    // The sender is still served at once, however far behind the other reader is.
+    let finished = sender.run("echo", json!("prompt")).await;
+    assert_eq!(finished["result"], "prompt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
