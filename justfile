@@ -67,11 +67,18 @@ check:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Benchmark sandbox against native: a table, target/bench/latest.{json,svg} (in
-# CARGO_TARGET_DIR when set; --quick: seconds).
+# Benchmark sandbox against native, and against Swoole when `just swoole` has built it: a
+# table, target/bench/latest.{json,svg} (in CARGO_TARGET_DIR when set; --quick: seconds).
 bench *ARGS: build-guests
     cargo build --release -p taskhost -p taskhost-bench
     "$({{ target_dir }})/release/loadgen" {{ ARGS }}
+
+# Build Swoole 6.2.2 for Debian's PHP 8.2 into the target directory (swoole/swoole.so), for the
+# benchmark's peer column. SRC: a git clone of swoole/swoole-src holding tag v6.2.2
+# (after `git clone https://github.com/swoole/swoole-src`, pass swoole-src/.git); installs
+# PHP's build kit with apt.
+swoole SRC:
+    bash bench/peers/build-swoole.sh "{{ SRC }}" "$({{ target_dir }})/swoole"
 
 # Soak: mixed load against the release binary for MINUTES (default 60): echo, slow, broadcast,
 # the failure tasks, clients leaving mid-task, a slow reader, module reloads. Samples the

@@ -667,3 +667,42 @@ fn a_config_file_is_overridden_by_the_environment_and_flags_and_prints_back() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no option \"task_wokers\""), "{stderr}");
 }
+
+/// `--host-index` (what `just bench` prints above its table) runs the real echo module through
+/// the sandbox and a native micro-benchmark, and prints both as one line of JSON; without an
+/// echo module it says where it looked.
+#[test]
+fn the_host_index_measures_the_sandbox_and_the_host() {
+    let output = crate::common::taskhost_command()
+        .arg("--host-index")
+        .arg("--tasks")
+        .arg(crate::common::tasks_dir())
+        .arg("--no-cache")
+        .output()
+        .expect("run taskhost --host-index");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let index: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for figure in ["native_fib_ms", "sandbox_echo_us"] {
+        let value = index[figure].as_f64().unwrap_or(0.0);
+        assert!(value > 0.0 && value.is_finite(), "{figure}: {index}");
+    }
+
+    let empty = crate::common::TaskFolder::with(&[]);
+    let output = crate::common::taskhost_command()
+        .arg("--host-index")
+        .arg("--tasks")
+        .arg(&empty.path)
+        .arg("--no-cache")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("echo.wasm") && stderr.contains("just build-guests"),
+        "{stderr}"
+    );
+}

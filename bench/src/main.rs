@@ -38,7 +38,7 @@ use crate::scenarios::{
     CpuShare, Plan, Unexpected, connections::Connections, cpu::Cpu, echo_latency::EchoLatency,
     echo_throughput::EchoThroughput, fairness::Fairness, sleeping::Sleeping, startup::Startup,
 };
-use crate::server::{Launcher, Mode, Server};
+use crate::server::{Launcher, Mode, Server, SwoolePeer};
 
 /// Benchmarks taskhost's sandbox against its native baseline (see docs/PERFORMANCE.md).
 ///
@@ -66,6 +66,16 @@ struct Options {
     /// directory this binary is in; `soak/` for the soak].
     #[arg(long, global = true)]
     out: Option<PathBuf>,
+
+    /// The Swoole extension for the peer column (Swoole's task workers serving the same
+    /// protocol, scenarios 1-4) [default: `swoole/swoole.so` in the target directory, where
+    /// `just swoole` builds it]. Without it the table has no Swoole column and says why.
+    #[arg(long, value_name = "PATH/swoole.so")]
+    peer_swoole: Option<PathBuf>,
+
+    /// Leave the Swoole column out even when Swoole is built.
+    #[arg(long)]
+    no_peer: bool,
 
     /// Run only these scenarios, by number or name, comma-separated (e.g. `--only 1,cpu`).
     #[arg(long, value_delimiter = ',')]
@@ -126,6 +136,10 @@ struct Document<'a> {
     /// `git describe --always --dirty` of the checkout the run was made in, if any.
     source: Option<String>,
     native_baseline: bool,
+    /// `taskhost --host-index` on this host before the scenarios, or why it is missing.
+    host_index: Result<&'a HostIndex, &'a str>,
+    /// `swoole_version()` of the peer column, or why there is none.
+    peer: Result<&'a str, &'a str>,
     plan: &'a Plan,
     /// Cores other processes kept busy just before the run.
     background_cores: f64,
@@ -226,6 +240,42 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         log_dir.display()
     );
 
+    let host_index = if help.contains("--host-index") {
+        host_index(&binary, &launcher.tasks, &launcher.common_args)
+    } else {
+        Err(format!("{} has no --host-index", binary.display()))
+    };
+    let host_index_line = match &host_index {
+        Ok(index) => format!(
+            "host index: native fib(30) {:.2} ms, sandbox echo {:.1} µs a task (taskhost --host-index; \
+             compare figures across hosts by these)",
+            index.native_fib_ms, index.sandbox_echo_us
+        ),
+        Err(reason) => format!("host index: not measured ({reason})"),
+    };
+    eprintln!("loadgen: {host_index_line}");
+
+    let peer = if options.no_peer {
+        Err("left out (--no-peer)".to_owned())
+    } else {
+        let extension = options.peer_swoole.clone().unwrap_or_else(|| {
+            exe_dir
+                .parent()
+                .unwrap_or(&exe_dir)
+                .join("swoole/swoole.so")
+        });
+        SwoolePeer::find(&extension, &peer_script())
+    };
+    match &peer {
+        Ok(peer) => eprintln!(
+            "loadgen: peer column: Swoole {} ({})",
+            peer.version,
+            peer.extension.display()
+        ),
+        Err(reason) => eprintln!("loadgen: no Swoole column: {reason}"),
+    }
+    let peer_ref = peer.as_ref().ok();
+
     let mut warnings = Vec::new();
     let background = background_load().await?;
     if background > BUSY_CORES {
@@ -264,23 +314,33 @@ async fn run(options: Options) -> anyhow::Result<bool> {
             None
         };
         let native_ref = native.as_ref();
+        // Swoole in the original example's shape: 2 workers, 2 task workers.
+        let swoole = match peer_ref {
+            Some(peer) if [1, 2, 3].into_iter().any(wants) => {
+                Some(peer.start(&launcher, "swoole", &[]).await?)
+            }
+            _ => None,
+        };
+        let swoole_ref = swoole.as_ref();
         if wants(1) {
             step(1);
-            let outcome = scenarios::echo_throughput::run(&sandbox, native_ref, &plan).await;
+            let outcome =
+                scenarios::echo_throughput::run(&sandbox, native_ref, swoole_ref, &plan).await;
             record(&mut failures, 1, outcome, |r| {
                 results.echo_throughput = Some(r)
             });
         }
         if wants(2) || wants(5) {
             step(2);
-            let outcome = scenarios::echo_latency::run(&sandbox, native_ref, plan.probe).await;
+            let outcome =
+                scenarios::echo_latency::run(&sandbox, native_ref, swoole_ref, plan.probe).await;
             record(&mut failures, 2, outcome, |r| {
                 results.echo_latency = Some(r)
             });
         }
         if wants(3) {
             step(3);
-            let outcome = scenarios::cpu::run(&sandbox, native_ref, &plan).await;
+            let outcome = scenarios::cpu::run(&sandbox, native_ref, swoole_ref, &plan).await;
             record(&mut failures, 3, outcome, |r| results.cpu = Some(r));
         }
         if wants(5) {
@@ -294,7 +354,7 @@ async fn run(options: Options) -> anyhow::Result<bool> {
             .await;
             record(&mut failures, 5, outcome, |r| results.fairness = Some(r));
         }
-        for server in [Some(sandbox), native].into_iter().flatten() {
+        for server in [Some(sandbox), native, swoole].into_iter().flatten() {
             results
                 .shared_servers_peak_rss_bytes
                 .push((server.label.clone(), server.memory()?.peak_rss_bytes));
@@ -303,7 +363,7 @@ async fn run(options: Options) -> anyhow::Result<bool> {
     }
     if wants(4) {
         step(4);
-        let outcome = scenarios::sleeping::run(&launcher, &plan, native_baseline).await;
+        let outcome = scenarios::sleeping::run(&launcher, &plan, native_baseline, peer_ref).await;
         record(&mut failures, 4, outcome, |r| results.sleeping = Some(r));
     }
     if wants(6) {
@@ -341,7 +401,17 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         "\ntaskhost benchmark, {mode} mode, {} ({} cores, Linux {})\n",
         machine.date, machine.cores, machine.kernel
     );
+    println!("{host_index_line}\n");
     println!("{}", report::table(&rows));
+    match &peer {
+        Ok(peer) => println!(
+            "swoole: Swoole {} on {}, 2 workers and 2 task workers (the original example's shape); \
+             scenario 4 with coroutine task workers; CPU and memory of its whole process tree\n",
+            peer.version,
+            php_version()
+        ),
+        Err(reason) => println!("no swoole column: {reason}\n"),
+    }
     for (title, lines) in [("warnings", &warnings), ("problems", &problems)] {
         if !lines.is_empty() {
             println!("{title}:");
@@ -359,6 +429,14 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         server_version,
         source: git_describe(),
         native_baseline,
+        host_index: match &host_index {
+            Ok(index) => Ok(index),
+            Err(reason) => Err(reason.as_str()),
+        },
+        peer: match &peer {
+            Ok(peer) => Ok(peer.version.as_str()),
+            Err(reason) => Err(reason.as_str()),
+        },
         plan: &plan,
         background_cores: background,
         rows: &rows,
@@ -375,6 +453,62 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         .with_context(|| format!("could not write {}", svg_path.display()))?;
     println!("\nwrote {} and {}", json_path.display(), svg_path.display());
     Ok(problems.is_empty())
+}
+
+/// `taskhost --host-index`, the host's speed: see `host/src/calibrate.rs`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct HostIndex {
+    native_fib_ms: f64,
+    sandbox_echo_us: f64,
+}
+
+/// Runs `binary --host-index` on the run's tasks snapshot, with the servers' common flags.
+fn host_index(binary: &Path, tasks: &Path, common_args: &[String]) -> Result<HostIndex, String> {
+    let output = std::process::Command::new(binary)
+        .arg("--host-index")
+        .arg("--tasks")
+        .arg(tasks)
+        .args(common_args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .map_err(|error| format!("could not run {} --host-index: {error}", binary.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} --host-index failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|error| {
+        format!(
+            "{} --host-index printed no index ({error}): {}",
+            binary.display(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        )
+    })
+}
+
+/// The Swoole server script, `bench/peers/swoole_server.php` in the source tree.
+fn peer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/swoole_server.php")
+}
+
+/// `PHP 8.2.x`, the first line of `php --version`.
+fn php_version() -> String {
+    std::process::Command::new("php")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|output| {
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.lines().next().map(|line| {
+                line.split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        })
+        .unwrap_or_else(|| "PHP (version unknown)".to_owned())
 }
 
 /// The scenario numbers `--only` names (all of them when it is empty).
@@ -466,18 +600,27 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
         r.native
             .iter()
             .for_each(|n| add("1 echo throughput, native", &n.unexpected));
+        r.peer
+            .iter()
+            .for_each(|p| add("1 echo throughput, swoole", &p.unexpected));
     }
     if let Some(r) = &results.echo_latency {
         add("2 echo latency, sandbox", &r.sandbox.unexpected);
         r.native
             .iter()
             .for_each(|n| add("2 echo latency, native", &n.unexpected));
+        r.peer
+            .iter()
+            .for_each(|p| add("2 echo latency, swoole", &p.unexpected));
     }
     if let Some(r) = &results.cpu {
         add("3 cpu, sandbox", &r.sandbox.unexpected);
         r.native
             .iter()
             .for_each(|n| add("3 cpu, native", &n.unexpected));
+        r.peer
+            .iter()
+            .for_each(|p| add("3 cpu, swoole", &p.unexpected));
         add("3 cpu one at a time, sandbox", &r.sandbox_alone.unexpected);
         r.native_alone
             .iter()
@@ -488,6 +631,9 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
         r.native
             .iter()
             .for_each(|n| add("4 sleeping, native", &n.unexpected));
+        r.peer
+            .iter()
+            .for_each(|p| add("4 sleeping, swoole", &p.unexpected));
     }
     if let Some(r) = &results.fairness {
         add("5 fairness probe, sandbox", &r.sandbox.probe.unexpected);
@@ -543,6 +689,9 @@ fn busy_windows(results: &Results) -> Vec<String> {
         r.native
             .iter()
             .for_each(|n| windows.push(("1 echo throughput, native", &n.cpu)));
+        r.peer
+            .iter()
+            .for_each(|p| windows.push(("1 echo throughput, swoole", &p.cpu)));
     }
     if let Some(r) = &results.echo_latency {
         windows.push(("2 echo latency, sandbox", &r.sandbox.cpu));
@@ -555,6 +704,9 @@ fn busy_windows(results: &Results) -> Vec<String> {
         r.native
             .iter()
             .for_each(|n| windows.push(("3 cpu, native", &n.cpu)));
+        r.peer
+            .iter()
+            .for_each(|p| windows.push(("3 cpu, swoole", &p.cpu)));
     }
     if let Some(r) = &results.sleeping {
         windows.push(("4 sleeping, sandbox", &r.sandbox.cpu));

@@ -72,6 +72,72 @@ pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
     ))
 }
 
+/// Process `pid` and every process below it (children, their children, ...), from the parent
+/// ids in `/proc/*/stat`: a server made of several processes (Swoole's master, manager,
+/// workers and task workers) is measured as the whole tree.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // After the name in parentheses: state, then the parent id.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|field| field.parse::<u32>().ok());
+            if let Some(parent) = parent {
+                parents.push((child, parent));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        next += 1;
+    }
+    tree
+}
+
+/// [`cpu_time`] summed over [`process_tree`]. A process that ended meanwhile takes its time
+/// with it; the servers measured keep their processes for the whole run.
+pub fn tree_cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let root = cpu_time(&pid.to_string())?;
+    let rest: Duration = process_tree(pid)
+        .into_iter()
+        .skip(1)
+        .filter_map(|child| cpu_time(&child.to_string()).ok())
+        .sum();
+    Ok(root + rest)
+}
+
+/// [`memory`] summed over [`process_tree`]: resident now, and the sum of each process's own
+/// peak (an upper bound of the tree's peak, since the processes need not peak together).
+/// Pages the processes share (a forked parent's) count once per process, as `VmRSS` does.
+pub fn tree_memory(pid: u32) -> anyhow::Result<Memory> {
+    let mut total = memory(&pid.to_string())?;
+    for child in process_tree(pid).into_iter().skip(1) {
+        if let Ok(memory) = memory(&child.to_string()) {
+            total.rss_bytes += memory.rss_bytes;
+            total.peak_rss_bytes += memory.peak_rss_bytes;
+        }
+    }
+    Ok(total)
+}
+
 /// CPU time that the whole machine has spent busy (all cores, all processes, user, system and
 /// interrupts; not idle or waiting for I/O), from the first line of `/proc/stat`.
 pub fn machine_busy_time() -> anyhow::Result<Duration> {
@@ -233,6 +299,10 @@ mod tests {
         let memory = memory("self").unwrap();
         assert!(memory.rss_bytes > 0 && memory.peak_rss_bytes >= memory.rss_bytes);
         cpu_time("self").unwrap();
+        let me = std::process::id();
+        assert_eq!(process_tree(me)[0], me);
+        let alone = cpu_time("self").unwrap();
+        assert!(tree_cpu_time(me).unwrap() >= alone);
         // At least the directory being read.
         assert!(open_fds("self").unwrap() > 0);
     }

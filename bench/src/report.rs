@@ -65,6 +65,9 @@ pub enum Target {
     AtMost { value: f64 },
     /// sandbox − baseline ≤ value, in the row's unit (CPU the sandbox adds).
     ExcessAtMost { value: f64 },
+    /// sandbox − baseline ≤ baseline: what the sandbox adds is at most what the baseline
+    /// costs on its own (issue 13's echo CPU target).
+    ExcessAtMostBaseline,
 }
 
 impl Target {
@@ -74,6 +77,7 @@ impl Target {
             Target::RatioAtMost { ratio } => format!("≤ {ratio}x baseline"),
             Target::AtMost { value } => format!("≤ {}", unit.format(value)),
             Target::ExcessAtMost { value } => format!("≤ baseline + {}", unit.format(value)),
+            Target::ExcessAtMostBaseline => "adds ≤ baseline".to_owned(),
         }
     }
 
@@ -84,6 +88,7 @@ impl Target {
             Target::RatioAtMost { ratio: goal } => ratio.map(|r| r <= goal),
             Target::AtMost { value: goal } => Some(value <= goal),
             Target::ExcessAtMost { value: goal } => baseline.map(|b| value - b <= goal),
+            Target::ExcessAtMostBaseline => baseline.map(|b| value - b <= b),
         }
     }
 }
@@ -106,6 +111,13 @@ pub struct Row {
     pub target: Option<Target>,
     pub target_text: Option<String>,
     pub met: Option<bool>,
+    /// The peer users would pick instead (Swoole), measured in the same run with the same
+    /// client; `None` when it did not run. Its label is empty when the row has no peer figure.
+    pub peer: Option<f64>,
+    pub peer_label: String,
+    /// A goal relative to the peer (value / peer), and whether it is met.
+    pub peer_target: Option<Target>,
+    pub peer_met: Option<bool>,
     pub note: Option<String>,
 }
 
@@ -123,6 +135,10 @@ impl Row {
             target: None,
             target_text: None,
             met: None,
+            peer: None,
+            peer_label: String::new(),
+            peer_target: None,
+            peer_met: None,
             note: None,
         }
     }
@@ -163,6 +179,21 @@ impl Row {
         self
     }
 
+    /// Shows the peer's figure (same unit) in its column, labelled `label`.
+    pub fn peer(mut self, label: &str, peer: Option<f64>) -> Row {
+        self.peer_label = label.to_owned();
+        self.peer = peer;
+        self.refresh();
+        self
+    }
+
+    /// A goal against the peer: only ratio targets make sense there.
+    pub fn peer_target(mut self, target: Target) -> Row {
+        self.peer_target = Some(target);
+        self.refresh();
+        self
+    }
+
     pub fn note(mut self, note: impl Into<String>) -> Row {
         self.note = Some(note.into());
         self
@@ -173,11 +204,46 @@ impl Row {
             (Some(target), Some(value)) => target.met(value, self.baseline),
             _ => None,
         };
+        self.peer_met = match (self.peer_target, self.value) {
+            (Some(target), Some(value)) => target.met(value, self.peer),
+            _ => None,
+        };
+    }
+
+    /// value / peer.
+    fn peer_ratio_text(&self) -> String {
+        match (self.value, self.peer) {
+            (Some(value), Some(peer)) if peer > 0.0 => format!("{:.2}x", value / peer),
+            _ => "—".to_owned(),
+        }
+    }
+
+    /// The goals, the baseline's then the peer's.
+    fn target_cell(&self) -> String {
+        let mut goals = Vec::new();
+        goals.extend(self.target_text.clone());
+        if let Some(target) = self.peer_target {
+            goals.push(
+                target
+                    .describe(self.unit)
+                    .replace("baseline", &self.peer_label),
+            );
+        }
+        if goals.is_empty() {
+            "—".to_owned()
+        } else {
+            goals.join("; ")
+        }
     }
 
     fn ratio_text(&self) -> String {
         match (self.target, self.value, self.baseline, self.ratio) {
-            (Some(Target::ExcessAtMost { .. }), Some(value), Some(baseline), _) => {
+            (
+                Some(Target::ExcessAtMost { .. } | Target::ExcessAtMostBaseline),
+                Some(value),
+                Some(baseline),
+                _,
+            ) => {
                 let excess = value - baseline;
                 let sign = if excess >= 0.0 { "+" } else { "-" };
                 format!("{sign}{}", self.unit.format(excess.abs()))
@@ -188,21 +254,33 @@ impl Row {
         }
     }
 
+    /// "yes" when every goal that could be judged is met, "NO" when one is not.
     pub fn met_text(&self) -> &'static str {
-        match self.met {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "—",
+        let judged: Vec<bool> = [self.met, self.peer_met].into_iter().flatten().collect();
+        match judged.as_slice() {
+            [] => "—",
+            all if all.iter().all(|met| *met) => "yes",
+            _ => "NO",
         }
     }
 }
 
-/// The rows as an aligned text table, then the rows' notes.
+/// The rows as an aligned text table, then the rows' notes. The peer's columns (its figure and
+/// taskhost / peer) appear when some row has one.
 pub fn table(rows: &[Row]) -> String {
-    let header = [
-        "scenario", "metric", "taskhost", "baseline", "ratio", "target", "met",
-    ];
-    let cells: Vec<[String; 7]> = rows
+    let peer_label = rows
+        .iter()
+        .find(|row| row.peer.is_some())
+        .map(|row| row.peer_label.clone());
+    let mut header: Vec<String> = ["scenario", "metric", "taskhost", "baseline", "ratio"]
+        .map(str::to_owned)
+        .to_vec();
+    if let Some(label) = &peer_label {
+        header.push(label.clone());
+        header.push(format!("vs {label}"));
+    }
+    header.extend(["target", "met"].map(str::to_owned));
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
             let value = row
@@ -213,18 +291,23 @@ pub fn table(rows: &[Row]) -> String {
                 None if row.baseline_label.is_empty() => "—".to_owned(),
                 None => format!("— ({} n/a)", row.baseline_label),
             };
-            [
+            let mut line = vec![
                 row.scenario.clone(),
                 row.metric.clone(),
                 value,
                 baseline,
                 row.ratio_text(),
-                row.target_text.clone().unwrap_or_else(|| "—".to_owned()),
-                row.met_text().to_owned(),
-            ]
+            ];
+            if peer_label.is_some() {
+                line.push(row.peer.map_or("—".to_owned(), |p| row.unit.format(p)));
+                line.push(row.peer_ratio_text());
+            }
+            line.push(row.target_cell());
+            line.push(row.met_text().to_owned());
+            line
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for line in &cells {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
@@ -234,13 +317,13 @@ pub fn table(rows: &[Row]) -> String {
     let mut line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(cell, width)| format!("{cell}{}", " ".repeat(width - cell.chars().count())))
             .collect();
         let _ = writeln!(out, "{}", padded.join("  ").trim_end());
     };
-    line(&header.map(str::to_owned));
-    line(&widths.map(|w| "-".repeat(w)));
+    line(&header);
+    line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
     let mut previous = "";
     for (row, cells) in rows.iter().zip(&cells) {
         let mut cells = cells.clone();
@@ -289,5 +372,25 @@ mod tests {
             (row.met, row.ratio_text().as_str()),
             (Some(false), "+10.0 µs")
         );
+    }
+
+    #[test]
+    fn peer_column() {
+        let row = Row::new("1", "cpu", Unit::Micros, 20.0)
+            .baseline("native", Some(10.0))
+            .target(Target::RatioAtMost { ratio: 2.0 })
+            .peer("swoole", Some(50.0))
+            .peer_target(Target::RatioAtMost { ratio: 0.5 });
+        assert_eq!(
+            (row.met, row.peer_met, row.met_text()),
+            (Some(true), Some(true), "yes")
+        );
+        let slower = row.clone().peer("swoole", Some(30.0));
+        assert_eq!((slower.peer_met, slower.met_text()), (Some(false), "NO"));
+        let text = table(&[row, Row::new("2", "other", Unit::Count, 1.0)]);
+        assert!(text.lines().next().unwrap().contains("vs swoole"), "{text}");
+        assert!(text.contains("0.40x"), "{text}");
+        let without = table(&[Row::new("2", "other", Unit::Count, 1.0)]);
+        assert!(!without.contains("swoole"), "{without}");
     }
 }

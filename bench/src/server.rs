@@ -83,6 +83,8 @@ pub struct Server {
     pub warm_after: Duration,
     log: PathBuf,
     warnings: Arc<Mutex<Vec<String>>>,
+    /// Measured as its whole process tree (a peer made of several processes), not one process.
+    tree: bool,
 }
 
 impl Launcher {
@@ -170,17 +172,146 @@ impl Launcher {
             warm_after: started.elapsed(),
             log,
             warnings: Arc::clone(&self.warnings),
+            tree: false,
+        })
+    }
+}
+
+/// The peer users would pick instead of taskhost: Swoole's WebSocket server with task workers,
+/// speaking taskhost's protocol for `echo`, `slow` and `fib` (`peers/swoole_server.php`, the
+/// original example's shape), run by PHP with the Swoole extension built by `just swoole`.
+#[derive(Debug, Clone)]
+pub struct SwoolePeer {
+    pub php: PathBuf,
+    /// `swoole.so`.
+    pub extension: PathBuf,
+    pub script: PathBuf,
+    /// `swoole_version()`, for the report.
+    pub version: String,
+}
+
+impl SwoolePeer {
+    /// The peer, if `extension` exists and PHP loads it; otherwise why not, for the report.
+    pub fn find(extension: &Path, script: &Path) -> Result<SwoolePeer, String> {
+        if !extension.exists() {
+            return Err(format!(
+                "no Swoole build at {}: `just swoole SRC_GIT_DIR` builds one (SRC_GIT_DIR: a git \
+                 clone of swoole/swoole-src holding tag v6.2.2), or pass --peer-swoole PATH/swoole.so",
+                extension.display()
+            ));
+        }
+        let php = PathBuf::from("php");
+        let output = std::process::Command::new(&php)
+            .arg("-d")
+            .arg(format!("extension={}", extension.display()))
+            .args(["-r", "echo swoole_version();"])
+            .output()
+            .map_err(|error| {
+                format!("could not run php to load {}: {error}", extension.display())
+            })?;
+        if !output.status.success() {
+            return Err(format!(
+                "php could not load {}: {}",
+                extension.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SwoolePeer {
+            php,
+            extension: extension.to_path_buf(),
+            script: script.to_path_buf(),
+            version: String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        })
+    }
+
+    /// Starts the peer with `env` (`TASK_WORKERS`, `TASK_COROUTINE`, ...; see the script's
+    /// header) and returns once it answers a WebSocket with `hello`.
+    pub async fn start(
+        &self,
+        launcher: &Launcher,
+        label: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
+        let addr = free_port()?;
+        let log = launcher.log_dir.join(format!("{label}.log"));
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("could not create the peer log {}", log.display()))?;
+        let mut command = Command::new(&self.php);
+        command
+            .arg("-d")
+            .arg(format!("extension={}", self.extension.display()))
+            .arg(&self.script)
+            .env("LISTEN", addr.to_string())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(
+                log_file
+                    .try_clone()
+                    .context("could not share the log file")?,
+            )
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("could not start {}", self.php.display()))?;
+        let pid = child.id().context("the peer exited at once")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "peer {label} exited before it was ready ({status}); its log {} ends:\n{}",
+                    log.display(),
+                    log_tail(&log)
+                );
+            }
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                crate::client::Client::connect(addr, &[]),
+            );
+            if let Ok(Ok(client)) = probe.await {
+                client.close().await;
+                break;
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "peer {label} did not answer a WebSocket on {addr} within {READY_TIMEOUT:?}; \
+                     its log {} ends:\n{}",
+                    log.display(),
+                    log_tail(&log)
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        let ready_after = started.elapsed();
+        Ok(Server {
+            child,
+            pid,
+            addr,
+            label: label.to_owned(),
+            ready_after,
+            warm_after: ready_after,
+            log,
+            warnings: Arc::clone(&launcher.warnings),
+            tree: true,
         })
     }
 }
 
 impl Server {
     pub fn memory(&self) -> anyhow::Result<procfs::Memory> {
+        if self.tree {
+            return procfs::tree_memory(self.pid)
+                .with_context(|| format!("server {} is gone", self.label));
+        }
         procfs::memory(&self.pid.to_string())
             .with_context(|| format!("server {} is gone", self.label))
     }
 
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        if self.tree {
+            return procfs::tree_cpu_time(self.pid)
+                .with_context(|| format!("server {} is gone", self.label));
+        }
         procfs::cpu_time(&self.pid.to_string())
             .with_context(|| format!("server {} is gone", self.label))
     }

@@ -34,6 +34,13 @@ pub struct Options {
     #[serde(skip)]
     pub print_config: bool,
 
+    /// Measure this host (a native micro-benchmark and the sandbox's price per task, running
+    /// the tasks folder's echo.wasm), print it as one line of JSON, and exit. `just bench`
+    /// prints it above its table, so figures from two hosts can be told apart.
+    #[arg(long, hide_short_help = true)]
+    #[serde(skip)]
+    pub host_index: bool,
+
     /// Address to listen on (WebSocket, the page, /healthz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9501", env = "TASKHOST_LISTEN")]
     pub listen: SocketAddr,

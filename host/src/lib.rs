@@ -34,10 +34,14 @@
 //!    - [`limits`], [`config`], `metrics`, `clip`: plain data, counters and the cutting of
 //!      client text for logs, used by all.
 //!
+//! Beside them, [`calibrate`]: `taskhost --host-index`, the sandbox's fixed price per task and
+//! a native micro-benchmark, for the benchmark to tell hosts apart.
+//!
 //! The sandbox, the dispatcher and the registry import nothing from the protocol: their
 //! errors and outcomes are their own types, which the application turns into wire codes.
 
 pub mod app;
+pub mod calibrate;
 mod clip;
 pub mod config;
 mod connection;

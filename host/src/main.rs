@@ -34,6 +34,11 @@ async fn main() -> anyhow::Result<()> {
     }
     taskhost::config::raise_open_files_limit();
     let config = options.validate()?;
+    if options.host_index {
+        let index = taskhost::calibrate::measure(&config).await?;
+        println!("{}", serde_json::to_string(&index)?);
+        return Ok(());
+    }
     // Listen for Ctrl-C and SIGTERM from here on, before the (possibly slow) start.
     let shutdown = taskhost::shutdown_signal();
     let listener = TcpListener::bind(options.listen).await.with_context(|| {

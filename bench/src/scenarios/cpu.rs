@@ -25,6 +25,7 @@ const INPUT: &str = r#"{"n":27}"#;
 pub struct Cpu {
     pub sandbox: Rate,
     pub native: Option<Rate>,
+    pub peer: Option<Rate>,
     /// Submit to `finished` of fib(27), one task at a time.
     pub sandbox_alone: Alone,
     pub native_alone: Option<Alone>,
@@ -36,7 +37,12 @@ pub struct Alone {
     pub unexpected: Unexpected,
 }
 
-pub async fn run(sandbox: &Server, native: Option<&Server>, plan: &Plan) -> anyhow::Result<Cpu> {
+pub async fn run(
+    sandbox: &Server,
+    native: Option<&Server>,
+    peer: Option<&Server>,
+    plan: &Plan,
+) -> anyhow::Result<Cpu> {
     let sandbox_rate = measure_rate(sandbox, plan, CONNECTIONS, IN_FLIGHT, "fib", INPUT).await?;
     let sandbox_alone = alone(sandbox, plan).await?;
     let (native_rate, native_alone) = match native {
@@ -46,9 +52,14 @@ pub async fn run(sandbox: &Server, native: Option<&Server>, plan: &Plan) -> anyh
         ),
         None => (None, None),
     };
+    let peer_rate = match peer {
+        Some(peer) => Some(measure_rate(peer, plan, CONNECTIONS, IN_FLIGHT, "fib", INPUT).await?),
+        None => None,
+    };
     Ok(Cpu {
         sandbox: sandbox_rate,
         native: native_rate,
+        peer: peer_rate,
         sandbox_alone,
         native_alone,
     })
@@ -82,6 +93,7 @@ async fn alone(server: &Server, plan: &Plan) -> anyhow::Result<Alone> {
 impl Cpu {
     pub fn rows(&self) -> Vec<Row> {
         let native = self.native.as_ref();
+        let peer = self.peer.as_ref();
         vec![
             Row::new(
                 NAME,
@@ -90,7 +102,8 @@ impl Cpu {
                 self.sandbox.tasks_per_s,
             )
             .baseline("native", native.map(|n| n.tasks_per_s))
-            .target(Target::RatioAtLeast { ratio: 0.45 })
+            .target(Target::RatioAtLeast { ratio: 0.50 })
+            .peer(super::PEER, peer.map(|p| p.tasks_per_s))
             .note(format!(
                 "fuel (the CPU limit) on: {} units per task; cores used by server / loadgen / other: sandbox {}, native {}",
                 Unit::Count.format(self.sandbox.fuel_per_task),
@@ -103,7 +116,8 @@ impl Cpu {
                 Unit::Micros,
                 self.sandbox.server_cpu_us_per_task,
             )
-            .baseline("native", native.map(|n| n.server_cpu_us_per_task)),
+            .baseline("native", native.map(|n| n.server_cpu_us_per_task))
+            .peer(super::PEER, peer.map(|p| p.server_cpu_us_per_task)),
             Row::new(
                 NAME,
                 "one at a time: finished p50",

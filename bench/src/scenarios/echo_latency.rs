@@ -36,11 +36,13 @@ pub struct Probe {
 pub struct EchoLatency {
     pub sandbox: Probe,
     pub native: Option<Probe>,
+    pub peer: Option<Probe>,
 }
 
 pub async fn run(
     sandbox: &Server,
     native: Option<&Server>,
+    peer: Option<&Server>,
     probe: Duration,
 ) -> anyhow::Result<EchoLatency> {
     let sandbox_probe = measure(sandbox, probe).await?;
@@ -48,9 +50,14 @@ pub async fn run(
         Some(native) => Some(measure(native, probe).await?),
         None => None,
     };
+    let peer_probe = match peer {
+        Some(peer) => Some(measure(peer, probe).await?),
+        None => None,
+    };
     Ok(EchoLatency {
         sandbox: sandbox_probe,
         native: native_probe,
+        peer: peer_probe,
     })
 }
 
@@ -104,9 +111,11 @@ fn slowest(samples: &[&Sample], from: Instant) -> Vec<(f64, f64)> {
 impl EchoLatency {
     pub fn rows(&self) -> Vec<Row> {
         let native = self.native.as_ref();
+        let peer = self.peer.as_ref();
         let row = |metric: &str, pick: fn(&Probe) -> f64| {
             Row::new(NAME, metric, Unit::Micros, pick(&self.sandbox))
                 .baseline("native", native.map(pick))
+                .peer(super::PEER, peer.map(pick))
         };
         vec![
             row("accepted p50", |p| p.accepted.p50_us),

@@ -21,11 +21,14 @@ pub const ECHO_INPUT: &str = r#"{"text":"hello, taskhost"}"#;
 pub struct EchoThroughput {
     pub sandbox: Rate,
     pub native: Option<Rate>,
+    /// Swoole, when it runs (the peer column).
+    pub peer: Option<Rate>,
 }
 
 pub async fn run(
     sandbox: &Server,
     native: Option<&Server>,
+    peer: Option<&Server>,
     plan: &Plan,
 ) -> anyhow::Result<EchoThroughput> {
     let sandbox_rate =
@@ -36,15 +39,23 @@ pub async fn run(
         }
         None => None,
     };
+    let peer_rate = match peer {
+        Some(peer) => {
+            Some(measure_rate(peer, plan, CONNECTIONS, IN_FLIGHT, "echo", ECHO_INPUT).await?)
+        }
+        None => None,
+    };
     Ok(EchoThroughput {
         sandbox: sandbox_rate,
         native: native_rate,
+        peer: peer_rate,
     })
 }
 
 impl EchoThroughput {
     pub fn rows(&self) -> Vec<Row> {
         let native = self.native.as_ref();
+        let peer = self.peer.as_ref();
         vec![
             Row::new(
                 NAME,
@@ -53,7 +64,8 @@ impl EchoThroughput {
                 self.sandbox.tasks_per_s,
             )
             .baseline("native", native.map(|n| n.tasks_per_s))
-            .target(Target::RatioAtLeast { ratio: 0.35 }),
+            .target(Target::RatioAtLeast { ratio: 0.35 })
+            .peer(super::PEER, peer.map(|p| p.tasks_per_s)),
             Row::new(
                 NAME,
                 "server CPU per task",
@@ -61,11 +73,15 @@ impl EchoThroughput {
                 self.sandbox.server_cpu_us_per_task,
             )
             .baseline("native", native.map(|n| n.server_cpu_us_per_task))
-            .target(Target::ExcessAtMost { value: 9.0 })
+            .target(Target::ExcessAtMostBaseline)
+            .peer(super::PEER, peer.map(|p| p.server_cpu_us_per_task))
+            .peer_target(Target::RatioAtMost { ratio: 0.5 })
             .note(format!(
-                "cores used by server / loadgen / other processes: sandbox {}, native {}",
+                "cores used by server / loadgen / other processes: sandbox {}, native {}, {} {}",
                 super::cores_text(&self.sandbox.cpu),
                 native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
+                super::PEER,
+                peer.map_or("n/a".to_owned(), |p| super::cores_text(&p.cpu)),
             )),
             Row::new(
                 NAME,
@@ -73,7 +89,8 @@ impl EchoThroughput {
                 Unit::Micros,
                 self.sandbox.latency.p50_us,
             )
-            .baseline("native", native.map(|n| n.latency.p50_us)),
+            .baseline("native", native.map(|n| n.latency.p50_us))
+            .peer(super::PEER, peer.map(|p| p.latency.p50_us)),
         ]
     }
 }

@@ -80,6 +80,9 @@ impl Plan {
     }
 }
 
+/// The peer's label in the table: Swoole 6 with task workers (`peers/swoole_server.php`).
+pub const PEER: &str = "swoole";
+
 /// How long tasks still in flight when a window closes may take to end.
 const DRAIN: Duration = Duration::from_secs(30);
 

@@ -1,0 +1,116 @@
+//! `taskhost --host-index`: two fixed measurements that tell one host from another, printed
+//! as one line of JSON for `just bench` to put above its table.
+//!
+//! Machines of the same kind differ by two to three times per task, and figures from two hosts
+//! cannot be compared without knowing which was which. The index measures what the benchmark's
+//! figures are made of, with nothing else running in the process:
+//!
+//! - `native_fib_ms`: naive fib(30) in plain Rust, one core: the host's compute speed.
+//! - `sandbox_echo_us`: one `echo` task through the sandbox exactly as the server runs it
+//!   (a fresh instance from the pool, WASI, the input on stdin, the result from stdout, the
+//!   store dropped and the slot reset), one after another: the sandbox's fixed price per task
+//!   on this host, without the protocol or the network.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::sandbox::{EngineSettings, RunSpec, Sandbox};
+
+/// fib(30): a few milliseconds of recursion, long enough to time, short enough to repeat.
+const FIB_N: u64 = 30;
+const FIB_RUNS: usize = 21;
+/// Echo tasks before timing (the pool's slots and the caches warm), then per batch.
+const ECHO_WARMUP: usize = 300;
+const ECHO_BATCH: usize = 300;
+const ECHO_BATCHES: usize = 7;
+
+/// The host index: medians, so that a burst of other work on the host moves them little.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostIndex {
+    pub native_fib_ms: f64,
+    pub sandbox_echo_us: f64,
+}
+
+/// Measures the index with `config`'s limits, running `echo.wasm` from its tasks folder.
+pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
+    let native_fib_ms = median(
+        (0..FIB_RUNS)
+            .map(|_| {
+                let start = Instant::now();
+                black_box(fib(black_box(FIB_N)));
+                start.elapsed()
+            })
+            .collect(),
+    )
+    .as_secs_f64()
+        * 1e3;
+
+    let path = config.tasks_dir.join("echo.wasm");
+    let sandbox = Sandbox::new(
+        &EngineSettings {
+            // A small pool: one task runs at a time.
+            instances: 16,
+            max_memory_bytes: config.limits.memory_bytes,
+            memory_budget_bytes: config.memory_budget,
+            cache_dir: config.cache_dir.clone(),
+        },
+        config.max_output,
+    )?;
+    let module = sandbox
+        .compile(&read(&path)?)
+        .with_context(|| format!("could not load {}", path.display()))?;
+    let spec = RunSpec {
+        name: "echo".to_owned(),
+        input: Bytes::from_static(br#"{"text":"hello, taskhost"}"#),
+        limits: config.limits,
+        progress: None,
+    };
+    let run_one = || async {
+        match sandbox.run(&module, spec.clone()).await.result {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(anyhow::anyhow!(
+                "echo.wasm did not finish under the sandbox: {failure:?}"
+            )),
+        }
+    };
+    for _ in 0..ECHO_WARMUP {
+        run_one().await?;
+    }
+    let mut batches = Vec::with_capacity(ECHO_BATCHES);
+    for _ in 0..ECHO_BATCHES {
+        let start = Instant::now();
+        for _ in 0..ECHO_BATCH {
+            run_one().await?;
+        }
+        batches.push(start.elapsed() / ECHO_BATCH as u32);
+    }
+    Ok(HostIndex {
+        native_fib_ms,
+        sandbox_echo_us: median(batches).as_secs_f64() * 1e6,
+    })
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "could not read {}: the host index runs the bundled echo task (`just build-guests`, \
+             or pass --tasks DIR)",
+            path.display()
+        )
+    })
+}
+
+fn fib(n: u64) -> u64 {
+    if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
