@@ -336,6 +336,15 @@ pub enum Reply<'a> {
         reference: Option<&'a Ref>,
         limits: Limits,
     },
+    /// Extension: the task left the queue and began (again, for a retry: `attempt` counts
+    /// from 1); before any of its `progress` and its terminal message.
+    Started {
+        task_id: u64,
+        task: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        attempt: u32,
+    },
     Progress {
         task_id: u64,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]

@@ -223,6 +223,7 @@ impl<A: App> Ctx<A> {
             Arc::new(ProgressThrottle::new(
                 outbox.clone(),
                 admission.task_id,
+                module.name.clone(),
                 task.reference.clone(),
             ))
         });
@@ -332,8 +333,16 @@ impl<A: App> Ctx<A> {
     async fn execute(&self, admitted: Admitted) -> super::Report {
         let Admitted { admission, job } = admitted;
         let timeout = Duration::from_millis(job.limits.timeout_ms);
-        // A panic in the callback is that task's failure, not the server's.
-        let run = AssertUnwindSafe(self.app().on_task(self, &job)).catch_unwind();
+        // Polled only once the task holds a worker: `started` goes out then, before anything
+        // the task reports. A panic in the callback is that task's failure, not the server's.
+        let run = async {
+            if let Some(progress) = &job.progress {
+                progress.started(1);
+            }
+            AssertUnwindSafe(self.app().on_task(self, &job))
+                .catch_unwind()
+                .await
+        };
         let (output, elapsed) = self.shared.dispatcher.run(admission, timeout, run).await;
         let outcome = match output {
             Ok(Ok(outcome)) => outcome,

@@ -18,6 +18,8 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 pub struct ProgressThrottle {
     submitter: Outbox,
     task_id: u64,
+    /// The task's name, for `started`.
+    task: String,
     reference: Option<Ref>,
     /// Std mutex: held to compare times and swap the held report, never across an await.
     state: Mutex<Throttle>,
@@ -31,10 +33,11 @@ struct Throttle {
 }
 
 impl ProgressThrottle {
-    pub fn new(submitter: Outbox, task_id: u64, reference: Option<Ref>) -> Self {
+    pub fn new(submitter: Outbox, task_id: u64, task: String, reference: Option<Ref>) -> Self {
         ProgressThrottle {
             submitter,
             task_id,
+            task,
             reference,
             state: Mutex::new(Throttle::default()),
         }
@@ -63,6 +66,19 @@ impl ProgressThrottle {
             state.held = None;
         }
         self.send(fraction, message);
+    }
+
+    /// Tells the submitter that attempt `attempt` of the task begins: `started`. Offered, not
+    /// awaited, so a client that does not read never holds a worker idle; it may then miss
+    /// it, but a later `progress` or the terminal message says the same and more.
+    pub fn started(&self, attempt: u32) {
+        let reply = Reply::Started {
+            task_id: self.task_id,
+            task: &self.task,
+            reference: self.reference.as_ref(),
+            attempt,
+        };
+        self.submitter.offer(Text::from(reply.to_json()));
     }
 
     /// Sends the held report, if any, waiting for room in the outbox: called before the
@@ -111,7 +127,7 @@ mod tests {
         let (outbox, mut drain) = outboxes.open(peer, "127.0.0.1".parse().unwrap());
         // Something else fills the outbox: the report finds no room and is dropped.
         assert!(outbox.offer(Text::from("x".repeat(300))));
-        let throttle = ProgressThrottle::new(outbox, 7, None);
+        let throttle = ProgressThrottle::new(outbox, 7, "t".to_owned(), None);
         throttle.report(1.0, "done");
         let filler = drain.next().await.unwrap();
         assert!(drain.try_next().is_none(), "the report did not fit");
