@@ -10,11 +10,14 @@
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
 //! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
 //! - `crash`: the binary killed with SIGKILL under load, and started again.
+//! - `durable`: `started`, results kept past the connection (`attach`), idempotency keys,
+//!   retries and dead letters.
 
 mod browser;
 mod cdp;
 mod common;
 mod crash;
+mod durable;
 mod examples;
 mod lifecycle;
 mod protocol;

@@ -248,6 +248,27 @@ pub struct Options {
     #[arg(env = "TASKHOST_NO_WATCH", long)]
     pub no_watch: bool,
 
+    /// How long a task's terminal message is kept after it ended, for `attach` and for
+    /// repeated idempotency keys: `10m`, `90s`, `1h30m` (0: keep none).
+    #[arg(
+        long,
+        default_value = "10m",
+        value_parser = humantime::parse_duration,
+        env = "TASKHOST_RESULT_TTL"
+    )]
+    #[serde(serialize_with = "as_humantime")]
+    pub result_ttl: Duration,
+
+    /// Bytes of kept terminal messages; past it the oldest are dropped first (an `attach` to
+    /// one of them gets `not_found`).
+    #[arg(long, default_value_t = 64 << 20, env = "TASKHOST_RESULT_BYTES")]
+    pub result_bytes: u64,
+
+    /// Running tasks one connection may be attached to at once (by `attach` or a repeated
+    /// `key`); past it, `attach_limit`.
+    #[arg(long, default_value_t = 1000, env = "TASKHOST_MAX_ATTACHED")]
+    pub max_attached: usize,
+
     /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
     /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
     #[arg(env = "TASKHOST_NATIVE", long)]
@@ -310,6 +331,12 @@ pub struct Config {
     pub frame_timeout: Duration,
     /// How long /healthz answers 503 before a shutdown stops taking tasks.
     pub drain: Duration,
+    /// How long terminal messages are kept (`--result-ttl`).
+    pub result_ttl: Duration,
+    /// Bytes of kept terminal messages (`--result-bytes`).
+    pub result_bytes: u64,
+    /// Running tasks one connection may be attached to (`--max-attached`).
+    pub max_attached: usize,
 }
 
 /// How log lines are written.
@@ -333,6 +360,11 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Open files kept for other uses than connections (module files, the cache, the log) when
 /// `--max-connections` is derived from the open-files limit.
 const RESERVED_FILES: u64 = 128;
+
+/// A duration as `--result-ttl` takes it (`10m`), for `--print-config`.
+fn as_humantime<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&humantime::format_duration(*duration).to_string())
+}
 
 /// A secret, left out of `--print-config`'s output (which says in a comment that it is set).
 fn redacted<S: Serializer>(_: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -508,6 +540,9 @@ impl Options {
             ping_interval: Duration::from_millis(self.ping_interval_ms.max(1)),
             frame_timeout: Duration::from_millis(self.frame_timeout_ms.max(1)),
             drain: Duration::from_millis(self.drain_ms),
+            result_ttl: self.result_ttl,
+            result_bytes: self.result_bytes,
+            max_attached: self.max_attached,
         })
     }
 

@@ -41,6 +41,20 @@ pub struct Metrics {
     /// Bytes of memories and tables running tasks hold, out of `--memory-budget`; read from
     /// the sandbox when /metrics is encoded.
     pub memory_reserved: Gauge,
+    /// Results kept past the connection (issue 12): see [`Durable`].
+    pub durable: Durable,
+}
+
+/// The counters of kept results, `attach`, idempotency keys, retries and dead letters.
+#[derive(Default)]
+pub struct Durable {
+    /// `attach` requests and repeated keys, by outcome.
+    attaches: ByOutcome,
+    /// Terminal messages kept now, and their bytes; read from the store at /metrics.
+    pub results_kept: Gauge,
+    pub results_bytes: Gauge,
+    /// Kept results dropped, by reason (`expired`, `bytes`).
+    evicted: ByOutcome,
 }
 
 impl Default for Metrics {
@@ -70,6 +84,7 @@ impl Metrics {
             pool_warming: Gauge::default(),
             pool_warmed_slots: Gauge::default(),
             memory_reserved: Gauge::default(),
+            durable: Durable::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -140,7 +155,32 @@ impl Metrics {
              --memory-budget",
             metrics.memory_reserved.clone(),
         );
+        metrics.durable.register(&mut metrics.registry);
         metrics
+    }
+
+    /// Counts an `attach` (or a repeated `key`) by outcome: the task's state, `same_key`,
+    /// `not_found` or `refused`.
+    pub fn attach(&self, outcome: &'static str) {
+        self.durable
+            .attaches
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    /// Counts kept results dropped before anyone read them again.
+    pub fn results_evicted(&self, expired: u64, over_bytes: u64) {
+        let evicted = &self.durable.evicted;
+        if expired > 0 {
+            evicted
+                .get_or_create(&[("reason", "expired")])
+                .inc_by(expired);
+        }
+        if over_bytes > 0 {
+            evicted
+                .get_or_create(&[("reason", "bytes")])
+                .inc_by(over_bytes);
+        }
     }
 
     /// Records a task's end.
@@ -197,5 +237,31 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+impl Durable {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "attach",
+            "attach requests and tasks whose key named a task already, by outcome (queued, \
+             running, retrying, ended, same_key, not_found, refused)",
+            self.attaches.clone(),
+        );
+        registry.register(
+            "results_kept",
+            "Terminal messages kept for attach (--result-ttl)",
+            self.results_kept.clone(),
+        );
+        registry.register(
+            "results_kept_bytes",
+            "Bytes of kept terminal messages, out of --result-bytes",
+            self.results_bytes.clone(),
+        );
+        registry.register(
+            "results_evicted",
+            "Kept results dropped, by reason (expired: --result-ttl; bytes: --result-bytes)",
+            self.evicted.clone(),
+        );
     }
 }

@@ -21,6 +21,29 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// a long one would multiply the bytes the server sends.
 pub const MAX_REF_BYTES: usize = 256;
 
+/// The longest idempotency `key`, in bytes: the server keeps it with the task's result.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// A task's idempotency `key`: a non-empty string of at most [`MAX_KEY_BYTES`] bytes.
+fn key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let Some(key) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if key.is_empty() {
+        return Err(de::Error::custom(
+            "`key` is empty: give a string that names this piece of work, or no `key`",
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(de::Error::custom(format_args!(
+            "`key` is {} bytes, over the limit of {MAX_KEY_BYTES}: use a short id (a hash of \
+             a longer one, say)",
+            key.len()
+        )));
+    }
+    Ok(Some(key))
+}
+
 /// A client's `ref`: a string or a number, echoed back on every message about its task.
 ///
 /// A number is kept as the client wrote it (`1e400`, `-0`, thirty digits), so that the echo
@@ -89,6 +112,10 @@ pub struct TaskRequest {
     pub reference: Option<Ref>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub limits: RequestedLimits,
+    /// Extension: an idempotency key. A task whose key names a task still queued, running
+    /// or kept (`--result-ttl`) does not run again: it gets that task's id and outcome.
+    #[serde(default, deserialize_with = "key")]
+    pub key: Option<String>,
     /// The frame was plain text, for the default task (`--default-task`).
     #[serde(skip)]
     pub plain_text: bool,
@@ -106,6 +133,10 @@ impl TaskRequest {
 pub enum Request {
     Task(TaskRequest),
     Cancel {
+        task_id: u64,
+    },
+    /// Extension: receive a task's remaining messages, or its kept terminal message.
+    Attach {
         task_id: u64,
     },
     List,
@@ -126,7 +157,7 @@ struct TypeTag<'a> {
 }
 
 #[derive(Deserialize)]
-struct CancelFrame {
+struct TaskIdFrame {
     #[serde(deserialize_with = "task_id")]
     task_id: u64,
 }
@@ -145,6 +176,7 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
             input: Some(input),
             reference: None,
             limits: RequestedLimits::default(),
+            key: None,
             plain_text: true,
         }));
     }
@@ -159,11 +191,16 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
                     .and_then(|r| r.reference),
                 error: bad_json(&e, "a `task` message"),
             }),
-        "cancel" => serde_json::from_str::<CancelFrame>(text)
+        "cancel" => serde_json::from_str::<TaskIdFrame>(text)
             .map(|frame| Request::Cancel {
                 task_id: frame.task_id,
             })
             .map_err(|e| BadFrame::Message(bad_json(&e, "a `cancel` message"))),
+        "attach" => serde_json::from_str::<TaskIdFrame>(text)
+            .map(|frame| Request::Attach {
+                task_id: frame.task_id,
+            })
+            .map_err(|e| BadFrame::Message(bad_json(&e, "an `attach` message"))),
         "list" => Ok(Request::List),
         "stats" => Ok(Request::Stats),
         other => serde_json::from_str(text)
@@ -180,7 +217,8 @@ pub fn unknown_type(kind: &str) -> WireError {
     WireError::new(
         ErrorCode::BadRequest,
         format!(
-            "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"list\" or \"stats\""
+            "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"attach\", \
+             \"list\" or \"stats\""
         ),
     )
 }
@@ -254,6 +292,8 @@ pub enum ErrorCode {
     Shutdown,
     Internal,
     NotFound,
+    /// Extension: a connection asked to attach to more running tasks than it may.
+    AttachLimit,
 }
 
 impl ErrorCode {
@@ -275,6 +315,7 @@ impl ErrorCode {
             ErrorCode::Shutdown => "shutdown",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::AttachLimit => "attach_limit",
         }
     }
 }
@@ -336,6 +377,15 @@ pub enum Reply<'a> {
         reference: Option<&'a Ref>,
         limits: Limits,
     },
+    /// Extension: the task left the queue and began (again, for a retry: `attempt` counts
+    /// from 1); before any of its `progress` and its terminal message.
+    Started {
+        task_id: u64,
+        task: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        attempt: u32,
+    },
     Progress {
         task_id: u64,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -351,6 +401,8 @@ pub enum Reply<'a> {
         result: &'a RawValue,
         elapsed_ms: u64,
         fuel_used: u64,
+        /// Extension: how many times the task ran (more than 1 after retries).
+        attempts: u32,
     },
     Failed {
         task_id: u64,
@@ -361,6 +413,17 @@ pub enum Reply<'a> {
         elapsed_ms: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         fuel_used: Option<u64>,
+        /// Extension: how many times the task ran (more than 1 after retries).
+        attempts: u32,
+    },
+    /// Extension: the answer to `attach` for a task that is known: its `state` now
+    /// (`queued`, `running`, `retrying` or `ended`); its messages follow.
+    Attached {
+        task_id: u64,
+        task: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        state: &'a str,
     },
     Rejected {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]

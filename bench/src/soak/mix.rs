@@ -313,7 +313,7 @@ async fn slow_reader(shared: Arc<Shared>) -> anyhow::Result<()> {
         match message["type"].as_str() {
             Some("accepted") => accepted += 1,
             Some("finished") => finished += 1,
-            Some("progress") => {}
+            Some("progress" | "started") => {}
             _ => {
                 let mut unexpected = shared.unexpected.lock().unwrap_or_else(|e| e.into_inner());
                 let kind = format!("slow reader:{}", message["type"]);

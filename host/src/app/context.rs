@@ -29,6 +29,7 @@ use super::App;
 use super::failures;
 use super::job::{Admitted, Job, NewTask, Outcome};
 use super::progress::ProgressThrottle;
+use super::results::{KeyTaken, Opening, ResultBounds, ResultStore, ResultsSummary, TaskRecord};
 use crate::config::Config;
 use crate::dispatch::{Caps, Dispatcher, Owner};
 use crate::metrics::Metrics;
@@ -65,6 +66,8 @@ struct Shared<A> {
     dispatcher: Arc<Dispatcher>,
     outboxes: Outboxes,
     metrics: Metrics,
+    /// Every task from admission on, and the terminal messages kept after.
+    results: Arc<ResultStore>,
     started: Instant,
     /// Every started task's run and finish callback, awaited at shutdown.
     tasks: TaskTracker,
@@ -112,6 +115,11 @@ impl<A: App> Ctx<A> {
                     per_connection: config.max_connection_tasks,
                     per_address: config.max_address_tasks,
                     input_bytes: config.queue_bytes,
+                })),
+                results: Arc::new(ResultStore::new(ResultBounds {
+                    ttl: config.result_ttl,
+                    bytes: config.result_bytes,
+                    attached_per_connection: config.max_attached,
                 })),
                 app,
                 config,
@@ -195,20 +203,33 @@ impl<A: App> Ctx<A> {
     /// Takes a place in the queue and an id for `task`, or says why not (`unknown_task`,
     /// `queue_full`, `shutdown`). Its progress and (by default) its outcome go to `submitter`.
     /// Nothing runs until [`Ctx::start`].
+    ///
+    /// A task whose `key` names a task still queued, running or kept is refused with
+    /// `bad_request` here; the default application attaches its client to that task
+    /// instead.
     pub fn admit(&self, task: NewTask, submitter: Option<&Outbox>) -> Result<Admitted, WireError> {
-        self.try_admit(task, submitter).map_err(|refused| refused.0)
+        self.try_admit(task, submitter)
+            .map_err(|refused| match *refused {
+                Refused::Error(error, _) => error,
+                Refused::SameKey { task_id, .. } => failures::key_taken(task_id),
+            })
     }
 
-    /// [`Ctx::admit`], giving the task back with the error (to say what was refused). Boxed:
-    /// the error path is the rare one.
+    /// [`Ctx::admit`], giving the task back with the reason (to say what was refused, or to
+    /// attach to the task its key names). Boxed: the refusals are the rare path.
     pub(crate) fn try_admit(
         &self,
         task: NewTask,
         submitter: Option<&Outbox>,
-    ) -> Result<Admitted, Box<(WireError, NewTask)>> {
+    ) -> Result<Admitted, Box<Refused>> {
+        if let Some(key) = &task.key
+            && let Some(task_id) = self.shared.results.task_for_key(key)
+        {
+            return Err(Box::new(Refused::SameKey { task_id, task }));
+        }
         let module = match self.shared.registry.get(&task.task) {
             Ok(module) => module,
-            Err(error) => return Err(Box::new((failures::lookup(error), task))),
+            Err(error) => return Err(Box::new(Refused::Error(failures::lookup(error), task))),
         };
         let owner = submitter.map_or(APPLICATION_OWNER, |outbox| Owner {
             connection: outbox.id(),
@@ -217,25 +238,62 @@ impl<A: App> Ctx<A> {
         let input_bytes = task.input.len() as u64;
         let admission = match self.shared.dispatcher.admit(owner, input_bytes) {
             Ok(admission) => admission,
-            Err(refusal) => return Err(Box::new((failures::refusal(refusal), task))),
+            Err(refusal) => return Err(Box::new(Refused::Error(failures::refusal(refusal), task))),
         };
-        let progress = submitter.map(|outbox| {
-            Arc::new(ProgressThrottle::new(
-                outbox.clone(),
-                admission.task_id,
-                task.reference.clone(),
-            ))
-        });
+        let progress = Arc::new(ProgressThrottle::new(
+            submitter.cloned(),
+            admission.task_id,
+            module.name.clone(),
+            task.reference.clone(),
+        ));
+        let limits = module.limits.lowered_by(task.limits);
+        let opening = Opening {
+            task_id: admission.task_id,
+            task: &module.name,
+            reference: task.reference.as_ref(),
+            key: task.key.as_deref(),
+            limits,
+            submitter: submitter.map(Outbox::id),
+            audience: Arc::clone(&progress),
+        };
+        let tracked = match self.shared.results.open(opening) {
+            Ok(tracked) => tracked,
+            // Two tasks with one key, admitted at once: the first one registered runs.
+            Err(KeyTaken { task_id }) => {
+                return Err(Box::new(Refused::SameKey { task_id, task }));
+            }
+        };
         let job = Job {
             task_id: admission.task_id,
-            limits: module.limits.lowered_by(task.limits),
+            limits,
             input: task.input,
             reference: task.reference,
             submitter: submitter.cloned(),
             module,
-            progress,
+            progress: Some(progress),
         };
-        Ok(Admitted { admission, job })
+        Ok(Admitted {
+            admission,
+            job,
+            tracked,
+        })
+    }
+
+    /// Task `task_id` as it stands (queued, running, retrying, or ended with its terminal
+    /// message kept), if it is known and its result has not expired. Read-only.
+    pub fn task_record(&self, task_id: u64) -> Option<TaskRecord> {
+        self.shared.results.peek(task_id)
+    }
+
+    /// Every task known: those queued or running, then the kept results, oldest first.
+    /// Read-only; the messages are shared, not copied.
+    pub fn task_records(&self) -> Vec<TaskRecord> {
+        self.shared.results.records()
+    }
+
+    /// How many tasks and kept results the result store holds, and their bytes.
+    pub fn results_summary(&self) -> ResultsSummary {
+        self.shared.results.summary()
     }
 
     /// Runs an admitted task in the pool: waits for a worker, calls `on_task`, logs and
@@ -337,10 +395,23 @@ impl<A: App> Ctx<A> {
 
     /// Runs an admitted task to its end through the dispatcher, and logs and counts the end.
     async fn execute(&self, admitted: Admitted) -> super::Report {
-        let Admitted { admission, job } = admitted;
+        let Admitted {
+            admission,
+            job,
+            mut tracked,
+        } = admitted;
         let timeout = Duration::from_millis(job.limits.timeout_ms);
-        // A panic in the callback is that task's failure, not the server's.
-        let run = AssertUnwindSafe(self.app().on_task(self, &job)).catch_unwind();
+        // Polled only once the task holds a worker: `started` goes out then, before anything
+        // the task reports. A panic in the callback is that task's failure, not the server's.
+        let run = async {
+            self.shared.results.running(job.task_id, 1);
+            if let Some(progress) = &job.progress {
+                progress.started(1);
+            }
+            AssertUnwindSafe(self.app().on_task(self, &job))
+                .catch_unwind()
+                .await
+        };
         let (output, elapsed) = self.shared.dispatcher.run(admission, timeout, run).await;
         let outcome = match output {
             Ok(Ok(outcome)) => outcome,
@@ -364,12 +435,43 @@ impl<A: App> Ctx<A> {
             fuel_used,
             "task ended"
         );
-        super::Report {
+        let report = super::Report {
             job,
             outcome,
             elapsed,
-        }
+            attempts: 1,
+        };
+        self.keep_result(&report, &mut tracked).await;
+        report
     }
+
+    /// Keeps the task's terminal message in the result store and sends it to the
+    /// connections attached to it; their last progress report first.
+    async fn keep_result(&self, report: &super::Report, tracked: &mut super::results::Tracked) {
+        report.job.flush_progress().await;
+        let message = Text::from(report.terminal_reply().to_json());
+        let label = report.outcome.label();
+        let watchers = self.shared.results.end(tracked, label, message.clone());
+        if watchers.is_empty() {
+            return;
+        }
+        // Apart from the task: a slow attached reader holds up neither the submitter's
+        // terminal message nor the shutdown beyond its own deadline.
+        self.shared.tasks.spawn(async move {
+            for watcher in watchers {
+                // A closed connection cannot be told; it can attach again.
+                watcher.send_text(message.clone()).await;
+            }
+        });
+    }
+}
+
+/// Why [`Ctx::try_admit`] did not admit a task.
+pub(crate) enum Refused {
+    /// Refused, with the wire error that says why.
+    Error(WireError, NewTask),
+    /// Its key names task `task_id`, still queued, running or kept.
+    SameKey { task_id: u64, task: NewTask },
 }
 
 /// The span a task's logs carry.
@@ -385,6 +487,10 @@ fn task_span(job: &Job) -> tracing::Span {
 impl<A: App> Ctx<A> {
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    pub(crate) fn results(&self) -> &ResultStore {
+        &self.shared.results
     }
 
     pub(crate) fn sandbox(&self) -> &Sandbox {
@@ -423,6 +529,14 @@ impl<A: App> Ctx<A> {
         metrics
             .memory_reserved
             .set(i64::try_from(self.shared.sandbox.memory_reserved()).unwrap_or(i64::MAX));
+        let results = self.shared.results.summary();
+        let evicted = self.shared.results.take_evicted();
+        metrics.results_evicted(evicted.expired, evicted.over_bytes);
+        metrics.durable.results_kept.set(results.kept as i64);
+        metrics
+            .durable
+            .results_bytes
+            .set(i64::try_from(results.kept_bytes).unwrap_or(i64::MAX));
         metrics.encode()
     }
 

@@ -179,6 +179,41 @@ pub(crate) fn not_cancellable(task_id: u64) -> WireError {
     )
 }
 
+/// A task an application admits whose idempotency key already names a task.
+pub(crate) fn key_taken(task_id: u64) -> WireError {
+    WireError::new(
+        ErrorCode::BadRequest,
+        format!(
+            "the task's key already names task {task_id}, queued, running or ended within \
+             --result-ttl: read that task's outcome (Ctx::task_record) instead of running \
+             it again"
+        ),
+    )
+}
+
+/// An `attach` to a task the server does not know (any more).
+pub(crate) fn unknown_task_id(task_id: u64) -> WireError {
+    WireError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no task {task_id} is queued or running here, and no result of it is kept: the id \
+             is wrong, or its result expired (--result-ttl) or was pushed out by newer ones \
+             (--result-bytes)"
+        ),
+    )
+}
+
+/// An `attach` past the connection's cap.
+pub(crate) fn attach_limit(limit: usize) -> WireError {
+    WireError::new(
+        ErrorCode::AttachLimit,
+        format!(
+            "this connection is attached to {limit} running tasks, as many as one may be \
+             (--max-attached): wait for some to end, or attach from another connection"
+        ),
+    )
+}
+
 /// A `task_wait` whose caller stopped waiting before the task ended.
 pub(crate) fn wait_expired(waited_ms: u64) -> Outcome {
     Outcome::Failed {

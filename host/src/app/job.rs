@@ -9,10 +9,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::progress::ProgressThrottle;
+use super::results::Tracked;
 use crate::dispatch::Admission;
 use crate::limits::{Limits, RequestedLimits};
 use crate::outbox::Outbox;
-use crate::protocol::{ErrorCode, Ref, TaskRequest, WireError};
+use crate::protocol::{ErrorCode, Ref, Reply, TaskRequest, WireError};
 use crate::registry::{Delivery, TaskModule};
 use crate::sandbox::RunSpec;
 
@@ -28,6 +29,9 @@ pub struct NewTask {
     pub limits: RequestedLimits,
     /// Echoed on every message about the task.
     pub reference: Option<Ref>,
+    /// An idempotency key: while a task with the same key is queued, running or kept, this
+    /// one does not run (see `docs/PROTOCOL.md`, `key`).
+    pub key: Option<String>,
 }
 
 impl NewTask {
@@ -42,7 +46,14 @@ impl NewTask {
             input: Bytes::from(input),
             limits: RequestedLimits::default(),
             reference: None,
+            key: None,
         }
+    }
+
+    /// The same task with an idempotency key.
+    pub fn with_key(mut self, key: impl Into<String>) -> NewTask {
+        self.key = Some(key.into());
+        self
     }
 
     /// The same task under lower limits.
@@ -69,6 +80,7 @@ impl From<TaskRequest> for NewTask {
             input,
             limits: request.limits,
             reference: request.reference,
+            key: request.key,
         }
     }
 }
@@ -139,6 +151,8 @@ impl Job {
 pub struct Admitted {
     pub(crate) admission: Admission,
     pub(crate) job: Job,
+    /// Its entry in the result store, forgotten if it never ends.
+    pub(crate) tracked: Tracked,
 }
 
 impl Admitted {
@@ -213,6 +227,37 @@ impl Outcome {
 pub struct Report {
     pub job: Job,
     pub outcome: Outcome,
-    /// Time from the task's start to its end; time in the queue does not count.
+    /// Time from the start of the task's last attempt to its end; time in the queue (and
+    /// between attempts) does not count.
     pub elapsed: Duration,
+    /// How many times the task ran: 1, or more when its manifest let it retry.
+    pub attempts: u32,
+}
+
+impl Report {
+    /// The `finished` or `failed` message for the task's end.
+    pub fn terminal_reply(&self) -> Reply<'_> {
+        let job = &self.job;
+        let elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX);
+        match &self.outcome {
+            Outcome::Finished { result, fuel_used } => Reply::Finished {
+                task_id: job.task_id,
+                task: job.name(),
+                reference: job.reference.as_ref(),
+                result,
+                elapsed_ms,
+                fuel_used: *fuel_used,
+                attempts: self.attempts,
+            },
+            Outcome::Failed { error, fuel_used } => Reply::Failed {
+                task_id: job.task_id,
+                task: job.name(),
+                reference: job.reference.as_ref(),
+                error,
+                elapsed_ms,
+                fuel_used: *fuel_used,
+                attempts: self.attempts,
+            },
+        }
+    }
 }

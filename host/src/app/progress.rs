@@ -2,6 +2,9 @@
 //! [`PROGRESS_INTERVAL`], so a chatty module cannot flood its client. A report that comes too
 //! soon is held, not lost: the latest one held goes out when the next may, or just before the
 //! task's terminal message, so the client always sees where the task got to.
+//!
+//! The same reports go to the connections attached to the task (`attach`, or a repeated
+//! `key`); the throttle holds them until the task ends.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,11 +16,14 @@ use crate::sandbox::ProgressSink;
 /// The shortest time between two `progress` messages of one task.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The progress channel of one task.
+/// The progress channel of one task: to its submitter, if a client submitted it, and to the
+/// connections attached to it.
 #[derive(Debug)]
 pub struct ProgressThrottle {
-    submitter: Outbox,
+    submitter: Option<Outbox>,
     task_id: u64,
+    /// The task's name, for `started`.
+    task: String,
     reference: Option<Ref>,
     /// Std mutex: held to compare times and swap the held report, never across an await.
     state: Mutex<Throttle>,
@@ -28,13 +34,21 @@ struct Throttle {
     last_sent: Option<Instant>,
     /// The latest report that came too soon after the previous one.
     held: Option<(f64, String)>,
+    /// Connections attached to the task (not its submitter), until it ends.
+    watchers: Vec<Outbox>,
 }
 
 impl ProgressThrottle {
-    pub fn new(submitter: Outbox, task_id: u64, reference: Option<Ref>) -> Self {
+    pub fn new(
+        submitter: Option<Outbox>,
+        task_id: u64,
+        task: String,
+        reference: Option<Ref>,
+    ) -> Self {
         ProgressThrottle {
             submitter,
             task_id,
+            task,
             reference,
             state: Mutex::new(Throttle::default()),
         }
@@ -65,21 +79,71 @@ impl ProgressThrottle {
         self.send(fraction, message);
     }
 
+    /// Tells the submitter that attempt `attempt` of the task begins: `started`. Offered, not
+    /// awaited, so a client that does not read never holds a worker idle; it may then miss
+    /// it, but a later `progress` or the terminal message says the same and more.
+    pub fn started(&self, attempt: u32) {
+        let reply = Reply::Started {
+            task_id: self.task_id,
+            task: &self.task,
+            reference: self.reference.as_ref(),
+            attempt,
+        };
+        let text = Text::from(reply.to_json());
+        for outbox in self.audience() {
+            outbox.offer(text.clone());
+        }
+    }
+
+    /// Whether connection `id` is attached to the task.
+    pub fn is_watching(&self, id: u64) -> bool {
+        self.lock().watchers.iter().any(|w| w.id() == id)
+    }
+
+    /// Attaches a connection: it gets the task's reports from now on.
+    pub fn watch(&self, outbox: Outbox) {
+        self.lock().watchers.push(outbox);
+    }
+
+    /// Detaches every attached connection, at the task's end: they are owed its terminal
+    /// message.
+    pub fn take_watchers(&self) -> Vec<Outbox> {
+        std::mem::take(&mut self.lock().watchers)
+    }
+
+    /// The submitter and the attached connections.
+    fn audience(&self) -> Vec<Outbox> {
+        let mut audience = self.lock().watchers.clone();
+        audience.extend(self.submitter.iter().cloned());
+        audience
+    }
+
     /// Sends the held report, if any, waiting for room in the outbox: called before the
     /// task's terminal message, so the client always sees where the task got to.
     pub async fn flush(&self) {
         let held = self.lock().held.take();
         if let Some((fraction, message)) = held {
-            self.submitter
-                .send_text(self.text(fraction, &message))
-                .await;
+            let text = self.text(fraction, &message);
+            // Attached connections get it if they have room: none of them may hold up the
+            // submitter's terminal message.
+            for watcher in self.lock().watchers.clone() {
+                watcher.offer(text.clone());
+            }
+            if let Some(submitter) = &self.submitter {
+                submitter.send_text(text).await;
+            }
         }
     }
 
     fn send(&self, fraction: f64, message: &str) {
         // Progress is superseded by the next report: a client not reading misses some, but
         // not the last (see `flush`).
-        if !self.submitter.offer(self.text(fraction, message)) {
+        let text = self.text(fraction, message);
+        let mut missed = false;
+        for outbox in self.audience() {
+            missed |= !outbox.offer(text.clone());
+        }
+        if missed {
             self.lock().held = Some((fraction, message.to_owned()));
         }
     }
@@ -111,7 +175,7 @@ mod tests {
         let (outbox, mut drain) = outboxes.open(peer, "127.0.0.1".parse().unwrap());
         // Something else fills the outbox: the report finds no room and is dropped.
         assert!(outbox.offer(Text::from("x".repeat(300))));
-        let throttle = ProgressThrottle::new(outbox, 7, None);
+        let throttle = ProgressThrottle::new(Some(outbox), 7, "t".to_owned(), None);
         throttle.report(1.0, "done");
         let filler = drain.next().await.unwrap();
         assert!(drain.try_next().is_none(), "the report did not fit");

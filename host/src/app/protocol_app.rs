@@ -10,8 +10,10 @@ use crate::protocol::{
 use crate::registry::Delivery;
 
 use super::App;
-use super::context::Ctx;
+use super::context::{Ctx, Refused};
+use super::failures;
 use super::job::{NewTask, Outcome, Report};
+use super::results::{Attach, TaskRecord};
 
 /// The application the `taskhost` binary runs: `docs/PROTOCOL.md`, unchanged.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,8 +34,8 @@ pub async fn greet<A: App>(ctx: &Ctx<A>, client: &Outbox) {
         .await;
 }
 
-/// `message`: answers one request: `task`, `cancel`, `list` and `stats`; any other type is a
-/// `bad_request`.
+/// `message`: answers one request: `task`, `cancel`, `attach`, `list` and `stats`; any
+/// other type is a `bad_request`.
 pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
     match request {
         Request::Task(task) => submit(ctx, client, task).await,
@@ -42,6 +44,7 @@ pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
                 client.send(&Reply::Error { error: &error }).await;
             }
         }
+        Request::Attach { task_id } => attach(ctx, client, task_id).await,
         Request::List => {
             let tasks = ctx.tasks();
             client.send(&Reply::List { tasks: &tasks }).await;
@@ -60,20 +63,39 @@ pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
 /// `accepted` is queued for the client before the task can start.
 pub async fn submit<A: App>(ctx: &Ctx<A>, client: &Outbox, request: TaskRequest) {
     let plain_text = request.plain_text;
-    let admitted = match ctx.try_admit(NewTask::from(request), Some(client)) {
-        Ok(admitted) => admitted,
-        Err(refused) => {
-            let (mut error, task) = *refused;
-            if plain_text && error.code == ErrorCode::UnknownTask {
-                error.message = format!(
-                    "a frame that is not a JSON object runs the default task (--default-task), \
-                     {}, which cannot run: {}",
-                    clip(&task.task),
-                    error.message
-                );
-            }
-            return reject(ctx, client, task.reference.as_ref(), error).await;
+    let mut task = NewTask::from(request);
+    // A key whose task's result expires between the look-up and the attach is free again:
+    // the task is admitted after all (a few tries, for a key that keeps changing hands).
+    let mut tries = 0;
+    let admitted = loop {
+        tries += 1;
+        let refused = match ctx.try_admit(task, Some(client)) {
+            Ok(admitted) => break admitted,
+            Err(refused) => *refused,
+        };
+        let (mut error, refused_task) = match refused {
+            Refused::SameKey {
+                task_id,
+                task: same,
+            } => match join_same_key(ctx, client, task_id, same).await {
+                Some(back) if tries < 3 => {
+                    task = back;
+                    continue;
+                }
+                Some(back) => (failures::key_taken(task_id), back),
+                None => return,
+            },
+            Refused::Error(error, task) => (error, task),
+        };
+        if plain_text && error.code == ErrorCode::UnknownTask {
+            error.message = format!(
+                "a frame that is not a JSON object runs the default task (--default-task), \
+                 {}, which cannot run: {}",
+                clip(&refused_task.task),
+                error.message
+            );
         }
+        return reject(ctx, client, refused_task.reference.as_ref(), error).await;
     };
     let job = admitted.job();
     client
@@ -85,6 +107,89 @@ pub async fn submit<A: App>(ctx: &Ctx<A>, client: &Outbox, request: TaskRequest)
         })
         .await;
     ctx.start(admitted);
+}
+
+/// A task whose key names task `task_id`: it does not run again. Its `accepted` carries
+/// that task's id, and the client gets that task's outcome as `attach` would give it.
+/// Gives the task back if that task is gone after all (its result just expired).
+async fn join_same_key<A: App>(
+    ctx: &Ctx<A>,
+    client: &Outbox,
+    task_id: u64,
+    task: NewTask,
+) -> Option<NewTask> {
+    let record = match ctx.results().prepare_attach(task_id, client) {
+        Ok(record) => record,
+        Err(Attach::AtLimit(limit)) => {
+            ctx.metrics().attach("refused");
+            reject(
+                ctx,
+                client,
+                task.reference.as_ref(),
+                failures::attach_limit(limit),
+            )
+            .await;
+            return None;
+        }
+        Err(_) => return Some(task),
+    };
+    ctx.metrics().attach("same_key");
+    client
+        .send(&Reply::Accepted {
+            task_id,
+            task: &record.task,
+            reference: task.reference.as_ref(),
+            limits: record.limits,
+        })
+        .await;
+    follow(ctx, client, &record).await;
+    None
+}
+
+/// `attach`: the task's state as `attached`, then its remaining progress and its terminal
+/// message (at once, for a task that has ended); `not_found` for an unknown or expired id.
+pub async fn attach<A: App>(ctx: &Ctx<A>, client: &Outbox, task_id: u64) {
+    let record = match ctx.results().prepare_attach(task_id, client) {
+        Ok(record) => record,
+        Err(Attach::AtLimit(limit)) => {
+            ctx.metrics().attach("refused");
+            let error = failures::attach_limit(limit);
+            client.send(&Reply::Error { error: &error }).await;
+            return;
+        }
+        Err(_) => {
+            ctx.metrics().attach("not_found");
+            let error = failures::unknown_task_id(task_id);
+            client.send(&Reply::Error { error: &error }).await;
+            return;
+        }
+    };
+    ctx.metrics().attach(record.state.name());
+    client
+        .send(&Reply::Attached {
+            task_id,
+            task: &record.task,
+            reference: record.reference.as_ref(),
+            state: record.state.name(),
+        })
+        .await;
+    follow(ctx, client, &record).await;
+}
+
+/// The second step of an attach, once the client has its answer: from now on it gets the
+/// task's messages, or at once its terminal message.
+async fn follow<A: App>(ctx: &Ctx<A>, client: &Outbox, record: &TaskRecord) {
+    match ctx.results().attach(record.task_id, client) {
+        Attach::Watching | Attach::AlreadyHears => {}
+        Attach::Ended(message) => {
+            client.send_text(message).await;
+        }
+        // Expired between the two steps: the answer said it was there, so say it is gone.
+        Attach::NotFound | Attach::AtLimit(_) => {
+            let error = failures::unknown_task_id(record.task_id);
+            client.send(&Reply::Error { error: &error }).await;
+        }
+    }
 }
 
 /// Answers a task frame with `rejected`, and counts it.
@@ -128,24 +233,5 @@ pub async fn deliver<A: App>(ctx: &Ctx<A>, report: Report) {
 
 /// The `finished` or `failed` message for a task's end.
 pub fn terminal_reply(report: &Report) -> Reply<'_> {
-    let job = &report.job;
-    let elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
-    match &report.outcome {
-        Outcome::Finished { result, fuel_used } => Reply::Finished {
-            task_id: job.task_id,
-            task: job.name(),
-            reference: job.reference.as_ref(),
-            result,
-            elapsed_ms,
-            fuel_used: *fuel_used,
-        },
-        Outcome::Failed { error, fuel_used } => Reply::Failed {
-            task_id: job.task_id,
-            task: job.name(),
-            reference: job.reference.as_ref(),
-            error,
-            elapsed_ms,
-            fuel_used: *fuel_used,
-        },
-    }
+    report.terminal_reply()
 }
