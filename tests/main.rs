@@ -10,6 +10,9 @@
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
 //! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
 //! - `crash`: the binary killed with SIGKILL under load, and started again.
+//! - `operations`: running it as a service: per-task and process metrics, the dashboard
+//!   and its `watch` feed, configuration, completions and man page, the systemd unit and
+//!   the container image.
 
 mod browser;
 mod cdp;
@@ -17,6 +20,7 @@ mod common;
 mod crash;
 mod examples;
 mod lifecycle;
+mod operations;
 mod protocol;
 mod reload;
 mod sandbox;

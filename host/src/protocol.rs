@@ -110,6 +110,9 @@ pub enum Request {
     },
     List,
     Stats,
+    /// `watch`: a `watch` message now and once a second until the connection closes (the
+    /// dashboard's feed).
+    Watch,
     /// A message whose `type` the protocol does not define, for an application to serve
     /// (see `App::on_message`); the default application answers it with `bad_request`.
     Custom {
@@ -166,6 +169,7 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
             .map_err(|e| BadFrame::Message(bad_json(&e, "a `cancel` message"))),
         "list" => Ok(Request::List),
         "stats" => Ok(Request::Stats),
+        "watch" => Ok(Request::Watch),
         other => serde_json::from_str(text)
             .map(|message| Request::Custom {
                 kind: other.to_owned(),
@@ -180,7 +184,7 @@ pub fn unknown_type(kind: &str) -> WireError {
     WireError::new(
         ErrorCode::BadRequest,
         format!(
-            "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"list\" or \"stats\""
+            "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"list\", \"stats\" or \"watch\""
         ),
     )
 }

@@ -27,6 +27,7 @@ mod job;
 pub mod native;
 mod progress;
 pub mod protocol_app;
+mod watch;
 
 use std::future::Future;
 
