@@ -84,6 +84,7 @@ async fn metrics_carry_the_task_label_queue_wait_build_info_and_process_metrics(
     expect(r#"taskhost_task_duration_seconds_count{task="echo"}"#, 3.0);
     expect("taskhost_task_queue_wait_seconds_count", 4.0);
     expect("taskhost_module_load_failures_total", 0.0);
+    expect("taskhost_task_workers", 1024.0);
     let build = metrics
         .lines()
         .find(|line| line.starts_with("taskhost_build_info{"))

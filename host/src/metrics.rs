@@ -88,6 +88,8 @@ pub struct Metrics {
     fuel_used: Counter,
     pub queued: Gauge,
     pub running: Gauge,
+    /// `--task-workers`, so that a query can divide running tasks by it.
+    pub task_workers: Gauge,
     pub connections: Gauge,
     /// 1 while the sandbox pool is being warmed at start, then 0.
     pub pool_warming: Gauge,
@@ -124,6 +126,7 @@ impl Metrics {
             fuel_used: Counter::default(),
             queued: Gauge::default(),
             running: Gauge::default(),
+            task_workers: Gauge::default(),
             connections: Gauge::default(),
             pool_warming: Gauge::default(),
             pool_warmed_slots: Gauge::default(),
@@ -199,6 +202,11 @@ impl Metrics {
             "running_tasks",
             "Tasks running now",
             metrics.running.clone(),
+        );
+        registry.register(
+            "task_workers",
+            "Tasks that may run at once (--task-workers)",
+            metrics.task_workers.clone(),
         );
         registry.register(
             "connections",

@@ -433,6 +433,9 @@ impl<A: App> Ctx<A> {
         metrics.queued.set(load.queued as i64);
         metrics.running.set(load.running as i64);
         metrics
+            .task_workers
+            .set(i64::try_from(self.shared.dispatcher.task_workers()).unwrap_or(i64::MAX));
+        metrics
             .memory_reserved
             .set(i64::try_from(self.shared.sandbox.memory_reserved()).unwrap_or(i64::MAX));
         metrics.encode()
