@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::common::{start_server, start_server_with, test_config};
 
 /// One plain HTTP GET; returns the status code and the body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path).await
 }
 
@@ -57,13 +57,14 @@ async fn the_port_serves_the_page_health_and_metrics() {
     let (status, metrics) = get(server.addr, "/metrics").await;
     assert_eq!(status, 200);
     for line in [
-        "taskhost_tasks_total{outcome=\"finished\"} 1",
-        "taskhost_tasks_total{outcome=\"exit\"} 1",
+        "taskhost_tasks_total{task=\"echo\",outcome=\"finished\"} 1",
+        "taskhost_tasks_total{task=\"exit\",outcome=\"exit\"} 1",
         "taskhost_rejected_total{code=\"unknown_task\"} 1",
         "taskhost_connections 1",
         "taskhost_queue_depth 0",
         "taskhost_running_tasks 0",
-        "taskhost_task_duration_seconds_count 2",
+        "taskhost_task_duration_seconds_count{task=\"echo\"} 1",
+        "taskhost_task_duration_seconds_count{task=\"exit\"} 1",
         "taskhost_fuel_used_total ",
     ] {
         assert!(metrics.contains(line), "{line:?} missing from:\n{metrics}");
@@ -477,7 +478,7 @@ fn spawn_binary(args: &[&str], log_level: &str) -> std::process::Child {
 }
 
 /// [`spawn_binary`] with extra environment variables.
-fn spawn_binary_with_env(
+pub(crate) fn spawn_binary_with_env(
     args: &[&str],
     log_level: &str,
     env: &[(&str, &str)],
@@ -568,7 +569,7 @@ async fn json_logs_are_json_clipped_and_quiet_per_task() {
 }
 
 /// Reads the binary's log until it says where it listens.
-fn listening_address(child: &mut std::process::Child) -> String {
+pub(crate) fn listening_address(child: &mut std::process::Child) -> String {
     use std::io::{BufRead, BufReader};
     let mut log = BufReader::new(child.stderr.take().unwrap());
     loop {

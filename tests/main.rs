@@ -12,6 +12,9 @@
 //! - `crash`: the binary killed with SIGKILL under load, and started again.
 //! - `durable`: `started`, results kept past the connection (`attach`), idempotency keys,
 //!   retries and dead letters.
+//! - `operations`: running it as a service: per-task and process metrics, the dashboard
+//!   and its `watch` feed, configuration, completions and man page, the systemd unit and
+//!   the container image.
 
 mod browser;
 mod cdp;
@@ -20,6 +23,7 @@ mod crash;
 mod durable;
 mod examples;
 mod lifecycle;
+mod operations;
 mod protocol;
 mod reload;
 mod sandbox;

@@ -41,6 +41,17 @@ pub struct Options {
     #[serde(skip)]
     pub host_index: bool,
 
+    /// Print the shell completion script for SHELL and exit (`taskhost --completions bash >
+    /// /etc/bash_completion.d/taskhost`).
+    #[arg(long, value_name = "SHELL", value_enum)]
+    #[serde(skip)]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) and exit (`taskhost --man > taskhost.1`).
+    #[arg(long)]
+    #[serde(skip)]
+    pub man: bool,
+
     /// Address to listen on (WebSocket, the page, /healthz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9501", env = "TASKHOST_LISTEN")]
     pub listen: SocketAddr,

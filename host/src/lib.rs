@@ -42,21 +42,25 @@
 
 pub mod app;
 pub mod calibrate;
+pub mod cli_docs;
 mod clip;
 pub mod config;
 mod connection;
 mod dispatch;
 #[cfg(test)]
 mod fuzz_tests;
+mod history;
 mod http;
 pub mod limits;
 mod metrics;
 mod outbox;
 mod peers;
+mod process_metrics;
 pub mod protocol;
 mod registry;
 mod sandbox;
 pub mod server;
+mod task_stats;
 mod tls;
 mod workers;
 

@@ -12,6 +12,12 @@ use taskhost::{NativeTasks, Options, ProtocolApp};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::load()?;
+    if let Some(shell) = options.completions {
+        return taskhost::cli_docs::print_completions(shell);
+    }
+    if options.man {
+        return taskhost::cli_docs::print_man_page();
+    }
     if options.print_config {
         print!("{}", options.to_toml()?);
         return Ok(());

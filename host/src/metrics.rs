@@ -1,22 +1,72 @@
 //! The server's counters, kept once: `/metrics` encodes them in Prometheus text format and
 //! `stats` reads the same values.
+//!
+//! Names follow Prometheus's guidelines: the `taskhost_` prefix, the unit as a suffix
+//! (`_seconds`, `_bytes`), `_total` on counters; the `process_*` metrics of every Prometheus
+//! client come from [`crate::process_metrics`].
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// Labels by outcome: `finished` or a failure code.
 type ByOutcome = Family<[(&'static str, &'static str); 1], Counter>;
 
+/// Distinct `task` label values kept; a task first seen past it is counted as
+/// [`OTHER_TASKS`]. Task names come from the files of the tasks folder (never from clients:
+/// only admitted tasks are counted), so this bounds the series a folder of thousands of
+/// modules would make, and the memory they hold.
+pub const MAX_TASK_LABELS: usize = 200;
+
+/// The `task` label of tasks past [`MAX_TASK_LABELS`].
+pub const OTHER_TASKS: &str = "_other";
+
+/// The labels of a task's end.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskOutcome {
+    task: String,
+    /// `finished` or the failure code.
+    outcome: &'static str,
+}
+
+/// The label of per-task series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    task: String,
+}
+
+/// Build facts, as the constant 1 of `taskhost_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    /// The git commit the binary was built from (`unknown` outside a git checkout).
+    commit: &'static str,
+    wasmtime: &'static str,
+}
+
+/// What the binary was built from, for `taskhost_build_info` and the dashboard.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit, set by `build.rs` (`unknown` when built outside a git checkout).
+pub const GIT_COMMIT: &str = env!("TASKHOST_GIT_COMMIT");
+/// The wasmtime version in the binary, read from `Cargo.lock` by `build.rs`.
+pub const WASMTIME_VERSION: &str = env!("TASKHOST_WASMTIME_VERSION");
+
 pub struct Metrics {
     registry: Registry,
-    /// Ended tasks by outcome.
-    tasks: ByOutcome,
+    /// Ended tasks by task and outcome.
+    tasks: Family<TaskOutcome, Counter>,
+    /// The `task` label values in use, at most [`MAX_TASK_LABELS`]. Std mutex: held for a
+    /// set lookup, never across an `.await`.
+    task_labels: Mutex<HashSet<String>>,
     /// Task frames that were not accepted, by code.
     rejected: ByOutcome,
     /// Connections and requests refused at the door, by reason.
@@ -28,11 +78,18 @@ pub struct Metrics {
     finished_total: Counter,
     failed_total: Counter,
     rejected_total: Counter,
-    /// Time from a task's start (not its queueing) to its end.
-    duration: Histogram,
+    /// Time from a task's start (not its queueing) to its end, by task.
+    duration: Family<TaskLabel, Histogram, fn() -> Histogram>,
+    /// Time from a task's admission to its start (or to its end, when it never started).
+    queue_wait: Histogram,
+    /// Module and component files that failed to load (at start or on a change); the
+    /// registry holds the other end and counts.
+    pub module_load_failures: Counter,
     fuel_used: Counter,
     pub queued: Gauge,
     pub running: Gauge,
+    /// `--task-workers`, so that a query can divide running tasks by it.
+    pub task_workers: Gauge,
     pub connections: Gauge,
     /// 1 while the sandbox pool is being warmed at start, then 0.
     pub pool_warming: Gauge,
@@ -66,8 +123,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut metrics = Metrics {
-            registry: Registry::with_prefix("taskhost"),
-            tasks: ByOutcome::default(),
+            registry: Registry::default(),
+            tasks: Family::default(),
+            task_labels: Mutex::new(HashSet::new()),
             rejected: ByOutcome::default(),
             refused: ByOutcome::default(),
             closed: ByOutcome::default(),
@@ -75,21 +133,28 @@ impl Metrics {
             finished_total: Counter::default(),
             failed_total: Counter::default(),
             rejected_total: Counter::default(),
+            duration: Family::new_with_constructor(duration_histogram),
             // 100 µs to about 100 s.
-            duration: Histogram::new(exponential_buckets(0.0001, 4.0, 11)),
+            queue_wait: Histogram::new(exponential_buckets(0.0001, 4.0, 11)),
+            module_load_failures: Counter::default(),
             fuel_used: Counter::default(),
             queued: Gauge::default(),
             running: Gauge::default(),
+            task_workers: Gauge::default(),
             connections: Gauge::default(),
             pool_warming: Gauge::default(),
             pool_warmed_slots: Gauge::default(),
             memory_reserved: Gauge::default(),
             durable: Durable::default(),
         };
-        let registry = &mut metrics.registry;
+        metrics
+            .registry
+            .register_collector(Box::new(crate::process_metrics::ProcessMetrics));
+        let registry = metrics.registry.sub_registry_with_prefix("taskhost");
         registry.register(
             "tasks",
-            "Tasks that ended, by outcome (finished or the failure code)",
+            "Tasks that ended, by task and outcome (finished or the failure code); tasks past \
+             the 200th name are labelled task=\"_other\"",
             metrics.tasks.clone(),
         );
         registry.register(
@@ -116,8 +181,27 @@ impl Metrics {
         );
         registry.register(
             "task_duration_seconds",
-            "Wall-clock time of tasks from start to end",
+            "Wall-clock time of tasks from start to end, by task",
             metrics.duration.clone(),
+        );
+        registry.register(
+            "task_queue_wait_seconds",
+            "Time tasks waited in the queue for a task worker, from admission to start",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "module_load_failures",
+            "Task module files that failed to load, at start or when the folder changed",
+            metrics.module_load_failures.clone(),
+        );
+        registry.register(
+            "build",
+            "The version, git commit and wasmtime version of this binary",
+            Info::new(BuildLabels {
+                version: VERSION,
+                commit: GIT_COMMIT,
+                wasmtime: WASMTIME_VERSION,
+            }),
         );
         registry.register(
             "fuel_used",
@@ -133,6 +217,11 @@ impl Metrics {
             "running_tasks",
             "Tasks running now",
             metrics.running.clone(),
+        );
+        registry.register(
+            "task_workers",
+            "Tasks that may run at once (--task-workers)",
+            metrics.task_workers.clone(),
         );
         registry.register(
             "connections",
@@ -155,7 +244,7 @@ impl Metrics {
              --memory-budget",
             metrics.memory_reserved.clone(),
         );
-        metrics.durable.register(&mut metrics.registry);
+        metrics.durable.register(registry);
         metrics
     }
 
@@ -183,18 +272,48 @@ impl Metrics {
         }
     }
 
-    /// Records a task's end.
-    pub fn task_ended(&self, outcome: &'static str, elapsed: Duration, fuel_used: Option<u64>) {
-        self.tasks.get_or_create(&[("outcome", outcome)]).inc();
+    /// Records a task's end: `elapsed` running, after `queue_wait` in the queue.
+    pub fn task_ended(
+        &self,
+        task: &str,
+        outcome: &'static str,
+        elapsed: Duration,
+        queue_wait: Duration,
+        fuel_used: Option<u64>,
+    ) {
+        let task = self.task_label(task);
+        self.tasks
+            .get_or_create(&TaskOutcome {
+                task: task.clone(),
+                outcome,
+            })
+            .inc();
         if outcome == "finished" {
             self.finished_total.inc();
         } else {
             self.failed_total.inc();
         }
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration
+            .get_or_create(&TaskLabel { task })
+            .observe(elapsed.as_secs_f64());
+        self.queue_wait.observe(queue_wait.as_secs_f64());
         if let Some(fuel) = fuel_used {
             self.fuel_used.inc_by(fuel);
         }
+    }
+
+    /// The `task` label for `name`: the name itself, or [`OTHER_TASKS`] once
+    /// [`MAX_TASK_LABELS`] other names are in use.
+    fn task_label(&self, name: &str) -> String {
+        let mut labels = self.task_labels.lock().unwrap_or_else(|e| e.into_inner());
+        if labels.contains(name) {
+            return name.to_owned();
+        }
+        if labels.len() < MAX_TASK_LABELS {
+            labels.insert(name.to_owned());
+            return name.to_owned();
+        }
+        OTHER_TASKS.to_owned()
     }
 
     pub fn task_rejected(&self, code: &'static str) {
@@ -264,4 +383,9 @@ impl Durable {
             self.evicted.clone(),
         );
     }
+}
+
+/// A task duration histogram: 100 µs to about 100 s.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
 }

@@ -141,6 +141,9 @@ pub enum Request {
     },
     List,
     Stats,
+    /// `watch`: a `watch` message now and once a second until the connection closes (the
+    /// dashboard's feed).
+    Watch,
     /// A message whose `type` the protocol does not define, for an application to serve
     /// (see `App::on_message`); the default application answers it with `bad_request`.
     Custom {
@@ -203,6 +206,7 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
             .map_err(|e| BadFrame::Message(bad_json(&e, "an `attach` message"))),
         "list" => Ok(Request::List),
         "stats" => Ok(Request::Stats),
+        "watch" => Ok(Request::Watch),
         other => serde_json::from_str(text)
             .map(|message| Request::Custom {
                 kind: other.to_owned(),
@@ -218,7 +222,7 @@ pub fn unknown_type(kind: &str) -> WireError {
         ErrorCode::BadRequest,
         format!(
             "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"attach\", \
-             \"list\" or \"stats\""
+             \"list\", \"stats\" or \"watch\""
         ),
     )
 }

@@ -1,6 +1,7 @@
 //! The server's own work beside the tasks, started once it serves: watching the tasks
-//! folder, pushing the task list to clients when it changes, and warming the sandbox pool.
-//! Each stops when the shutdown begins.
+//! folder, pushing the task list to clients when it changes, sampling the load for the
+//! dashboard (`watch`) and warming the sandbox pool. Each stops when the shutdown begins (the
+//! dashboard's sampler when connections close).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,7 @@ impl<A: App> Ctx<A> {
             }
         }
         tokio::spawn(self.clone().push_task_lists());
+        tokio::spawn(self.clone().run_watch_feed());
         if self.config().warm_slots > 0 {
             // Set before the first connection, so that a client can wait for the warm pool.
             self.metrics().pool_warming.set(1);

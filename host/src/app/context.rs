@@ -37,6 +37,7 @@ use crate::outbox::{Outbox, Outboxes, Text};
 use crate::protocol::{Stats, TaskListing, WireError};
 use crate::registry::Registry;
 use crate::sandbox::{EngineSettings, Sandbox};
+use crate::task_stats::{Ended, TaskStats};
 
 /// The dispatcher's owner for tasks an application starts without a client (connection ids
 /// start at 1): they wait in one line of their own, with no per-address cap.
@@ -68,6 +69,10 @@ struct Shared<A> {
     metrics: Metrics,
     /// Every task from admission on, and the terminal messages kept after.
     results: Arc<ResultStore>,
+    /// Per-task figures and recent failures, for the dashboard.
+    task_stats: TaskStats,
+    /// The dashboard's feed: the load's history and who watches it.
+    watch: super::watch::Watch,
     started: Instant,
     /// Every started task's run and finish callback, awaited at shutdown.
     tasks: TaskTracker,
@@ -91,11 +96,11 @@ impl<A: App> Ctx<A> {
             },
             config.max_output,
         )?);
-        let registry = Arc::new(Registry::new(
-            Arc::clone(&sandbox),
-            &config.tasks_dir,
-            config.limits,
-        ));
+        let metrics = Metrics::new();
+        let registry = Arc::new(
+            Registry::new(Arc::clone(&sandbox), &config.tasks_dir, config.limits)
+                .counting_load_failures(metrics.module_load_failures.clone()),
+        );
         let loading = Instant::now();
         registry.load_all()?;
         let (from_cache, compiled) = sandbox.cache_counts().unwrap_or((0, 0));
@@ -126,7 +131,9 @@ impl<A: App> Ctx<A> {
                 sandbox,
                 registry,
                 outboxes: Outboxes::new(outbox_bytes),
-                metrics: Metrics::new(),
+                metrics,
+                task_stats: TaskStats::default(),
+                watch: Default::default(),
                 started: Instant::now(),
                 tasks: TaskTracker::new(),
                 stopping: CancellationToken::new(),
@@ -412,7 +419,9 @@ impl<A: App> Ctx<A> {
                 .catch_unwind()
                 .await
         };
+        let admitted_at = Instant::now();
         let (output, elapsed) = self.shared.dispatcher.run(admission, timeout, run).await;
+        let queue_wait = admitted_at.elapsed().saturating_sub(elapsed);
         let outcome = match output {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(panic)) => {
@@ -426,7 +435,18 @@ impl<A: App> Ctx<A> {
         let fuel_used = outcome.fuel_used();
         self.shared
             .metrics
-            .task_ended(outcome.label(), elapsed, fuel_used);
+            .task_ended(job.name(), outcome.label(), elapsed, queue_wait, fuel_used);
+        self.shared.task_stats.record(Ended {
+            task_id: job.task_id,
+            task: job.name(),
+            outcome: outcome.label(),
+            message: match &outcome {
+                Outcome::Failed { error, .. } => Some(&error.message),
+                Outcome::Finished { .. } => None,
+            },
+            elapsed,
+            fuel_used,
+        });
         // At debug: at tens of thousands of tasks a second, a line each costs a fifth of the
         // throughput. /metrics counts them.
         tracing::debug!(
@@ -493,6 +513,14 @@ impl<A: App> Ctx<A> {
         &self.shared.results
     }
 
+    pub(crate) fn task_stats(&self) -> &TaskStats {
+        &self.shared.task_stats
+    }
+
+    pub(crate) fn watch_state(&self) -> &super::watch::Watch {
+        &self.shared.watch
+    }
+
     pub(crate) fn sandbox(&self) -> &Sandbox {
         &self.shared.sandbox
     }
@@ -526,6 +554,9 @@ impl<A: App> Ctx<A> {
         let metrics = &self.shared.metrics;
         metrics.queued.set(load.queued as i64);
         metrics.running.set(load.running as i64);
+        metrics
+            .task_workers
+            .set(i64::try_from(self.shared.dispatcher.task_workers()).unwrap_or(i64::MAX));
         metrics
             .memory_reserved
             .set(i64::try_from(self.shared.sandbox.memory_reserved()).unwrap_or(i64::MAX));

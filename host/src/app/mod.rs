@@ -29,6 +29,7 @@ pub mod native;
 mod progress;
 pub mod protocol_app;
 mod results;
+mod watch;
 
 use std::future::Future;
 

@@ -34,8 +34,8 @@ pub async fn greet<A: App>(ctx: &Ctx<A>, client: &Outbox) {
         .await;
 }
 
-/// `message`: answers one request: `task`, `cancel`, `attach`, `list` and `stats`; any
-/// other type is a `bad_request`.
+/// `message`: answers one request: `task`, `cancel`, `attach`, `list`, `stats` and `watch`;
+/// any other type is a `bad_request`.
 pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
     match request {
         Request::Task(task) => submit(ctx, client, task).await,
@@ -52,6 +52,7 @@ pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
         Request::Stats => {
             client.send(&Reply::Stats(&ctx.stats())).await;
         }
+        Request::Watch => ctx.watch(client).await,
         Request::Custom { kind, .. } => {
             let error = unknown_type(&kind);
             client.send(&Reply::Error { error: &error }).await;

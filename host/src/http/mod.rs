@@ -1,16 +1,17 @@
 //! Plain HTTP on the WebSocket port: the first request on a connection is either a WebSocket
-//! upgrade (handed to [`crate::connection`]) or one of `GET /` (the page), `/healthz` and
-//! `/metrics`, answered and closed.
+//! upgrade (handed to [`crate::connection`]) or one of `GET /` (the page), `/dashboard`,
+//! `/healthz` and `/metrics`, answered and closed.
 //!
 //! Before anything is served, in order: the overall connection cap (503), the TLS handshake
 //! and the request head within [`HEAD_TIMEOUT`], the `Host` of a browser's request (403), then
 //! for the task channel the path and origin (404, 403), the token (401) and the client
-//! address's connection cap (429); for /metrics the token.
+//! address's connection cap (429); for /metrics and /dashboard the token.
 //!
 //! Reading the request head here, rather than through a full HTTP stack, keeps an idle
 //! WebSocket connection down to the socket and tungstenite's small buffers.
 
 mod access;
+mod dashboard;
 pub(crate) mod request;
 
 use std::net::{IpAddr, SocketAddr};
@@ -159,6 +160,7 @@ async fn answer<A: App>(ctx: &Ctx<A>, stream: &mut Stream, request: &Request) {
     let metrics;
     let (status, content_type, body): (u16, &str, &[u8]) = match (method, request.path.as_str()) {
         ("GET", "/" | "/index.html") => (200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
+        ("GET", "/dashboard") => dashboard::page(ctx, token_presented(ctx, request)),
         ("GET", "/healthz") if ctx.is_accepting() => (200, "text/plain", b"ok\n"),
         ("GET", "/healthz") => (503, "text/plain", b"shutting down\n"),
         ("GET", "/metrics") if !token_presented(ctx, request) => {
@@ -176,7 +178,7 @@ async fn answer<A: App>(ctx: &Ctx<A>, stream: &mut Stream, request: &Request) {
         ("GET", _) => (
             404,
             "text/plain",
-            b"not found: try /, /healthz or /metrics\n",
+            b"not found: try /, /dashboard, /healthz or /metrics\n",
         ),
         _ => (405, "text/plain", b"only GET and HEAD are served here\n"),
     };

@@ -82,6 +82,8 @@ pub struct Registry {
     entries: RwLock<BTreeMap<String, Entry>>,
     /// Bumped on every change of the list; the server pushes the list to clients on it.
     changes: signal::Sender<u64>,
+    /// Failed attempts to load a file, for `/metrics` (which holds a clone).
+    load_failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl Registry {
@@ -92,7 +94,17 @@ impl Registry {
             server_limits,
             entries: RwLock::new(BTreeMap::new()),
             changes: signal::Sender::new(0),
+            load_failures: Default::default(),
         }
+    }
+
+    /// Counts failed loads in `counter` (the metrics' `module_load_failures`).
+    pub fn counting_load_failures(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.load_failures = counter;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,6 +151,7 @@ impl Registry {
                 entry.error = None;
             }
             Err(error) => {
+                self.load_failures.inc();
                 let reason = format!("{error:#}");
                 if entry.error.as_ref() == Some(&reason) {
                     return;
