@@ -6,7 +6,7 @@
 //! client come from [`crate::process_metrics`].
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,10 +30,24 @@ pub const MAX_TASK_LABELS: usize = 200;
 /// The `task` label of tasks past [`MAX_TASK_LABELS`].
 pub const OTHER_TASKS: &str = "_other";
 
+/// A task's name as a label value: shared, so that counting a task's end allocates nothing.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct TaskName(Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for TaskName {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(&self.0)
+    }
+}
+
 /// The labels of a task's end.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskOutcome {
-    task: String,
+    task: TaskName,
     /// `finished` or the failure code.
     outcome: &'static str,
 }
@@ -41,7 +55,7 @@ struct TaskOutcome {
 /// The label of per-task series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabel {
-    task: String,
+    task: TaskName,
 }
 
 /// Build facts, as the constant 1 of `taskhost_build_info`.
@@ -66,7 +80,7 @@ pub struct Metrics {
     tasks: Family<TaskOutcome, Counter>,
     /// The `task` label values in use, at most [`MAX_TASK_LABELS`]. Std mutex: held for a
     /// set lookup, never across an `.await`.
-    task_labels: Mutex<HashSet<String>>,
+    task_labels: Mutex<HashSet<Arc<str>>>,
     /// Task frames that were not accepted, by code.
     rejected: ByOutcome,
     /// Connections and requests refused at the door, by reason.
@@ -304,16 +318,18 @@ impl Metrics {
 
     /// The `task` label for `name`: the name itself, or [`OTHER_TASKS`] once
     /// [`MAX_TASK_LABELS`] other names are in use.
-    fn task_label(&self, name: &str) -> String {
+    fn task_label(&self, name: &str) -> TaskName {
         let mut labels = self.task_labels.lock().unwrap_or_else(|e| e.into_inner());
-        if labels.contains(name) {
-            return name.to_owned();
+        if let Some(label) = labels.get(name) {
+            return TaskName(Arc::clone(label));
         }
-        if labels.len() < MAX_TASK_LABELS {
-            labels.insert(name.to_owned());
-            return name.to_owned();
-        }
-        OTHER_TASKS.to_owned()
+        let label: Arc<str> = if labels.len() < MAX_TASK_LABELS {
+            Arc::from(name)
+        } else {
+            Arc::from(OTHER_TASKS)
+        };
+        labels.insert(Arc::clone(&label));
+        TaskName(label)
     }
 
     pub fn task_rejected(&self, code: &'static str) {

@@ -95,7 +95,13 @@ impl TaskStats {
         } else {
             OTHER_TASKS
         };
-        let task = inner.tasks.entry(name.to_owned()).or_default();
+        // A name already seen (every task but a name's first) costs no allocation.
+        if !inner.tasks.contains_key(name) {
+            inner.tasks.insert(name.to_owned(), PerTask::default());
+        }
+        let Some(task) = inner.tasks.get_mut(name) else {
+            return;
+        };
         task.count += 1;
         *task.by_outcome.entry(ended.outcome).or_default() += 1;
         task.fuel_used = task.fuel_used.saturating_add(ended.fuel_used.unwrap_or(0));
