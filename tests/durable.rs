@@ -470,3 +470,52 @@ async fn a_cancel_between_attempts_ends_the_task() {
     assert_eq!(ended["attempts"], 1);
     assert_eq!(watcher.recv_for(id).await, ended);
 }
+
+#[test]
+fn the_durability_options_come_from_flags_the_environment_and_config_files() {
+    let folder = crate::common::TaskFolder::with(&[]);
+    let file = folder.path.join("taskhost.toml");
+    std::fs::write(
+        &file,
+        "result-ttl = \"2m\"\nresult_bytes = 1000\nmax-attached = 3\ndead-letters = 4\n\
+         dead_letter_bytes = 5000\n",
+    )
+    .unwrap();
+    let print = |env: &[(&str, &str)], args: &[&str]| {
+        let output = crate::common::taskhost_command()
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .arg("--print-config")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run taskhost --print-config");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let printed = print(&[], &[]);
+    for line in [
+        "result_ttl = \"2m\"",
+        "result_bytes = 1000",
+        "max_attached = 3",
+        "dead_letters = 4",
+        "dead_letter_bytes = 5000",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing from:\n{printed}");
+    }
+    let from_env = print(&[("TASKHOST_RESULT_TTL", "90s")], &[]);
+    assert!(from_env.contains("result_ttl = \"1m 30s\""), "{from_env}");
+    let from_flag = print(&[("TASKHOST_RESULT_TTL", "90s")], &["--result-ttl", "1h"]);
+    assert!(from_flag.contains("result_ttl = \"1h\""), "{from_flag}");
+    let output = crate::common::taskhost_command()
+        .args(["--result-ttl", "ten minutes", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--result-ttl"), "{stderr}");
+}
