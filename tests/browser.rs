@@ -585,3 +585,50 @@ fn screenshot_path(test: &str) -> PathBuf {
         .unwrap_or_else(std::env::temp_dir);
     dir.join(format!("{test}.png"))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_reattaches_its_unfinished_tasks_after_a_reconnect() -> anyhow::Result<()> {
+    let server = start_server().await;
+    let mut browser = Browser::launch().await?;
+    let outcome = reattach_after_reconnect(&mut browser, &server.addr.to_string()).await;
+    explain_failure(
+        &mut browser,
+        "page_reattaches_its_unfinished_tasks_after_a_reconnect",
+        outcome,
+    )
+    .await
+}
+
+async fn reattach_after_reconnect(browser: &mut Browser, addr: &str) -> anyhow::Result<()> {
+    browser.navigate(&format!("http://{addr}/")).await?;
+    wait_until_connected_and_listed(browser, "slow").await?;
+    choose_task(browser, "slow").await?;
+    type_input(browser, r#"{"seconds": 2}"#).await?;
+    click_send(browser).await?;
+    let row = r#"document.querySelector('#tasks [data-ref="page-1"]')"#;
+    browser
+        .wait_for(&format!("{row}?.dataset.state === 'running'"), WAIT)
+        .await
+        .context("the row of slow should show it running (`started`)")?;
+    // Disconnect (the button, with the URL unchanged), then connect again.
+    browser
+        .eval("document.querySelector('#connect').click()")
+        .await?;
+    let state = browser.eval(&format!("{row}.dataset.state")).await?;
+    ensure!(
+        state == json!("detached"),
+        "a running task's row waits for the next connection, not lost; it is {state}"
+    );
+    browser
+        .eval("document.querySelector('#connect').click()")
+        .await?;
+    let ended = wait_for_end(browser, "page-1").await?;
+    ensure!(
+        ended["state"] == "finished"
+            && ended["result"]
+                .as_str()
+                .is_some_and(|r| r.contains("success")),
+        "after the reconnect the row re-attaches and finishes; it is {ended}"
+    );
+    Ok(())
+}

@@ -360,3 +360,163 @@ async fn keys_are_capped_like_refs() {
 }
 
 const WAIT_SHORT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_traps_twice_then_succeeds_shows_three_attempts() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    client.show_started = true;
+    let accepted = client.submit("flaky", json!({"fail_attempts": 2})).await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    let messages = messages_until_end(&mut client, task_id(&accepted)).await;
+    assert_eq!(
+        kinds(&messages),
+        ["started", "started", "started", "finished"],
+        "{messages:?}"
+    );
+    let attempts: Vec<&Value> = messages[..3].iter().map(|m| &m["attempt"]).collect();
+    assert_eq!(attempts, [1, 2, 3], "{messages:?}");
+    let finished = &messages[3];
+    assert_eq!(finished["attempts"], 3, "{finished}");
+    assert_eq!(
+        finished["result"]["attempt"], 3,
+        "the module saw its attempt"
+    );
+
+    // No retries asked for: one attempt, and no dead letter.
+    let failed = client.run("panic", Value::Null).await;
+    assert_eq!(failed["error"]["code"], "trap");
+    assert_eq!(failed["attempts"], 1);
+    let dead = client.request(json!({"type": "dead"})).await;
+    assert_eq!(
+        dead,
+        json!({"type": "dead", "tasks": [], "total": 0, "dropped": 0})
+    );
+    let (_, metrics) = crate::lifecycle::http(server.addr, "GET", "/metrics").await;
+    assert!(
+        metrics.contains("taskhost_retries_total{code=\"trap\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_fails_every_attempt_is_a_dead_letter() {
+    let server = start_server().await;
+    let mut client = server.client().await;
+    client
+        .send(
+            json!({"type": "task", "task": "flaky", "input": {"fail_attempts": 10},
+                     "ref": "doomed", "key": "dl-1"}),
+        )
+        .await;
+    let accepted = client.recv().await;
+    let id = task_id(&accepted);
+    let mut watcher = server.client().await;
+    let failed = client.recv_for(id).await;
+    assert_eq!(failed["type"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "trap");
+    assert_eq!(failed["attempts"], 4, "the first run and retries = 3");
+
+    let dead = watcher.request(json!({"type": "dead"})).await;
+    assert_eq!(dead["type"], "dead", "{dead}");
+    assert_eq!(dead["total"], 1);
+    assert_eq!(dead["dropped"], 0);
+    let letter = &dead["tasks"][0];
+    assert_eq!(letter["task_id"], id);
+    assert_eq!(letter["task"], "flaky");
+    assert_eq!(letter["ref"], "doomed");
+    assert_eq!(letter["key"], "dl-1");
+    assert_eq!(letter["attempts"], 4);
+    assert_eq!(letter["error"]["code"], "trap");
+    assert_eq!(letter["input"], json!({"fail_attempts": 10}));
+    assert!(
+        letter["failed_at"].as_str().unwrap().ends_with('Z'),
+        "{letter}"
+    );
+    let (_, metrics) = crate::lifecycle::http(server.addr, "GET", "/metrics").await;
+    for line in [
+        "taskhost_dead_letters_total 1",
+        "taskhost_dead_letters_kept 1",
+        "taskhost_retries_total{code=\"trap\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_between_attempts_ends_the_task() {
+    let folder = crate::common::TaskFolder::with(&["flaky.wasm"]);
+    folder.write(
+        "flaky.toml",
+        "retries = 5\nretry_on = [\"trap\"]\nbackoff_ms = 2000\nattempt_envelope = true\n",
+    );
+    let mut config = folder.config();
+    config.watch = false;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    client.show_started = true;
+    let accepted = client.submit("flaky", json!({"fail_attempts": 10})).await;
+    let id = task_id(&accepted);
+    let started = client.recv().await;
+    assert_eq!(started["type"], "started", "{started}");
+    // The first attempt traps; the task waits a second or two before the next.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watcher = server.client().await;
+    watcher.send(json!({"type": "attach", "task_id": id})).await;
+    let attached = watcher.recv().await;
+    assert_eq!(attached["state"], "retrying", "{attached}");
+    client.send(json!({"type": "cancel", "task_id": id})).await;
+    let ended = client.recv_for(id).await;
+    assert_eq!(ended["error"]["code"], "cancelled", "{ended}");
+    assert_eq!(ended["attempts"], 1);
+    assert_eq!(watcher.recv_for(id).await, ended);
+}
+
+#[test]
+fn the_durability_options_come_from_flags_the_environment_and_config_files() {
+    let folder = crate::common::TaskFolder::with(&[]);
+    let file = folder.path.join("taskhost.toml");
+    std::fs::write(
+        &file,
+        "result-ttl = \"2m\"\nresult_bytes = 1000\nmax-attached = 3\ndead-letters = 4\n\
+         dead_letter_bytes = 5000\n",
+    )
+    .unwrap();
+    let print = |env: &[(&str, &str)], args: &[&str]| {
+        let output = crate::common::taskhost_command()
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .arg("--print-config")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run taskhost --print-config");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let printed = print(&[], &[]);
+    for line in [
+        "result_ttl = \"2m\"",
+        "result_bytes = 1000",
+        "max_attached = 3",
+        "dead_letters = 4",
+        "dead_letter_bytes = 5000",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing from:\n{printed}");
+    }
+    let from_env = print(&[("TASKHOST_RESULT_TTL", "90s")], &[]);
+    assert!(from_env.contains("result_ttl = \"1m 30s\""), "{from_env}");
+    let from_flag = print(&[("TASKHOST_RESULT_TTL", "90s")], &["--result-ttl", "1h"]);
+    assert!(from_flag.contains("result_ttl = \"1h\""), "{from_flag}");
+    let output = crate::common::taskhost_command()
+        .args(["--result-ttl", "ten minutes", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--result-ttl"), "{stderr}");
+}

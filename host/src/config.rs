@@ -280,6 +280,15 @@ pub struct Options {
     #[arg(long, default_value_t = 1000, env = "TASKHOST_MAX_ATTACHED")]
     pub max_attached: usize,
 
+    /// Dead letters kept (tasks that failed every attempt their manifest allowed); past it
+    /// the oldest are dropped.
+    #[arg(long, default_value_t = 1000, env = "TASKHOST_DEAD_LETTERS")]
+    pub dead_letters: usize,
+
+    /// Bytes of dead letters kept (their errors and inputs); past it the oldest are dropped.
+    #[arg(long, default_value_t = 16 << 20, env = "TASKHOST_DEAD_LETTER_BYTES")]
+    pub dead_letter_bytes: u64,
+
     /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
     /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
     #[arg(env = "TASKHOST_NATIVE", long)]
@@ -348,6 +357,9 @@ pub struct Config {
     pub result_bytes: u64,
     /// Running tasks one connection may be attached to (`--max-attached`).
     pub max_attached: usize,
+    /// Dead letters kept, by count and bytes.
+    pub dead_letters: usize,
+    pub dead_letter_bytes: u64,
 }
 
 /// How log lines are written.
@@ -554,6 +566,8 @@ impl Options {
             result_ttl: self.result_ttl,
             result_bytes: self.result_bytes,
             max_attached: self.max_attached,
+            dead_letters: self.dead_letters,
+            dead_letter_bytes: self.dead_letter_bytes,
         })
     }
 

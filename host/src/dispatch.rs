@@ -304,9 +304,12 @@ impl Dispatcher {
     /// `timeout`, for any `task` callback: the sandbox enforces it itself (to report the fuel
     /// used), so this one waits [`TIMEOUT_BACKSTOP`] longer and only catches callbacks that
     /// do not.
+    ///
+    /// The admission is only borrowed: a task that runs again (a retry) keeps its place and
+    /// runs through here once per attempt.
     pub async fn run<F: Future>(
         &self,
-        admission: Admission,
+        admission: &Admission,
         timeout: Duration,
         task: F,
     ) -> (Result<F::Output, Stopped>, Duration) {
@@ -335,6 +338,18 @@ impl Dispatcher {
             }
         };
         (output, started.elapsed())
+    }
+
+    /// Waits `delay` between two attempts of a task, holding its place in the queue but no
+    /// worker; ends early, with why, if the task is cancelled or the server stops starting
+    /// tasks.
+    pub async fn pause(&self, admission: &Admission, delay: Duration) -> Result<(), Stopped> {
+        tokio::select! {
+            biased;
+            () = admission.token.cancelled() => Err(self.why_stopped()),
+            () = self.stop_starting.cancelled() => Err(self.why_stopped()),
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
     }
 
     /// A free worker permit for background work, if no task needs it: `None` once the permits
@@ -528,7 +543,7 @@ mod tests {
             reclaimed.cancelled().await;
             drop(loan);
         };
-        let run = dispatcher.run(admission, Duration::from_secs(5), async { "ran" });
+        let run = dispatcher.run(&admission, Duration::from_secs(5), async { "ran" });
         let ((output, _), ()) = tokio::join!(run, give_back);
         assert_eq!(output, Ok("ran"));
         assert!(dispatcher.lend().is_none(), "no loans once reclaimed");

@@ -126,6 +126,11 @@ pub struct Durable {
     pub results_bytes: Gauge,
     /// Kept results dropped, by reason (`expired`, `bytes`).
     evicted: ByOutcome,
+    /// Attempts that failed and ran again, by their failure code.
+    retries: ByOutcome,
+    /// Tasks that failed every attempt: ever, and kept now (read at /metrics).
+    dead_letters: Counter,
+    pub dead_letters_kept: Gauge,
 }
 
 impl Default for Metrics {
@@ -376,7 +381,32 @@ impl Metrics {
 }
 
 impl Durable {
+    /// Counts a failed attempt that runs again.
+    pub fn task_retried(&self, code: &'static str) {
+        self.retries.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// Counts a task that failed every attempt.
+    pub fn dead_letter(&self) {
+        self.dead_letters.inc();
+    }
+
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "retries",
+            "Failed attempts that ran again (manifest retries), by failure code",
+            self.retries.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Tasks that failed every attempt their manifest allowed",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "dead_letters_kept",
+            "Dead letters kept now (--dead-letters, --dead-letter-bytes)",
+            self.dead_letters_kept.clone(),
+        );
         registry.register(
             "attach",
             "attach requests and tasks whose key named a task already, by outcome (queued, \

@@ -139,6 +139,8 @@ pub enum Request {
     Attach {
         task_id: u64,
     },
+    /// Extension: the dead letters, tasks that failed every attempt their manifest allowed.
+    Dead,
     List,
     Stats,
     /// `watch`: a `watch` message now and once a second until the connection closes (the
@@ -204,6 +206,7 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
                 task_id: frame.task_id,
             })
             .map_err(|e| BadFrame::Message(bad_json(&e, "an `attach` message"))),
+        "dead" => Ok(Request::Dead),
         "list" => Ok(Request::List),
         "stats" => Ok(Request::Stats),
         "watch" => Ok(Request::Watch),
@@ -222,7 +225,7 @@ pub fn unknown_type(kind: &str) -> WireError {
         ErrorCode::BadRequest,
         format!(
             "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"attach\", \
-             \"list\", \"stats\" or \"watch\""
+             \"dead\", \"list\", \"stats\" or \"watch\""
         ),
     )
 }
@@ -365,6 +368,40 @@ pub struct Stats {
     pub uptime_ms: u64,
 }
 
+/// A task that failed every attempt its manifest allowed (`retries`), as `dead` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub task_id: u64,
+    pub task: String,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub attempts: u32,
+    /// How the last attempt failed.
+    pub error: WireError,
+    /// When the last attempt ended (RFC 3339, UTC).
+    pub failed_at: String,
+    /// The task's input, to run it again by hand; left out when over
+    /// [`MAX_DEAD_INPUT_BYTES`] or the list's byte bound (`input_bytes` still says its size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Box<RawValue>>,
+    pub input_bytes: u64,
+}
+
+/// The largest input a dead letter keeps.
+pub const MAX_DEAD_INPUT_BYTES: usize = 64 << 10;
+
+/// The `dead` answer: the dead letters kept, oldest first.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeadLetters {
+    pub tasks: Vec<DeadLetter>,
+    /// Dead letters since the server started, kept or not.
+    pub total: u64,
+    /// Dead letters dropped to stay within `--dead-letters` and `--dead-letter-bytes`.
+    pub dropped: u64,
+}
+
 /// Everything the server sends. Borrowed fields: a message is built, encoded and dropped.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -450,6 +487,8 @@ pub enum Reply<'a> {
         tasks: &'a [TaskListing],
     },
     Stats(&'a Stats),
+    /// Extension: the answer to `dead`.
+    Dead(&'a DeadLetters),
 }
 
 impl Reply<'_> {

@@ -17,24 +17,30 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::App;
+use super::dead::DeadLetterBox;
 use super::failures;
 use super::job::{Admitted, Job, NewTask, Outcome};
 use super::progress::ProgressThrottle;
 use super::results::{KeyTaken, Opening, ResultBounds, ResultStore, ResultsSummary, TaskRecord};
+use super::retry::RetryPolicy;
 use crate::config::Config;
-use crate::dispatch::{Caps, Dispatcher, Owner};
+use crate::dispatch::{Admission, Caps, Dispatcher, Owner};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outboxes, Text};
-use crate::protocol::{Stats, TaskListing, WireError};
+use crate::protocol::{
+    DeadLetter, DeadLetters, MAX_DEAD_INPUT_BYTES, Stats, TaskListing, WireError,
+};
 use crate::registry::Registry;
 use crate::sandbox::{EngineSettings, Sandbox};
 use crate::task_stats::{Ended, TaskStats};
@@ -73,6 +79,8 @@ struct Shared<A> {
     task_stats: TaskStats,
     /// The dashboard's feed: the load's history and who watches it.
     watch: super::watch::Watch,
+    /// Tasks that failed every attempt their manifest allowed.
+    dead_letters: DeadLetterBox,
     started: Instant,
     /// Every started task's run and finish callback, awaited at shutdown.
     tasks: TaskTracker,
@@ -126,6 +134,7 @@ impl<A: App> Ctx<A> {
                     bytes: config.result_bytes,
                     attached_per_connection: config.max_attached,
                 })),
+                dead_letters: DeadLetterBox::new(config.dead_letters, config.dead_letter_bytes),
                 app,
                 config,
                 sandbox,
@@ -278,6 +287,7 @@ impl<A: App> Ctx<A> {
             submitter: submitter.cloned(),
             module,
             progress: Some(progress),
+            attempt: AtomicU32::new(1),
         };
         Ok(Admitted {
             admission,
@@ -407,31 +417,12 @@ impl<A: App> Ctx<A> {
             job,
             mut tracked,
         } = admitted;
-        let timeout = Duration::from_millis(job.limits.timeout_ms);
-        // Polled only once the task holds a worker: `started` goes out then, before anything
-        // the task reports. A panic in the callback is that task's failure, not the server's.
-        let run = async {
-            self.shared.results.running(job.task_id, 1);
-            if let Some(progress) = &job.progress {
-                progress.started(1);
-            }
-            AssertUnwindSafe(self.app().on_task(self, &job))
-                .catch_unwind()
-                .await
-        };
+        let policy = RetryPolicy::of(&job.module.manifest);
         let admitted_at = Instant::now();
-        let (output, elapsed) = self.shared.dispatcher.run(admission, timeout, run).await;
+        let (outcome, elapsed, attempts) = self.attempts(&admission, &job, &policy).await;
+        // Time not spent running the last attempt: the queue, and with retries the earlier
+        // attempts and their backoffs.
         let queue_wait = admitted_at.elapsed().saturating_sub(elapsed);
-        let outcome = match output {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => {
-                // The task's span is at debug (see `task_span`): name the task here.
-                let _task = tracing::error_span!("task", task_id = job.task_id, task = %job.name())
-                    .entered();
-                failures::panicked("task", panic.as_ref())
-            }
-            Err(stopped) => failures::stopped(stopped),
-        };
         let fuel_used = outcome.fuel_used();
         self.shared
             .metrics
@@ -459,10 +450,111 @@ impl<A: App> Ctx<A> {
             job,
             outcome,
             elapsed,
-            attempts: 1,
+            attempts,
         };
+        if policy.exhausted(attempts, &report.outcome) {
+            self.dead_letter(&report);
+        }
         self.keep_result(&report, &mut tracked).await;
         report
+    }
+
+    /// Runs the task's attempts: the first, and as many more as its retry policy gives it
+    /// for the failures it names, each after its backoff (holding the queue place, not a
+    /// worker). Returns the last attempt's outcome and time, and the number of attempts.
+    async fn attempts(
+        &self,
+        admission: &Admission,
+        job: &Job,
+        policy: &RetryPolicy,
+    ) -> (Outcome, Duration, u32) {
+        let timeout = Duration::from_millis(job.limits.timeout_ms);
+        let mut attempt = 1;
+        loop {
+            job.attempt.store(attempt, Ordering::Relaxed);
+            // Polled only once the task holds a worker: `started` goes out then, before
+            // anything the task reports. A panic in the callback is that task's failure, not
+            // the server's.
+            let run = async {
+                self.shared.results.running(job.task_id, attempt);
+                if let Some(progress) = &job.progress {
+                    progress.started(attempt);
+                }
+                AssertUnwindSafe(self.app().on_task(self, job))
+                    .catch_unwind()
+                    .await
+            };
+            let (output, elapsed) = self.shared.dispatcher.run(admission, timeout, run).await;
+            let outcome = match output {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(panic)) => {
+                    // The task's span is at debug (see `task_span`): name the task here.
+                    let _task =
+                        tracing::error_span!("task", task_id = job.task_id, task = %job.name())
+                            .entered();
+                    failures::panicked("task", panic.as_ref())
+                }
+                Err(stopped) => failures::stopped(stopped),
+            };
+            if !policy.retries_after(attempt, &outcome) {
+                return (outcome, elapsed, attempt);
+            }
+            self.shared.metrics.durable.task_retried(outcome.label());
+            let delay = policy.backoff(attempt);
+            tracing::debug!(
+                attempt,
+                outcome = outcome.label(),
+                delay_ms = delay.as_millis() as u64,
+                "task failed; it runs again after the backoff"
+            );
+            attempt += 1;
+            self.shared.results.retrying(job.task_id, attempt);
+            if let Err(stopped) = self.shared.dispatcher.pause(admission, delay).await {
+                return (failures::stopped(stopped), Duration::ZERO, attempt - 1);
+            }
+        }
+    }
+
+    /// Keeps a task that failed every attempt in the dead-letter list.
+    fn dead_letter(&self, report: &super::Report) {
+        let Outcome::Failed { error, .. } = &report.outcome else {
+            return;
+        };
+        let job = &report.job;
+        let input = (job.input.len() <= MAX_DEAD_INPUT_BYTES)
+            .then(|| std::str::from_utf8(&job.input).ok())
+            .flatten()
+            .and_then(|text| RawValue::from_string(text.to_owned()).ok());
+        tracing::warn!(
+            task_id = job.task_id,
+            task = %job.name(),
+            attempts = report.attempts,
+            code = %error.code,
+            "task failed every attempt; kept as a dead letter"
+        );
+        self.shared.metrics.durable.dead_letter();
+        self.shared.dead_letters.push(DeadLetter {
+            task_id: job.task_id,
+            task: job.name().to_owned(),
+            reference: job.reference.clone(),
+            key: self
+                .shared
+                .results
+                .peek(job.task_id)
+                .and_then(|record| record.key),
+            attempts: report.attempts,
+            error: error.clone(),
+            failed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            input,
+            input_bytes: job.input.len() as u64,
+        });
+    }
+
+    /// The dead letters: tasks that failed every attempt their manifest allowed, oldest
+    /// first, with how many there were since the start and how many were dropped to stay
+    /// within `--dead-letters` and `--dead-letter-bytes`. Read-only (a copy).
+    pub fn dead_letters(&self) -> DeadLetters {
+        self.shared.dead_letters.snapshot()
     }
 
     /// Keeps the task's terminal message in the result store and sends it to the
@@ -564,6 +656,8 @@ impl<A: App> Ctx<A> {
         let evicted = self.shared.results.take_evicted();
         metrics.results_evicted(evicted.expired, evicted.over_bytes);
         metrics.durable.results_kept.set(results.kept as i64);
+        let (dead_kept, _) = self.shared.dead_letters.counts();
+        metrics.durable.dead_letters_kept.set(dead_kept as i64);
         metrics
             .durable
             .results_bytes

@@ -2,6 +2,7 @@
 //! [`Outcome`] it ends with and the [`Report`] the `finish` callback receives.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -103,6 +104,8 @@ pub struct Job {
     pub(crate) module: Arc<TaskModule>,
     /// Where the task's progress reports go (to the submitter, rate-limited), if anywhere.
     pub(crate) progress: Option<Arc<ProgressThrottle>>,
+    /// The attempt running now, from 1 (more after a retry, see the manifest's `retries`).
+    pub(crate) attempt: AtomicU32,
 }
 
 impl Job {
@@ -114,6 +117,12 @@ impl Job {
     /// Where the task's manifest sends its result.
     pub fn delivery(&self) -> Delivery {
         self.module.deliver
+    }
+
+    /// The attempt running now, from 1: more than 1 when the task runs again after a
+    /// failure its manifest retries.
+    pub fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Relaxed)
     }
 
     /// Reports progress to the submitter as a `progress` message, rate-limited: for `task`
@@ -137,10 +146,24 @@ impl Job {
     pub(crate) fn run_spec(&self) -> RunSpec {
         RunSpec {
             name: self.module.name.clone(),
-            input: self.input.clone(),
+            input: self.module_input(),
             limits: self.limits,
             progress: self.progress.as_ref().map(ProgressThrottle::sink),
         }
+    }
+}
+
+impl Job {
+    /// The module's stdin: the input, or with the manifest's `attempt_envelope`,
+    /// `{"attempt": N, "input": …}`.
+    fn module_input(&self) -> Bytes {
+        if !self.module.manifest.attempt_envelope {
+            return self.input.clone();
+        }
+        let mut envelope = format!("{{\"attempt\":{},\"input\":", self.attempt()).into_bytes();
+        envelope.extend_from_slice(&self.input);
+        envelope.push(b'}');
+        Bytes::from(envelope)
     }
 }
 

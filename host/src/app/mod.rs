@@ -23,12 +23,14 @@
 mod background;
 mod client;
 mod context;
+mod dead;
 mod failures;
 mod job;
 pub mod native;
 mod progress;
 pub mod protocol_app;
 mod results;
+mod retry;
 mod watch;
 
 use std::future::Future;

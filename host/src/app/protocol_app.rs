@@ -45,6 +45,10 @@ pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
             }
         }
         Request::Attach { task_id } => attach(ctx, client, task_id).await,
+        Request::Dead => {
+            let dead = ctx.dead_letters();
+            client.send(&Reply::Dead(&dead)).await;
+        }
         Request::List => {
             let tasks = ctx.tasks();
             client.send(&Reply::List { tasks: &tasks }).await;

@@ -23,7 +23,36 @@ pub struct Manifest {
     /// Where results go: the submitter only (`origin`), or every connection too (`broadcast`).
     #[serde(default)]
     pub deliver: Delivery,
+
+    // Retries (issue 12).
+    /// Times a failed task runs again (0, the default: none), at most [`MAX_RETRIES`].
+    #[serde(default)]
+    pub retries: u32,
+    /// Which failures run again: `trap`, `timeout`, `exit` (default: all three).
+    pub retry_on: Option<Vec<RetryOn>>,
+    /// The delay before the first retry, in milliseconds (default 100); it doubles with
+    /// each retry, up to [`MAX_BACKOFF_MS`], with jitter.
+    pub backoff_ms: Option<u64>,
+    /// Hand the module `{"attempt": N, "input": …}` on stdin instead of the input alone, so
+    /// that it knows which attempt it is (N counts from 1).
+    #[serde(default)]
+    pub attempt_envelope: bool,
 }
+
+/// A failure a manifest's `retry_on` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    Trap,
+    Timeout,
+    Exit,
+}
+
+/// The most retries a manifest may ask for: each holds a queue place for its backoff.
+pub const MAX_RETRIES: u32 = 10;
+
+/// The longest delay between two attempts, and the most `backoff_ms` may say.
+pub const MAX_BACKOFF_MS: u64 = 60_000;
 
 /// Largest manifest read: a few settings and a line of description.
 const MAX_MANIFEST_BYTES: u64 = 64 << 10;
@@ -55,7 +84,9 @@ impl Manifest {
                 .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
             anyhow::anyhow!(
                 "{name} is not a valid manifest: {} (line {line}); its keys are description, \
-                 timeout_ms, fuel, memory_bytes and deliver = \"origin\" | \"broadcast\"",
+                 timeout_ms, fuel, memory_bytes, deliver = \"origin\" | \"broadcast\", \
+                 retries, retry_on = [\"trap\", \"timeout\", \"exit\"], backoff_ms and \
+                 attempt_envelope",
                 redact_quoted(error.message().trim())
             )
         })?;
@@ -78,6 +109,12 @@ impl Manifest {
         }
         if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
             anyhow::bail!("description must be at most {MAX_DESCRIPTION_CHARS} characters");
+        }
+        if self.retries > MAX_RETRIES {
+            anyhow::bail!("retries must be at most {MAX_RETRIES}");
+        }
+        if self.backoff_ms.is_some_and(|ms| ms > MAX_BACKOFF_MS) {
+            anyhow::bail!("backoff_ms must be at most {MAX_BACKOFF_MS} (a minute)");
         }
         Ok(())
     }
@@ -103,6 +140,17 @@ const SCHEMA_WORDS: [&str; 7] = [
     "broadcast",
 ];
 
+/// The words of the retry keys' schema, which a message may quote too.
+const RETRY_WORDS: [&str; 7] = [
+    "retries",
+    "retry_on",
+    "backoff_ms",
+    "attempt_envelope",
+    "trap",
+    "timeout",
+    "exit",
+];
+
 /// The parser's message without the file's own text: whatever it quotes (between `"` or
 /// backticks) becomes `…`, unless it is a word of the schema. serde quotes the values it
 /// refuses (`invalid type: string "hunter2"`), and the message reaches every client.
@@ -118,11 +166,13 @@ fn redact_quoted(message: &str) -> String {
             return out;
         };
         let quoted = &after[..close];
-        out.push_str(if SCHEMA_WORDS.contains(&quoted) {
-            quoted
-        } else {
-            "…"
-        });
+        out.push_str(
+            if SCHEMA_WORDS.contains(&quoted) || RETRY_WORDS.contains(&quoted) {
+                quoted
+            } else {
+                "…"
+            },
+        );
         out.push(quote);
         rest = &after[close + 1..];
     }
@@ -155,6 +205,20 @@ mod tests {
         assert!(toml::from_str::<Manifest>("deliver = \"everyone\"").is_err());
         let zero: Manifest = toml::from_str("memory_bytes = 0").unwrap();
         assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let manifest: Manifest =
+            toml::from_str("retries = 2\nretry_on = [\"trap\", \"exit\"]\nbackoff_ms = 5").unwrap();
+        assert_eq!(manifest.retries, 2);
+        assert_eq!(manifest.retry_on, Some(vec![RetryOn::Trap, RetryOn::Exit]));
+        manifest.check().unwrap();
+        assert!(toml::from_str::<Manifest>("retry_on = [\"oom\"]").is_err());
+        let many: Manifest = toml::from_str("retries = 11").unwrap();
+        assert!(many.check().is_err());
+        let slow: Manifest = toml::from_str("backoff_ms = 60001").unwrap();
+        assert!(slow.check().is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::sandbox::{Sandbox, WasmModule};
 
 pub use listing::{Delivery, TaskListing, TaskState};
 pub use loader::task_name;
-pub use manifest::Manifest;
+pub use manifest::{Manifest, RetryOn};
 
 /// Why a task name cannot run now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
