@@ -280,7 +280,7 @@ async fn the_dashboard_shows_real_traffic_within_two_seconds() -> anyhow::Result
     browser
         .call(
             "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1280, "height": 1500, "deviceScaleFactor": 1, "mobile": false}),
+            json!({"width": 1280, "height": 2000, "deviceScaleFactor": 1, "mobile": false}),
         )
         .await?;
     let url = format!("http://{}/dashboard?token={token}", server.address);

@@ -95,7 +95,13 @@ impl TaskStats {
         } else {
             OTHER_TASKS
         };
-        let task = inner.tasks.entry(name.to_owned()).or_default();
+        // Allocates a key only for a name not seen before: this runs at every task's end.
+        if !inner.tasks.contains_key(name) {
+            inner.tasks.insert(name.to_owned(), PerTask::default());
+        }
+        let Some(task) = inner.tasks.get_mut(name) else {
+            return;
+        };
         task.count += 1;
         *task.by_outcome.entry(ended.outcome).or_default() += 1;
         task.fuel_used = task.fuel_used.saturating_add(ended.fuel_used.unwrap_or(0));
