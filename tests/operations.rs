@@ -438,6 +438,21 @@ fn the_binary_prints_completions_and_a_man_page() {
         man.contains("TASKHOST_TASK_WORKERS"),
         "the variables are in it"
     );
+
+    // They are actions: a config file cannot ask for them (the server would not serve).
+    let folder = TaskFolder::with(&[]);
+    let file = folder.path.join("taskhost.toml");
+    std::fs::write(&file, "man = true\n").unwrap();
+    let output = taskhost_command()
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("\"man\" prints and exits"),
+        "{stderr}"
+    );
 }
 
 /// The unit with its binary at `binary`, and the man page its Documentation= names, in a
