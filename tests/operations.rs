@@ -280,7 +280,7 @@ async fn the_dashboard_shows_real_traffic_within_two_seconds() -> anyhow::Result
     browser
         .call(
             "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1280, "height": 1500, "deviceScaleFactor": 1, "mobile": false}),
+            json!({"width": 1280, "height": 2000, "deviceScaleFactor": 1, "mobile": false}),
         )
         .await?;
     let url = format!("http://{}/dashboard?token={token}", server.address);
@@ -444,6 +444,21 @@ fn the_binary_prints_completions_and_a_man_page() {
     assert!(
         man.contains("TASKHOST_TASK_WORKERS"),
         "the variables are in it"
+    );
+
+    // They are actions: a config file cannot ask for them (the server would not serve).
+    let folder = TaskFolder::with(&[]);
+    let file = folder.path.join("taskhost.toml");
+    std::fs::write(&file, "man = true\n").unwrap();
+    let output = taskhost_command()
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("\"man\" prints and exits"),
+        "{stderr}"
     );
 }
 

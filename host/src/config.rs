@@ -417,6 +417,15 @@ impl Options {
             })?;
             for (key, value) in table {
                 let long = key.replace('_', "-");
+                // Actions, not settings: a file that asked for them would stop the server
+                // from serving.
+                if matches!(long.as_str(), "completions" | "man") {
+                    bail!(
+                        "--config {}: {key:?} prints and exits, it is not a setting; pass \
+                         --{long} on the command line",
+                        path.display()
+                    );
+                }
                 let Some(arg) = command
                     .get_arguments()
                     .find(|arg| arg.get_long() == Some(long.as_str()))
