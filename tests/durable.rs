@@ -201,9 +201,9 @@ async fn results_expire_and_the_oldest_go_past_the_byte_bound() {
     client.send(json!({"type": "attach", "task_id": id})).await;
     assert_eq!(client.recv().await["error"]["code"], "not_found");
 
-    // Room for about two results of 2 KB: the third pushes the first out.
+    // Room for two results of 2 KB and their overhead: the third pushes the first out.
     let mut config = test_config();
-    config.result_bytes = 5000;
+    config.result_bytes = 6000;
     let server = start_server_with(config, taskhost::ProtocolApp).await;
     let mut client = server.client().await;
     let mut ids = Vec::new();

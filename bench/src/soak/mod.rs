@@ -42,6 +42,12 @@ const WIND_DOWN: Duration = Duration::from_secs(120);
 /// 1,024 it takes longer than a short soak and would read as a leak.
 const DEFAULT_SERVER_ARGS: [&str; 2] = ["--task-workers", "64"];
 
+/// The server's bound on kept results (`--result-bytes`) in a soak. Kept results fill up to
+/// their bound under load, which a short soak would read as a leak at the default 64 MiB
+/// (a few minutes of echo); 4 MiB fills within the warm-up, and eviction then runs all
+/// the time, which is what a soak should exercise.
+const SOAK_RESULT_BYTES: &str = "4194304";
+
 /// The tasks the load runs; the tasks folder must serve them all.
 const NEEDED: [&str; 10] = [
     "echo",
@@ -190,6 +196,12 @@ pub async fn run(
         common_args: cache_dir
             .iter()
             .flat_map(|dir| ["--cache-dir".to_owned(), dir.display().to_string()])
+            .chain(
+                help.contains("--result-bytes")
+                    .then(|| ["--result-bytes".to_owned(), SOAK_RESULT_BYTES.to_owned()])
+                    .into_iter()
+                    .flatten(),
+            )
             .collect(),
         cache_dir,
         warnings: Arc::default(),
