@@ -446,16 +446,17 @@ impl<A: App> Ctx<A> {
             fuel_used,
             "task ended"
         );
-        let report = super::Report {
+        let mut report = super::Report {
             job,
             outcome,
             elapsed,
             attempts,
+            terminal: None,
         };
         if policy.exhausted(attempts, &report.outcome) {
             self.dead_letter(&report);
         }
-        self.keep_result(&report, &mut tracked).await;
+        self.keep_result(&mut report, &mut tracked).await;
         report
     }
 
@@ -559,9 +560,10 @@ impl<A: App> Ctx<A> {
 
     /// Keeps the task's terminal message in the result store and sends it to the
     /// connections attached to it; their last progress report first.
-    async fn keep_result(&self, report: &super::Report, tracked: &mut super::results::Tracked) {
+    async fn keep_result(&self, report: &mut super::Report, tracked: &mut super::results::Tracked) {
         report.job.flush_progress().await;
         let message = Text::from(report.terminal_reply().to_json());
+        report.terminal = Some(message.clone());
         let label = report.outcome.label();
         let watchers = self.shared.results.end(tracked, label, message.clone());
         if watchers.is_empty() {

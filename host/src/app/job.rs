@@ -14,6 +14,7 @@ use super::results::Tracked;
 use crate::dispatch::Admission;
 use crate::limits::{Limits, RequestedLimits};
 use crate::outbox::Outbox;
+use crate::outbox::Text;
 use crate::protocol::{ErrorCode, Ref, Reply, TaskRequest, WireError};
 use crate::registry::{Delivery, TaskModule};
 use crate::sandbox::RunSpec;
@@ -255,9 +256,21 @@ pub struct Report {
     pub elapsed: Duration,
     /// How many times the task ran: 1, or more when its manifest let it retry.
     pub attempts: u32,
+    /// The terminal message as encoded for the result store, so that the submitter's copy
+    /// is the same bytes and is not encoded a second time.
+    pub(crate) terminal: Option<Text>,
 }
 
 impl Report {
+    /// The `finished` or `failed` message as a frame: the one kept for `attach` when there
+    /// is one, else freshly encoded.
+    pub fn terminal_text(&self) -> Text {
+        match &self.terminal {
+            Some(text) => text.clone(),
+            None => Text::from(self.terminal_reply().to_json()),
+        }
+    }
+
     /// The `finished` or `failed` message for the task's end.
     pub fn terminal_reply(&self) -> Reply<'_> {
         let job = &self.job;

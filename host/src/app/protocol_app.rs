@@ -232,7 +232,7 @@ pub async fn deliver<A: App>(ctx: &Ctx<A>, report: Report) {
     }
     // A closed connection cannot be told; the outcome is already logged and counted.
     if let Some(submitter) = &job.submitter {
-        submitter.send(&terminal_reply(&report)).await;
+        submitter.send_text(report.terminal_text()).await;
     }
 }
 
