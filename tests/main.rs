@@ -10,8 +10,11 @@
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
 //! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
 //! - `crash`: the binary killed with SIGKILL under load, and started again.
+//! - `capabilities`: grants, key-value, publish/subscribe, SQL (SQLite and PostgreSQL 15),
+//!   mail through a real SMTP sink, against the library and the binary.
 
 mod browser;
+mod capabilities;
 mod cdp;
 mod common;
 mod crash;
