@@ -796,3 +796,34 @@ async fn the_binary_delivers_chat_to_subscribers_only_and_refuses_ungranted_copi
     let refused = speaker.run("counter", json!({"key": "k"})).await;
     assert!(failure(&refused).contains("not allowed"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_reaches_the_same_store_through_the_wit_interfaces() {
+    let data = TempDir::new("data");
+    let server = start_server_with(config_with_data(&data.0), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let list = client.request(json!({"type": "list"})).await;
+    let component = crate::common::listed(&list, "counter_component").unwrap();
+    assert_eq!(component["kind"], "component", "{component}");
+    assert_eq!(
+        client.run("counter", json!({"key": "k"})).await["result"],
+        1
+    );
+    let ended = client.run("counter_component", json!({"key": "k"})).await;
+    assert_eq!(
+        ended["result"], 2,
+        "the component counts in the same store: {ended}"
+    );
+    assert_eq!(
+        client.run("counter", json!({"key": "k"})).await["result"],
+        3
+    );
+
+    // Without the grant, the component is refused the same way.
+    let folder = TaskFolder::with(&[]);
+    folder.copy_in("counter_component.wasm", "bare.wasm");
+    let bare = start_server_with(folder.config(), taskhost::ProtocolApp).await;
+    let mut client = bare.client().await;
+    let refused = client.run("bare", json!({"key": "k"})).await;
+    assert!(failure(&refused).contains("not allowed"), "{refused}");
+}
