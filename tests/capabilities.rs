@@ -318,6 +318,16 @@ async fn notes_in_sqlite_keep_injected_sql_as_data() {
         json!([{"said": "1; DROP TABLE x"}]),
         "{echoed}"
     );
+    // A response larger than the guest's first buffer (4 KiB) is kept by the host and
+    // fetched whole: `taskhost.call` answers 2, then `response`.
+    let long = "x".repeat(100_000);
+    let echoed = client
+        .run(
+            "query",
+            json!({"sql": "SELECT ?1 AS long", "params": [long]}),
+        )
+        .await;
+    assert_eq!(echoed["result"]["rows"][0]["long"], long.as_str());
     let broken = client.run("query", json!({"sql": "SELEKT 1"})).await;
     let message = failure(&broken);
     assert!(message.contains("scratch"), "names the database: {message}");

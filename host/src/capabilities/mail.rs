@@ -214,3 +214,37 @@ fn message_id() -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{hex}@taskhost")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_per_task_name_and_says_when_to_retry() {
+        let mailer = Mailer::new(None, "robot@example.com").unwrap();
+        mailer.take_rate("a", RATE_RECIPIENTS - 1).unwrap();
+        mailer.take_rate("a", 1).unwrap();
+        let refused = mailer.take_rate("a", 1).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::LimitReached);
+        assert!(
+            refused.message.contains("try again in"),
+            "{}",
+            refused.message
+        );
+        mailer.take_rate("b", 1).unwrap();
+    }
+
+    #[test]
+    fn recipients_are_checked_and_capped() {
+        assert_eq!(recipients(&json!("ann@example.com")).unwrap().len(), 1);
+        assert!(recipients(&json!([])).is_err());
+        assert!(recipients(&json!(["not an address"])).is_err());
+        let many: Vec<String> = (0..21).map(|i| format!("u{i}@example.com")).collect();
+        assert_eq!(
+            recipients(&json!(many)).unwrap_err().code,
+            ErrorCode::LimitReached
+        );
+        assert!(Mailer::new(Some("ftp://x"), "a@example.com").is_err());
+        assert!(Mailer::new(None, "not an address").is_err());
+    }
+}
