@@ -115,3 +115,58 @@ impl Publisher for Topics {
         fanout
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{FRAME_OVERHEAD, Outboxes};
+    use std::net::SocketAddr;
+
+    #[test]
+    fn a_full_subscriber_misses_what_is_published_and_nobody_waits() {
+        let outboxes = Outboxes::new(FRAME_OVERHEAD + 100);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (slow, _slow_drain) = outboxes.open(peer, peer.ip());
+        let (reader, mut reader_drain) = outboxes.open(peer, peer.ip());
+        let topics = Topics::default();
+        topics.subscribe(&slow, "room:lobby").unwrap();
+        topics.subscribe(&reader, "room:lobby").unwrap();
+        assert!(
+            slow.offer(Text::from("x".repeat(100))),
+            "the slow one's outbox is full now"
+        );
+        let data = serde_json::value::to_raw_value(&"hi").unwrap();
+        let fanout = topics.publish("room:lobby", &data);
+        assert_eq!(
+            fanout,
+            Fanout {
+                reached: 1,
+                missed: 1
+            }
+        );
+        let queued = reader_drain.try_next().expect("the reader got it");
+        let crate::outbox::Frame::Text(text) = queued.frame else {
+            panic!("a text frame")
+        };
+        assert_eq!(
+            text.as_str(),
+            r#"{"type":"published","topic":"room:lobby","data":"hi"}"#
+        );
+        assert_eq!(topics.publish("room:other", &data), Fanout::default());
+    }
+
+    #[test]
+    fn leaving_forgets_every_subscription() {
+        let outboxes = Outboxes::new(1 << 16);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (client, _drain) = outboxes.open(peer, peer.ip());
+        let topics = Topics::default();
+        topics.subscribe(&client, "a").unwrap();
+        topics.subscribe(&client, "b").unwrap();
+        assert!(topics.unsubscribe(client.id(), "a"));
+        assert!(!topics.unsubscribe(client.id(), "a"));
+        topics.leave(client.id());
+        let inner = topics.lock();
+        assert!(inner.by_topic.is_empty() && inner.by_connection.is_empty());
+    }
+}
