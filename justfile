@@ -5,8 +5,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # The guest packages (guest-tasks/) and the task files they become: preview 1 modules
 # (wasm32-wasip1), then preview 2 components (wasm32-wasip2), whose package and task
 # names are the same.
-guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail -p flaky"
-guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail flaky"
+guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail -p flaky -p counter -p notes -p chat -p query"
+guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail flaky counter notes chat query"
 guest_components := "wordcount flood"
 
 # The folder cargo builds into, as cargo itself reports it: `target/` in the workspace
@@ -30,7 +30,7 @@ build-guests: wasm-target
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --profile guest --target wasm32-wasip1 {{ guest_packages }} -p taskhost-guest
-    cargo build --profile guest --target wasm32-wasip2 {{ prepend("-p ", guest_components) }}
+    cargo build --profile guest --target wasm32-wasip2 {{ prepend("-p ", guest_components) }} -p counter
     target="$({{ target_dir }})"
     [ -d "$target" ] || { echo "cargo reported no target directory (got '$target')" >&2; exit 1; }
     mkdir -p tasks
@@ -39,6 +39,9 @@ build-guests: wasm-target
     put() { local name; name="$(basename "$1")"; cp "$1" "tasks/$name.tmp"; mv "tasks/$name.tmp" "tasks/$name"; }
     for task in {{ guest_tasks }}; do put "$target/wasm32-wasip1/guest/$task.wasm"; done
     for task in {{ guest_components }}; do put "$target/wasm32-wasip2/guest/$task.wasm"; done
+    # `counter` again, as a component: the capabilities through the WIT interfaces.
+    cp "$target/wasm32-wasip2/guest/counter.wasm" tasks/counter_component.wasm.tmp
+    mv tasks/counter_component.wasm.tmp tasks/counter_component.wasm
     for file in guest-tasks/wat/*.wat guest-tasks/manifests/*.toml; do put "$file"; done
     echo "tasks/: $(ls tasks | tr '\n' ' ')"
 

@@ -344,6 +344,64 @@ async fn broadcast_to_two_pages(browser: &mut Browser, addr: &str) -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn page_subscribes_to_a_room_and_shows_what_is_published() -> anyhow::Result<()> {
+    let server = start_server().await;
+    let mut browser = Browser::launch().await?;
+    let outcome = hear_the_room(&mut browser, server.addr).await;
+    explain_failure(
+        &mut browser,
+        "page_subscribes_to_a_room_and_shows_what_is_published",
+        outcome,
+    )
+    .await
+}
+
+async fn hear_the_room(browser: &mut Browser, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    browser.navigate(&format!("http://{addr}/")).await?;
+    wait_until_connected_and_listed(browser, "chat").await?;
+    choose_task(browser, "chat").await?;
+    browser
+        .wait_for(
+            "document.querySelector('#task-info .task-grants')?.textContent.includes('publish room:*') || null",
+            WAIT,
+        )
+        .await
+        .context("#task-info should name chat's grant")?;
+    browser
+        .eval("document.querySelector('#topic').value = 'room:lobby'; document.querySelector('#subscribe').click(); true")
+        .await?;
+    browser
+        .wait_for(
+            "document.querySelector('#subscriptions li[data-topic=\"room:lobby\"]') ? true : null",
+            WAIT,
+        )
+        .await
+        .context("#subscriptions should list room:lobby once subscribed")?;
+    // Another client speaks in the room.
+    let mut speaker = crate::common::Client::connect(&format!("ws://{addr}/")).await;
+    let ended = speaker
+        .run(
+            "chat",
+            json!({"room": "lobby", "user": "bob", "text": "hello page"}),
+        )
+        .await;
+    ensure!(
+        ended["result"]["delivered"] == 1,
+        "the page is the one subscriber: {ended}"
+    );
+    let shown = browser
+        .wait_for(
+            "(() => { const li = document.querySelector('#published li[data-topic=\"room:lobby\"] .published-line'); \
+             return li && li.textContent.includes('hello page') ? li.textContent : null; })()",
+            WAIT,
+        )
+        .await
+        .context("#published should show bob's message")?;
+    ensure!(shown == json!("bob: hello page"), "got {shown}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn page_follows_the_tasks_folder_without_reload() -> anyhow::Result<()> {
     let folder = TaskFolder::with(&["echo.wasm"]);
     let server = start_server_with(folder.config(), ProtocolApp).await;

@@ -15,8 +15,11 @@
 //! - `operations`: running it as a service: per-task and process metrics, the dashboard
 //!   and its `watch` feed, configuration, completions and man page, the systemd unit and
 //!   the container image.
+//! - `capabilities`: grants, key-value, publish/subscribe, SQL (SQLite and PostgreSQL 15),
+//!   mail through a real SMTP sink, against the library and the binary.
 
 mod browser;
+mod capabilities;
 mod cdp;
 mod common;
 mod crash;

@@ -70,6 +70,7 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
         input: Bytes::from_static(br#"{"text":"hello, taskhost"}"#),
         limits: config.limits,
         progress: None,
+        capabilities: None,
     };
     let run_one = || async {
         match sandbox.run(&module, spec.clone()).await.result {

@@ -31,6 +31,10 @@
 //!    - `sandbox`: the only door into wasmtime: engine and pool, compile cache, imports
 //!      (WASI and `progress`), per-task store and limits, and how a run ended, in its own
 //!      terms.
+//!    - `capabilities`: what a task's manifest grants it beyond computing (key-value, SQL,
+//!      mail, publish, HTTP), behind one call that the sandbox's imports make; it holds
+//!      the stores, pools and relay, and publishes through a trait the application
+//!      provides.
 //!    - [`limits`], [`config`], `metrics`, `clip`: plain data, counters and the cutting of
 //!      client text for logs, used by all.
 //!
@@ -42,6 +46,7 @@
 
 pub mod app;
 pub mod calibrate;
+mod capabilities;
 pub mod cli_docs;
 mod clip;
 pub mod config;

@@ -150,6 +150,7 @@ impl Job {
             input: self.module_input(),
             limits: self.limits,
             progress: self.progress.as_ref().map(ProgressThrottle::sink),
+            capabilities: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! - `open`: a client connected (default: send `hello`).
 //! - `message`: a client sent a message (default: serve `task`, `cancel`, `attach`, `list`,
-//!   `stats`;
+//!   `stats`, `subscribe`, `unsubscribe`;
 //!   answer any other `type` with `bad_request`). Messages of types of its own reach the
 //!   application here as [`Request::Custom`].
 //! - `task`: run one task, in a task worker (default: [`Ctx::run_in_sandbox`]). It returns the
@@ -31,6 +31,7 @@ mod progress;
 pub mod protocol_app;
 mod results;
 mod retry;
+mod topics;
 mod watch;
 
 use std::future::Future;
@@ -43,6 +44,7 @@ pub use native::NativeTasks;
 pub use progress::PROGRESS_INTERVAL;
 pub use protocol_app::ProtocolApp;
 pub use results::{ResultsSummary, RunState, TaskRecord};
+pub use topics::MAX_TOPICS_PER_CONNECTION;
 
 use crate::protocol::Request;
 

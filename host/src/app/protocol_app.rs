@@ -34,8 +34,8 @@ pub async fn greet<A: App>(ctx: &Ctx<A>, client: &Outbox) {
         .await;
 }
 
-/// `message`: answers one request: `task`, `cancel`, `attach`, `list`, `stats` and `watch`;
-/// any other type is a `bad_request`.
+/// `message`: answers one request: `task`, `cancel`, `attach`, `list`, `stats`, `watch`,
+/// `subscribe` and `unsubscribe`; any other type is a `bad_request`.
 pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
     match request {
         Request::Task(task) => submit(ctx, client, task).await,
@@ -57,6 +57,18 @@ pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
             client.send(&Reply::Stats(&ctx.stats())).await;
         }
         Request::Watch => ctx.watch(client).await,
+        Request::Subscribe { topic } => match ctx.subscribe(client, &topic) {
+            Ok(()) => {
+                client.send(&Reply::Subscribed { topic: &topic }).await;
+            }
+            Err(error) => {
+                client.send(&Reply::Error { error: &error }).await;
+            }
+        },
+        Request::Unsubscribe { topic } => {
+            ctx.unsubscribe(client.id(), &topic);
+            client.send(&Reply::Unsubscribed { topic: &topic }).await;
+        }
         Request::Custom { kind, .. } => {
             let error = unknown_type(&kind);
             client.send(&Reply::Error { error: &error }).await;

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::files::{file_name, read_capped};
 use super::listing::Delivery;
+use crate::capabilities::Grants;
 use crate::limits::{Limits, RequestedLimits};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -37,6 +38,10 @@ pub struct Manifest {
     /// that it knows which attempt it is (N counts from 1).
     #[serde(default)]
     pub attempt_envelope: bool,
+    /// What the task may use beyond computing (`[capabilities]`: http, kv, sql, mail,
+    /// publish); nothing by default.
+    #[serde(default)]
+    pub capabilities: Grants,
 }
 
 /// A failure a manifest's `retry_on` may name.
@@ -85,8 +90,8 @@ impl Manifest {
             anyhow::anyhow!(
                 "{name} is not a valid manifest: {} (line {line}); its keys are description, \
                  timeout_ms, fuel, memory_bytes, deliver = \"origin\" | \"broadcast\", \
-                 retries, retry_on = [\"trap\", \"timeout\", \"exit\"], backoff_ms and \
-                 attempt_envelope",
+                 retries, retry_on = [\"trap\", \"timeout\", \"exit\"], backoff_ms, \
+                 attempt_envelope and the table [capabilities] (http, kv, sql, mail, publish)",
                 redact_quoted(error.message().trim())
             )
         })?;
@@ -116,6 +121,7 @@ impl Manifest {
         if self.backoff_ms.is_some_and(|ms| ms > MAX_BACKOFF_MS) {
             anyhow::bail!("backoff_ms must be at most {MAX_BACKOFF_MS} (a minute)");
         }
+        self.capabilities.check()?;
         Ok(())
     }
 
@@ -130,7 +136,13 @@ impl Manifest {
 }
 
 /// The words of the manifest's own schema, which a message may quote.
-const SCHEMA_WORDS: [&str; 7] = [
+const SCHEMA_WORDS: [&str; 13] = [
+    "capabilities",
+    "http",
+    "kv",
+    "sql",
+    "mail",
+    "publish",
     "description",
     "timeout_ms",
     "fuel",
@@ -219,6 +231,22 @@ mod tests {
         assert!(many.check().is_err());
         let slow: Manifest = toml::from_str("backoff_ms = 60001").unwrap();
         assert!(slow.check().is_err());
+    }
+
+    #[test]
+    fn capabilities_are_granted_in_their_own_table() {
+        let manifest = Manifest::parse(
+            "t.toml",
+            "[capabilities]\nkv = \"counters\"\nsql = \"notes\"\nmail = true\npublish = [\"room:*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(manifest.capabilities.kv.as_deref(), Some("counters"));
+        assert!(manifest.capabilities.mail);
+        assert!(manifest.capabilities.allows_publish("room:lobby"));
+        assert!(Manifest::default().capabilities.is_empty());
+        let error = Manifest::parse("t.toml", "[capabilities]\nfiles = true\n").unwrap_err();
+        assert!(format!("{error:#}").contains("capabilities"), "{error:#}");
+        assert!(Manifest::parse("t.toml", "[capabilities]\nkv = \"../x\"\n").is_err());
     }
 
     #[test]
