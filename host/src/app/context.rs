@@ -126,7 +126,6 @@ impl<A: App> Ctx<A> {
             "tasks loaded"
         );
         let outbox_bytes = config.outbox_bytes;
-        let metrics = Metrics::new();
         let topics = Arc::new(Topics::default());
         let capabilities = Arc::new(Capabilities::new(
             &config.capabilities,
