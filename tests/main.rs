@@ -10,12 +10,14 @@
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
 //! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
 //! - `crash`: the binary killed with SIGKILL under load, and started again.
+//! - `http_capability`: outbound HTTP for tasks against HTTP servers started in the test.
 
 mod browser;
 mod cdp;
 mod common;
 mod crash;
 mod examples;
+mod http_capability;
 mod lifecycle;
 mod protocol;
 mod reload;

@@ -38,6 +38,7 @@
 //! errors and outcomes are their own types, which the application turns into wire codes.
 
 pub mod app;
+pub mod capabilities;
 mod clip;
 pub mod config;
 mod connection;
