@@ -10,8 +10,10 @@
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
 //! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
 //! - `crash`: the binary killed with SIGKILL under load, and started again.
+//! - `author_tools`: `taskhost run` and `taskhost check`, through the binary.
 //! - `http_capability`: outbound HTTP for tasks against HTTP servers started in the test.
 
+mod author_tools;
 mod browser;
 mod cdp;
 mod common;

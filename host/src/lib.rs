@@ -34,6 +34,9 @@
 //!    - [`limits`], [`config`], `metrics`, `clip`: plain data, counters and the cutting of
 //!      client text for logs, used by all.
 //!
+//! Beside them, `tools`: `taskhost run` and `taskhost check` for task authors, on top of
+//! the server's own registry and sandbox.
+//!
 //! The sandbox, the dispatcher and the registry import nothing from the protocol: their
 //! errors and outcomes are their own types, which the application turns into wire codes.
 
@@ -55,6 +58,7 @@ mod registry;
 mod sandbox;
 pub mod server;
 mod tls;
+pub mod tools;
 mod workers;
 
 pub use app::{
