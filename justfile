@@ -5,8 +5,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # The guest packages (guest-tasks/) and the task files they become: preview 1 modules
 # (wasm32-wasip1), then preview 2 components (wasm32-wasip2), whose package and task
 # names are the same.
-guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail"
-guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail"
+guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail -p counter -p notes -p chat -p query -p fetch"
+guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail counter notes chat query fetch"
 guest_components := "wordcount flood"
 
 # The folder cargo builds into, as cargo itself reports it: `target/` in the workspace

@@ -10,11 +10,14 @@
 //! - `security`: Host, Origin and token checks, TLS, connection caps.
 //! - `slow_clients`: readers that do not keep up, silent and half-sent connections.
 //! - `crash`: the binary killed with SIGKILL under load, and started again.
+//! - `capabilities`: grants, key-value, publish/subscribe, SQL (SQLite and PostgreSQL 15),
+//!   mail through a real SMTP sink, against the library and the binary.
 //! - `author_tools`: `taskhost run` and `taskhost check`, through the binary.
 //! - `http_capability`: outbound HTTP for tasks against HTTP servers started in the test.
 
 mod author_tools;
 mod browser;
+mod capabilities;
 mod cdp;
 mod common;
 mod crash;

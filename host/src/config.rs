@@ -241,6 +241,39 @@ pub struct Options {
     #[arg(env = "TASKHOST_NO_WATCH", long)]
     pub no_watch: bool,
 
+    /// Folder of the tasks' data: key-value stores (kv/NAME.sqlite) and embedded SQL
+    /// databases (sql/NAME.sqlite), kept across restarts.
+    #[arg(long, default_value = "data", env = "TASKHOST_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// A database tasks may be granted (`sql = "NAME"` in a manifest), as NAME=URL:
+    /// postgres://USER:PASSWORD@HOST/DB (pooled in the host) or sqlite://PATH (repeat for
+    /// more). A granted name not given here is an embedded SQLite file under --data-dir.
+    #[arg(long = "database", value_name = "NAME=URL", env = "TASKHOST_DATABASE")]
+    #[serde(rename = "database", serialize_with = "redacted_urls")]
+    pub databases: Vec<String>,
+
+    /// The SMTP relay tasks granted `mail = true` send through: smtp://HOST:PORT (add
+    /// ?tls=required for STARTTLS), smtps://HOST:PORT for TLS from the start, with
+    /// USER:PASSWORD@ to log in. Without it, mail is checked but not sent.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TASKHOST_SMTP",
+        hide_env_values = true
+    )]
+    #[serde(serialize_with = "redacted_url")]
+    pub smtp: Option<String>,
+
+    /// The sender of the mail tasks send.
+    #[arg(
+        long,
+        value_name = "ADDRESS",
+        default_value = "taskhost@localhost",
+        env = "TASKHOST_MAIL_FROM"
+    )]
+    pub mail_from: String,
+
     /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
     /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
     #[arg(env = "TASKHOST_NATIVE", long)]
@@ -303,6 +336,8 @@ pub struct Config {
     pub frame_timeout: Duration,
     /// How long /healthz answers 503 before a shutdown stops taking tasks.
     pub drain: Duration,
+    /// Where the capabilities keep their data, and the operator's databases and relay.
+    pub capabilities: crate::capabilities::Settings,
 }
 
 /// How log lines are written.
@@ -501,6 +536,12 @@ impl Options {
             ping_interval: Duration::from_millis(self.ping_interval_ms.max(1)),
             frame_timeout: Duration::from_millis(self.frame_timeout_ms.max(1)),
             drain: Duration::from_millis(self.drain_ms),
+            capabilities: crate::capabilities::Settings {
+                data_dir: self.data_dir.clone(),
+                databases: parse_databases(&self.databases)?,
+                smtp: self.smtp.clone(),
+                mail_from: self.mail_from.clone(),
+            },
         })
     }
 
@@ -570,6 +611,48 @@ pub fn raise_open_files_limit() -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+/// A URL with its password (`user:password@`) left out, for `--print-config`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:REDACTED@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn redacted_url<S: Serializer>(url: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => serializer.serialize_str(&without_password(url)),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn redacted_urls<S: Serializer>(urls: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(urls.iter().map(|url| without_password(url)))
+}
+
+/// `--database NAME=URL` values as pairs.
+fn parse_databases(databases: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    databases
+        .iter()
+        .map(|entry| match entry.split_once('=') {
+            Some((name, url)) if !name.is_empty() && !url.is_empty() => {
+                Ok((name.to_owned(), url.to_owned()))
+            }
+            _ => bail!(
+                "--database {:?} is not NAME=URL (e.g. notes=postgres://app@localhost/notes)",
+                without_password(entry)
+            ),
+        })
+        .collect()
 }
 
 /// Half of this machine's memory, and at least `memory` (one task's limit); no budget when

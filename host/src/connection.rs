@@ -110,6 +110,7 @@ pub async fn run<A: App>(
         };
         let close = reader.run(frames).await;
         ctx.connections().close(client.id());
+        ctx.leave_topics(client.id());
         ctx.metrics().connections.dec();
         guarded("close", ctx.app().on_close(&ctx, &client)).await;
         // The writer may already be gone if the socket broke; nothing is left to tell then.

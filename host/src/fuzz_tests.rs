@@ -719,6 +719,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                 } else {
                     Delivery::Submitter
                 },
+                capabilities: Default::default(),
             },
         )
 }

@@ -31,6 +31,10 @@
 //!    - `sandbox`: the only door into wasmtime: engine and pool, compile cache, imports
 //!      (WASI and `progress`), per-task store and limits, and how a run ended, in its own
 //!      terms.
+//!    - `capabilities`: what a task's manifest grants it beyond computing (key-value, SQL,
+//!      mail, publish, HTTP), behind one call that the sandbox's imports make; it holds
+//!      the stores, pools and relay, and publishes through a trait the application
+//!      provides.
 //!    - [`limits`], [`config`], `metrics`, `clip`: plain data, counters and the cutting of
 //!      client text for logs, used by all.
 //!
@@ -41,7 +45,7 @@
 //! errors and outcomes are their own types, which the application turns into wire codes.
 
 pub mod app;
-pub mod capabilities;
+mod capabilities;
 mod clip;
 pub mod config;
 mod connection;
@@ -64,6 +68,7 @@ mod workers;
 pub use app::{
     Admitted, App, Client, Ctx, Job, NativeTasks, NewTask, Outcome, ProtocolApp, Report,
 };
+pub use capabilities::http as http_capability;
 pub use config::{Config, Options};
 pub use outbox::{Outbox, Outboxes, Text};
 pub use server::{Server, run, shutdown_signal};

@@ -13,6 +13,41 @@ use prometheus_client::registry::Registry;
 /// Labels by outcome: `finished` or a failure code.
 type ByOutcome = Family<[(&'static str, &'static str); 1], Counter>;
 
+/// Labels by capability and outcome.
+type ByCapability = Family<[(&'static str, &'static str); 2], Counter>;
+
+/// The counters of capability calls and publishing, cheap to clone: the capabilities keep
+/// a clone and count into the same registry.
+#[derive(Debug, Clone, Default)]
+pub struct CapabilityCounters {
+    /// Calls by capability and outcome (`ok` or the error code).
+    calls: ByCapability,
+    /// Calls no grant covered, by capability.
+    refused: ByOutcome,
+    /// Published messages a subscriber missed because its outbox was full.
+    publish_missed: Counter,
+}
+
+impl CapabilityCounters {
+    pub fn call(&self, capability: &'static str, outcome: &'static str) {
+        self.calls
+            .get_or_create(&[("capability", capability), ("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn refused(&self, capability: &'static str) {
+        self.refused
+            .get_or_create(&[("capability", capability)])
+            .inc();
+    }
+
+    pub fn publish_missed(&self, missed: usize) {
+        if missed > 0 {
+            self.publish_missed.inc_by(missed as u64);
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Ended tasks by outcome.
@@ -41,6 +76,10 @@ pub struct Metrics {
     /// Bytes of memories and tables running tasks hold, out of `--memory-budget`; read from
     /// the sandbox when /metrics is encoded.
     pub memory_reserved: Gauge,
+    /// Capability calls, refusals and missed publishes.
+    pub capabilities: CapabilityCounters,
+    /// Subscriptions clients asked for and were refused, by reason.
+    subscribe_refused: ByOutcome,
 }
 
 impl Default for Metrics {
@@ -70,6 +109,8 @@ impl Metrics {
             pool_warming: Gauge::default(),
             pool_warmed_slots: Gauge::default(),
             memory_reserved: Gauge::default(),
+            capabilities: CapabilityCounters::default(),
+            subscribe_refused: ByOutcome::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -140,7 +181,35 @@ impl Metrics {
              --memory-budget",
             metrics.memory_reserved.clone(),
         );
+        registry.register(
+            "capability_calls",
+            "Capability calls of tasks, by capability (kv, sql, mail, publish, http) and \
+             outcome (ok or the error code)",
+            metrics.capabilities.calls.clone(),
+        );
+        registry.register(
+            "capability_refused",
+            "Capability calls that no grant of the task's manifest covered, by capability",
+            metrics.capabilities.refused.clone(),
+        );
+        registry.register(
+            "publish_missed",
+            "Published messages a subscriber missed because its outbox was full",
+            metrics.capabilities.publish_missed.clone(),
+        );
+        registry.register(
+            "subscribe_refused",
+            "subscribe messages refused, by reason (bad_topic, too_many_topics)",
+            metrics.subscribe_refused.clone(),
+        );
         metrics
+    }
+
+    /// Counts a refused `subscribe`.
+    pub fn subscribe_refused(&self, reason: &'static str) {
+        self.subscribe_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Records a task's end.

@@ -110,6 +110,14 @@ pub enum Request {
     },
     List,
     Stats,
+    /// Hear what tasks publish to `topic` (`published` messages).
+    Subscribe {
+        topic: String,
+    },
+    /// Stop hearing `topic`.
+    Unsubscribe {
+        topic: String,
+    },
     /// A message whose `type` the protocol does not define, for an application to serve
     /// (see `App::on_message`); the default application answers it with `bad_request`.
     Custom {
@@ -123,6 +131,11 @@ pub enum Request {
 struct TypeTag<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct TopicFrame {
+    topic: String,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +179,12 @@ pub fn parse_frame(text: &str, default_task: &str) -> Result<Request, BadFrame> 
             .map_err(|e| BadFrame::Message(bad_json(&e, "a `cancel` message"))),
         "list" => Ok(Request::List),
         "stats" => Ok(Request::Stats),
+        "subscribe" => serde_json::from_str::<TopicFrame>(text)
+            .map(|frame| Request::Subscribe { topic: frame.topic })
+            .map_err(|e| BadFrame::Message(bad_json(&e, "a `subscribe` message"))),
+        "unsubscribe" => serde_json::from_str::<TopicFrame>(text)
+            .map(|frame| Request::Unsubscribe { topic: frame.topic })
+            .map_err(|e| BadFrame::Message(bad_json(&e, "an `unsubscribe` message"))),
         other => serde_json::from_str(text)
             .map(|message| Request::Custom {
                 kind: other.to_owned(),
@@ -180,7 +199,8 @@ pub fn unknown_type(kind: &str) -> WireError {
     WireError::new(
         ErrorCode::BadRequest,
         format!(
-            "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"list\" or \"stats\""
+            "unknown message type {kind:?}: send one of \"task\", \"cancel\", \"list\", \"stats\", \
+             \"subscribe\" or \"unsubscribe\""
         ),
     )
 }
@@ -383,6 +403,19 @@ pub enum Reply<'a> {
         tasks: &'a [TaskListing],
     },
     Stats(&'a Stats),
+    /// The answer to `subscribe`.
+    Subscribed {
+        topic: &'a str,
+    },
+    /// The answer to `unsubscribe`.
+    Unsubscribed {
+        topic: &'a str,
+    },
+    /// What a task published to a topic the connection is subscribed to.
+    Published {
+        topic: &'a str,
+        data: &'a RawValue,
+    },
 }
 
 impl Reply<'_> {
@@ -481,6 +514,22 @@ mod tests {
         assert_eq!(kind, "chat");
         assert_eq!(message["text"], "hi");
         assert_eq!(unknown_type("dance").code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_name_a_topic() {
+        let Request::Subscribe { topic } =
+            parse_frame(r#"{"type":"subscribe","topic":"room:lobby"}"#, "slow").unwrap()
+        else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(topic, "room:lobby");
+        assert!(matches!(
+            parse_frame(r#"{"type":"unsubscribe","topic":"x"}"#, "slow").unwrap(),
+            Request::Unsubscribe { .. }
+        ));
+        let bad = parse_frame(r#"{"type":"subscribe"}"#, "slow").unwrap_err();
+        assert_eq!(bad.error().code, ErrorCode::BadRequest);
     }
 
     #[test]

@@ -19,12 +19,28 @@
 //!
 //! A long task may also tell the client how far it is with [`progress`] (a host
 //! import on preview 1, the WIT interface `taskhost:task/progress` on preview 2).
+//!
+//! Tasks whose manifest grants capabilities reach them in one call each:
+//! [`kv::incr`]`("k")`, [`kv::get`], [`sql::query`], [`mail::send`], [`publish`],
+//! [`http::get`]; and [`call`] for any capability by name with a JSON request.
+//!
+//! `run` is typed over serde: the input is any `Deserialize` type (a `Value` for raw
+//! JSON) and the result any `Serialize` type; input that does not fit the type fails the
+//! task with [`EXIT_BAD_INPUT`] and serde's message.
 
+mod call;
+mod capabilities;
+pub mod http;
 mod progress;
 
 use std::io::{self, Read, Write};
 use std::process;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use call::{CallError, call};
+pub use capabilities::{kv, mail, publish, sql};
 pub use progress::progress;
 
 pub use serde_json::{self, Map, Value, json};
@@ -38,22 +54,27 @@ pub const EXIT_TASK_ERROR: i32 = 1;
 /// told apart from a task that refused good input.
 pub const EXIT_BAD_INPUT: i32 = 2;
 
-/// Runs `task` under the ABI: reads stdin as JSON, calls `task`, writes its result to
-/// stdout as JSON.
+/// Runs `task` under the ABI: reads stdin as JSON into `In`, calls `task`, writes its
+/// result (`Out`) to stdout as JSON.
 ///
 /// Returns normally (so `main` ends with status 0) when the task succeeded. Exits the
 /// process otherwise, with a one-line reason on stderr:
-/// - [`EXIT_BAD_INPUT`] when stdin could not be read or is not JSON;
+/// - [`EXIT_BAD_INPUT`] when stdin could not be read, is not JSON, or does not fit `In`;
 /// - [`EXIT_TASK_ERROR`] when `task` returned `Err`, or the result could not be written.
 ///
 /// Empty (or all-whitespace) stdin is `null`, since the protocol's `input` defaults to
 /// `null` and a host may send nothing for it.
-pub fn run(task: impl FnOnce(Value) -> Result<Value, String>) {
-    let input = match read_input() {
+pub fn run<In: DeserializeOwned, Out: Serialize>(task: impl FnOnce(In) -> Result<Out, String>) {
+    let input = match read_input().and_then(|input| {
+        serde_json::from_value(input)
+            .map_err(|err| format!("the input does not have the shape this task takes: {err}"))
+    }) {
         Ok(input) => input,
         Err(message) => fail(EXIT_BAD_INPUT, &message),
     };
-    let result = match task(input) {
+    let result = match task(input).and_then(|result| {
+        serde_json::to_value(result).map_err(|err| format!("the result is not JSON: {err}"))
+    }) {
         Ok(result) => result,
         Err(message) => fail(EXIT_TASK_ERROR, &message),
     };

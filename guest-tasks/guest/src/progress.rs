@@ -55,14 +55,19 @@ mod imp {
 /// generates from `wit/taskhost.wit`.
 #[cfg(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2"))]
 mod imp {
+    pub(super) fn report(fraction: f64, message: &str) {
+        super::bindings::taskhost::task::progress::report(fraction, message);
+    }
+}
+
+/// The bindings of world `taskhost:task/guest` (`wit/taskhost.wit`), for components: the
+/// progress and capability imports.
+#[cfg(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2"))]
+pub(crate) mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "taskhost:task/task",
+        world: "taskhost:task/guest",
     });
-
-    pub(super) fn report(fraction: f64, message: &str) {
-        taskhost::task::progress::report(fraction, message);
-    }
 }
 
 /// Elsewhere (the host's unit tests): nowhere to report to.

@@ -1,4 +1,5 @@
-//! `send_mail`: the mail job of the original example, without the network.
+//! `send_mail`: the mail job of the original example, through the host's mail
+//! capability (its manifest grants `mail = true`).
 //!
 //! Input:
 //!
@@ -10,33 +11,33 @@
 //! `to` is one address or a list of up to [`MAX_RECIPIENTS`]. Every address is checked
 //! (an error names the bad one and says why), duplicates (ignoring case) count once,
 //! and the message is rendered from a built-in template ([`templates`]) with `vars`:
-//! a `{{name}}` with no `name` in `vars` is an error naming it. Then the mail is
-//! "delivered": [`DELIVERY_MS`] of sleep per recipient, with a progress report after
-//! each. Nothing leaves the sandbox. The result:
+//! a `{{name}}` with no `name` in `vars` is an error naming it. Then the host sends it
+//! through the operator's relay (`--smtp`). A server without a relay sends nothing: the
+//! delivery is simulated, [`DELIVERY_MS`] of sleep per recipient. A progress report comes
+//! before and after. The result:
 //!
 //! ```json
-//! {"message_id": "19a7c3b2e10.5f0e3c1d2b4a6978@taskhost", "recipients": 2,
-//!  "subject": "Welcome, Ann!",
+//! {"delivered": true, "simulated": false, "message_id": "5f0e3c1d2b4a6978…@taskhost",
+//!  "recipients": 2, "subject": "Welcome, Ann!",
 //!  "preview": "Hello Ann, Welcome aboard: your account is ready. -- The taskhost team"}
 //! ```
 //!
-//! `message_id` is the clock (hex Unix milliseconds) and a hash of the recipients,
-//! subject, body and clock; `preview` is the start of the body on one line, at most
-//! [`PREVIEW_CHARS`] characters.
+//! `message_id` is the mail's Message-ID (without its `<>`); `preview` is the start of the
+//! body on one line, at most [`PREVIEW_CHARS`] characters.
 
 mod address;
 mod templates;
 
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use taskhost_guest::{Map, Value, json, progress, run};
+use taskhost_guest::{Map, Value, json, mail, progress, run};
 
 /// Most recipients of one mail, which also bounds the delivery time
 /// (`MAX_RECIPIENTS` × [`DELIVERY_MS`], 6 s).
 const MAX_RECIPIENTS: usize = 20;
 
-/// Simulated delivery time per recipient, in milliseconds.
+/// Simulated delivery time per recipient (without a relay), in milliseconds.
 const DELIVERY_MS: u64 = 300;
 
 /// The longest subject, in characters.
@@ -57,12 +58,13 @@ struct Mail {
 }
 
 fn main() {
-    run(|input| {
+    run(|input: Value| {
         let mail = compose(&input)?;
-        deliver(&mail.recipients);
-        let at_unix_ms = unix_ms()?;
+        let sent = deliver(&mail)?;
         Ok(json!({
-            "message_id": message_id(&mail, at_unix_ms),
+            "delivered": sent.delivered,
+            "simulated": !sent.delivered,
+            "message_id": sent.message_id,
             "recipients": mail.recipients.len(),
             "subject": mail.subject,
             "preview": preview(&mail.body),
@@ -172,38 +174,29 @@ fn check_subject(subject: &str) -> Result<String, String> {
     Ok(subject.to_owned())
 }
 
-/// Simulates delivery: [`DELIVERY_MS`] per recipient, reporting progress after each.
-fn deliver(recipients: &[String]) {
-    let count = recipients.len();
+/// Hands the mail to the host, reporting progress before and after; without a relay,
+/// [`DELIVERY_MS`] per recipient of simulated delivery.
+fn deliver(mail: &Mail) -> Result<mail::Sent, String> {
+    let count = mail.recipients.len();
     let noun = if count == 1 {
         "recipient"
     } else {
         "recipients"
     };
     progress(0.0, &format!("sending to {count} {noun}"));
-    for (index, recipient) in recipients.iter().enumerate() {
-        thread::sleep(Duration::from_millis(DELIVERY_MS));
-        let done = index + 1;
-        // Counts are at most MAX_RECIPIENTS, far below 2^52: exact as f64.
-        progress(
-            done as f64 / count as f64,
-            &format!("delivered to {recipient} ({done} of {count})"),
-        );
+    let to: Vec<&str> = mail.recipients.iter().map(String::as_str).collect();
+    let sent = mail::send(&to, &mail.subject, &mail.body)?;
+    if !sent.delivered {
+        // Counts are at most MAX_RECIPIENTS: the product is small.
+        thread::sleep(Duration::from_millis(DELIVERY_MS * count as u64));
     }
-}
-
-/// `<hex Unix ms>.<hex hash of the mail>@taskhost`.
-fn message_id(mail: &Mail, at_unix_ms: u64) -> String {
-    let mut hash = Fnv1a::new();
-    for recipient in &mail.recipients {
-        hash.write(recipient.to_ascii_lowercase().as_bytes());
-        hash.write(b"\0");
-    }
-    hash.write(mail.subject.as_bytes());
-    hash.write(b"\0");
-    hash.write(mail.body.as_bytes());
-    hash.write(&at_unix_ms.to_le_bytes());
-    format!("{at_unix_ms:x}.{:016x}@taskhost", hash.finish())
+    let how = if sent.delivered {
+        "delivered"
+    } else {
+        "simulated delivery"
+    };
+    progress(1.0, &format!("{how} to {count} {noun}"));
+    Ok(sent)
 }
 
 /// The start of the body on one line: runs of whitespace (line breaks too) become
@@ -217,35 +210,6 @@ fn preview(body: &str) -> String {
     let mut cut: String = flat.chars().take(PREVIEW_CHARS - 1).collect();
     cut.push('…');
     cut
-}
-
-/// The wall clock as Unix milliseconds (WASI's clock).
-fn unix_ms() -> Result<u64, String> {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|err| format!("the clock is before 1970: {err}"))?;
-    Ok(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// 64-bit FNV-1a: a small, stable hash (std's `DefaultHasher` may change between
-/// Rust releases), good enough to tell messages apart in an id.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 #[cfg(test)]
@@ -301,20 +265,6 @@ mod tests {
         let injected = json!({"to": "a@example.com", "template": "welcome",
                               "subject": "hi\r\nBcc: x@example.com", "vars": {"name": "A"}});
         assert!(error(injected).contains("one line"));
-    }
-
-    #[test]
-    fn ids_differ_by_content_and_clock() {
-        let mail = |body: &str| Mail {
-            recipients: vec!["a@example.com".to_owned()],
-            subject: "s".to_owned(),
-            body: body.to_owned(),
-        };
-        let id = message_id(&mail("x"), 1);
-        assert_eq!(id, message_id(&mail("x"), 1));
-        assert!(id.ends_with("@taskhost"));
-        assert_ne!(id, message_id(&mail("y"), 1));
-        assert_ne!(id, message_id(&mail("x"), 2));
     }
 
     #[test]

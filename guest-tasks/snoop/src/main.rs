@@ -41,7 +41,7 @@ const MAX_BYTES: u64 = 4096;
 const MAX_ENTRIES: usize = 100;
 
 fn main() {
-    run(|_input| Ok(snoop()));
+    run(|_input: taskhost_guest::Value| Ok(snoop()));
 }
 
 /// Makes every attempt and gathers what each one saw.

@@ -29,11 +29,13 @@ use super::App;
 use super::failures;
 use super::job::{Admitted, Job, NewTask, Outcome};
 use super::progress::ProgressThrottle;
+use super::topics::{SubscribeRefusal, Topics};
+use crate::capabilities::{Capabilities, Publisher};
 use crate::config::Config;
 use crate::dispatch::{Caps, Dispatcher, Owner};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outboxes, Text};
-use crate::protocol::{Stats, TaskListing, WireError};
+use crate::protocol::{ErrorCode, Stats, TaskListing, WireError};
 use crate::registry::Registry;
 use crate::sandbox::{EngineSettings, Sandbox};
 
@@ -65,6 +67,10 @@ struct Shared<A> {
     dispatcher: Arc<Dispatcher>,
     outboxes: Outboxes,
     metrics: Metrics,
+    /// The host's side of the capabilities tasks are granted.
+    capabilities: Arc<Capabilities>,
+    /// Who is subscribed to which topic; tasks publish through it.
+    topics: Arc<Topics>,
     started: Instant,
     /// Every started task's run and finish callback, awaited at shutdown.
     tasks: TaskTracker,
@@ -104,6 +110,13 @@ impl<A: App> Ctx<A> {
             "tasks loaded"
         );
         let outbox_bytes = config.outbox_bytes;
+        let metrics = Metrics::new();
+        let topics = Arc::new(Topics::default());
+        let capabilities = Arc::new(Capabilities::new(
+            &config.capabilities,
+            Arc::clone(&topics) as Arc<dyn Publisher>,
+            metrics.capabilities.clone(),
+        )?);
         Ok(Ctx {
             shared: Arc::new(Shared {
                 dispatcher: Arc::new(Dispatcher::new(Caps {
@@ -118,7 +131,9 @@ impl<A: App> Ctx<A> {
                 sandbox,
                 registry,
                 outboxes: Outboxes::new(outbox_bytes),
-                metrics: Metrics::new(),
+                metrics,
+                capabilities,
+                topics,
                 started: Instant::now(),
                 tasks: TaskTracker::new(),
                 stopping: CancellationToken::new(),
@@ -158,6 +173,51 @@ impl<A: App> Ctx<A> {
             Some(outbox) => outbox.send(message).await,
             None => false,
         }
+    }
+
+    /// Subscribes `client` to `topic`: what tasks publish to it reaches the client as
+    /// `published` messages. Refused (and counted) for a topic that is not one, or past
+    /// the per-connection cap.
+    pub fn subscribe(&self, client: &Outbox, topic: &str) -> Result<(), WireError> {
+        self.shared
+            .topics
+            .subscribe(client, topic)
+            .map_err(|refusal| {
+                let (reason, message) = match refusal {
+                    SubscribeRefusal::BadTopic(why) => {
+                        ("bad_topic", format!("cannot subscribe: {why}"))
+                    }
+                    SubscribeRefusal::TooManyTopics => (
+                        "too_many_topics",
+                        format!(
+                            "cannot subscribe: a connection may hold at most {} topics; \
+                             unsubscribe from one first",
+                            super::topics::MAX_TOPICS_PER_CONNECTION
+                        ),
+                    ),
+                };
+                self.shared.metrics.subscribe_refused(reason);
+                WireError::new(ErrorCode::BadRequest, message)
+            })
+    }
+
+    /// Unsubscribes connection `id` from `topic`; whether it was subscribed.
+    pub fn unsubscribe(&self, id: u64, topic: &str) -> bool {
+        self.shared.topics.unsubscribe(id, topic)
+    }
+
+    /// Publishes `data` to `topic`'s subscribers as a task would, without a grant: for
+    /// applications. Never waits; returns how many subscribers took it.
+    pub fn publish(&self, topic: &str, data: &impl Serialize) -> usize {
+        let Ok(data) = serde_json::value::to_raw_value(data) else {
+            return 0;
+        };
+        let fanout = self.shared.topics.publish(topic, &data);
+        self.shared
+            .metrics
+            .capabilities
+            .publish_missed(fanout.missed);
+        fanout.reached
     }
 
     /// Every task with its state, as `list` reports them.
@@ -312,11 +372,13 @@ impl<A: App> Ctx<A> {
 
     /// Runs a job's module in a fresh sandbox: the default `task` callback.
     pub async fn run_in_sandbox(&self, job: &Job) -> Outcome {
-        self.shared
-            .sandbox
-            .run(&job.module.wasm, job.run_spec())
-            .await
-            .into()
+        let mut spec = job.run_spec();
+        spec.capabilities = Some(self.shared.capabilities.for_task(
+            job.name(),
+            Arc::clone(&job.module.grants),
+            Duration::from_millis(job.limits.timeout_ms),
+        ));
+        self.shared.sandbox.run(&job.module.wasm, spec).await.into()
     }
 
     /// Cancels task `task_id` of connection `owner`: it ends `cancelled`.
@@ -377,6 +439,11 @@ impl<A: App> Ctx<A> {
 
     pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.shared.registry
+    }
+
+    /// A connection closed: its subscriptions go.
+    pub(crate) fn leave_topics(&self, id: u64) {
+        self.shared.topics.leave(id);
     }
 
     pub(crate) fn dispatcher(&self) -> &Arc<Dispatcher> {

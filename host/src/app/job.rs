@@ -128,6 +128,7 @@ impl Job {
             input: self.input.clone(),
             limits: self.limits,
             progress: self.progress.as_ref().map(ProgressThrottle::sink),
+            capabilities: None,
         }
     }
 }

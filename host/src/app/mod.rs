@@ -7,7 +7,8 @@
 //! [`ProtocolApp`] overrides nothing: it is what the `taskhost` binary runs.
 //!
 //! - `open`: a client connected (default: send `hello`).
-//! - `message`: a client sent a message (default: serve `task`, `cancel`, `list`, `stats`;
+//! - `message`: a client sent a message (default: serve `task`, `cancel`, `list`, `stats`,
+//!   `subscribe`, `unsubscribe`;
 //!   answer any other `type` with `bad_request`). Messages of types of its own reach the
 //!   application here as [`Request::Custom`].
 //! - `task`: run one task, in a task worker (default: [`Ctx::run_in_sandbox`]). It returns the
@@ -27,6 +28,7 @@ mod job;
 pub mod native;
 mod progress;
 pub mod protocol_app;
+mod topics;
 
 use std::future::Future;
 
@@ -37,6 +39,7 @@ pub use job::{Admitted, Job, NewTask, Outcome, Report};
 pub use native::NativeTasks;
 pub use progress::PROGRESS_INTERVAL;
 pub use protocol_app::ProtocolApp;
+pub use topics::MAX_TOPICS_PER_CONNECTION;
 
 use crate::protocol::Request;
 

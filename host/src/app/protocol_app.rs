@@ -32,8 +32,8 @@ pub async fn greet<A: App>(ctx: &Ctx<A>, client: &Outbox) {
         .await;
 }
 
-/// `message`: answers one request: `task`, `cancel`, `list` and `stats`; any other type is a
-/// `bad_request`.
+/// `message`: answers one request: `task`, `cancel`, `list`, `stats`, `subscribe` and
+/// `unsubscribe`; any other type is a `bad_request`.
 pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
     match request {
         Request::Task(task) => submit(ctx, client, task).await,
@@ -48,6 +48,18 @@ pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
         }
         Request::Stats => {
             client.send(&Reply::Stats(&ctx.stats())).await;
+        }
+        Request::Subscribe { topic } => match ctx.subscribe(client, &topic) {
+            Ok(()) => {
+                client.send(&Reply::Subscribed { topic: &topic }).await;
+            }
+            Err(error) => {
+                client.send(&Reply::Error { error: &error }).await;
+            }
+        },
+        Request::Unsubscribe { topic } => {
+            ctx.unsubscribe(client.id(), &topic);
+            client.send(&Reply::Unsubscribed { topic: &topic }).await;
         }
         Request::Custom { kind, .. } => {
             let error = unknown_type(&kind);

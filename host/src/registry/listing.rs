@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::capabilities::Grants;
 use crate::limits::Limits;
 
 /// Whether a task's result goes to its submitter only, or to every open connection too.
@@ -35,6 +36,8 @@ pub struct TaskListing {
     pub error: Option<String>,
     pub limits: Limits,
     pub deliver: Delivery,
+    /// What the manifest grants the task (`[capabilities]`); every key is present.
+    pub capabilities: Grants,
     /// `module` (WASI preview 1) or `component` (preview 2); absent when nothing loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,

@@ -121,6 +121,7 @@ pub fn build_task(
         limits: files.manifest.limits(server_limits),
         description: files.manifest.description.clone(),
         deliver: files.manifest.deliver,
+        grants: std::sync::Arc::new(files.manifest.capabilities.clone()),
         manifest: files.manifest,
         wasm,
         hash: files.hash,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::files::{file_name, read_capped};
 use super::listing::Delivery;
+use crate::capabilities::Grants;
 use crate::limits::{Limits, RequestedLimits};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -23,6 +24,11 @@ pub struct Manifest {
     /// Where results go: the submitter only (`origin`), or every connection too (`broadcast`).
     #[serde(default)]
     pub deliver: Delivery,
+
+    /// What the task may use beyond computing (`[capabilities]`: http, kv, sql, mail,
+    /// publish); nothing by default.
+    #[serde(default)]
+    pub capabilities: Grants,
 }
 
 /// Largest manifest read: a few settings and a line of description.
@@ -55,7 +61,8 @@ impl Manifest {
                 .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
             anyhow::anyhow!(
                 "{name} is not a valid manifest: {} (line {line}); its keys are description, \
-                 timeout_ms, fuel, memory_bytes and deliver = \"origin\" | \"broadcast\"",
+                 timeout_ms, fuel, memory_bytes, deliver = \"origin\" | \"broadcast\" and the \
+                 table [capabilities] (http, kv, sql, mail, publish)",
                 redact_quoted(error.message().trim())
             )
         })?;
@@ -79,6 +86,7 @@ impl Manifest {
         if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
             anyhow::bail!("description must be at most {MAX_DESCRIPTION_CHARS} characters");
         }
+        self.capabilities.check()?;
         Ok(())
     }
 
@@ -93,7 +101,13 @@ impl Manifest {
 }
 
 /// The words of the manifest's own schema, which a message may quote.
-const SCHEMA_WORDS: [&str; 7] = [
+const SCHEMA_WORDS: [&str; 13] = [
+    "capabilities",
+    "http",
+    "kv",
+    "sql",
+    "mail",
+    "publish",
     "description",
     "timeout_ms",
     "fuel",
@@ -155,6 +169,22 @@ mod tests {
         assert!(toml::from_str::<Manifest>("deliver = \"everyone\"").is_err());
         let zero: Manifest = toml::from_str("memory_bytes = 0").unwrap();
         assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn capabilities_are_granted_in_their_own_table() {
+        let manifest = Manifest::parse(
+            "t.toml",
+            "[capabilities]\nkv = \"counters\"\nsql = \"notes\"\nmail = true\npublish = [\"room:*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(manifest.capabilities.kv.as_deref(), Some("counters"));
+        assert!(manifest.capabilities.mail);
+        assert!(manifest.capabilities.allows_publish("room:lobby"));
+        assert!(Manifest::default().capabilities.is_empty());
+        let error = Manifest::parse("t.toml", "[capabilities]\nfiles = true\n").unwrap_err();
+        assert!(format!("{error:#}").contains("capabilities"), "{error:#}");
+        assert!(Manifest::parse("t.toml", "[capabilities]\nkv = \"../x\"\n").is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch as signal;
 
+use crate::capabilities::Grants;
 use crate::clip::clip;
 use crate::limits::Limits;
 use crate::sandbox::{Sandbox, WasmModule};
@@ -56,6 +57,8 @@ pub struct TaskModule {
     /// The task's limits: the server's, lowered by its manifest.
     pub limits: Limits,
     pub deliver: Delivery,
+    /// What the manifest grants, shared with every run of this version.
+    pub grants: Arc<Grants>,
     pub manifest: Manifest,
     pub wasm: WasmModule,
     /// Short hex SHA-256 of the module file.
@@ -220,6 +223,7 @@ impl Registry {
                     error: entry.error.clone(),
                     limits: ready.map_or(self.server_limits, |m| m.limits),
                     deliver: ready.map_or(Delivery::Submitter, |m| m.deliver),
+                    capabilities: ready.map(|m| Grants::clone(&m.grants)).unwrap_or_default(),
                     kind: ready.map(|m| m.wasm.kind()),
                     hash: ready.map(|m| m.hash.clone()),
                     loaded_at: ready

@@ -1,5 +1,6 @@
-//! What a task may import: WASI (preview 1 for modules, preview 2 for components) and the
-//! optional `progress` call, nothing else.
+//! What a task may import: WASI (preview 1 for modules, preview 2 for components), the
+//! optional `progress` call and the capability calls (`capability_calls.rs` for modules,
+//! `component_calls.rs` for components), nothing else.
 //!
 //! - Preview 1: module `taskhost`, function `progress(fraction: f64, ptr: i32, len: i32)`,
 //!   the message being UTF-8 bytes in the module's exported `memory`.
@@ -46,6 +47,7 @@ pub fn module_linker(engine: &Engine) -> anyhow::Result<Linker<ModuleState>> {
         )
         .map_err(anyhow::Error::from)
         .context("could not link taskhost.progress")?;
+    super::capability_calls::link(&mut linker).context("could not link taskhost.call")?;
     Ok(linker)
 }
 
@@ -73,6 +75,8 @@ pub fn component_linker(engine: &Engine) -> anyhow::Result<ComponentLinker<Compo
         })
         .map_err(anyhow::Error::from)
         .context("could not link taskhost:task/progress")?;
+    super::component_calls::link(&mut linker)
+        .context("could not link the taskhost:task capability interfaces")?;
     Ok(linker)
 }
 

@@ -10,6 +10,8 @@
 //! tick.
 
 mod cache_dir;
+mod capability_calls;
+mod component_calls;
 #[cfg(test)]
 mod differential_tests;
 mod engine;
@@ -104,6 +106,8 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Where the task's progress reports go, if anywhere.
     pub progress: Option<ProgressSink>,
+    /// The capabilities the task may call, if any.
+    pub capabilities: Option<crate::capabilities::TaskAccess>,
 }
 
 /// The engine and the imports every module and component is linked against.
@@ -177,7 +181,8 @@ impl Sandbox {
             ),
         }
         let pre = self.modules.instantiate_pre(&module).map_err(anyhow::Error::from).context(
-            "it imports something the sandbox does not provide (WASI preview 1 and taskhost.progress)",
+            "it imports something the sandbox does not provide (WASI preview 1, taskhost.progress \
+             and taskhost.call)",
         )?;
         Ok(WasmModule {
             entry: Entry::Module(pre),
@@ -192,7 +197,7 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context(
                 "it imports something the sandbox does not provide (WASI preview 2 and \
-                 taskhost:task/progress)",
+                 taskhost:task/progress, kv, sql, mail and publish)",
             )?;
         let command = CommandPre::new(pre)
             .map_err(anyhow::Error::from)
@@ -222,6 +227,7 @@ impl Sandbox {
             memory: MemoryCap::new(spec.limits.memory_bytes, Arc::clone(&self.budget)),
             progress: spec.progress.clone(),
             slice: HostSlice::new(),
+            capabilities: spec.capabilities.clone(),
         };
         match &module.entry {
             Entry::Module(pre) => {

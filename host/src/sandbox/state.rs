@@ -14,6 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::limiter::MemoryCap;
 use super::stdio::{Stdio, StdioView};
+use crate::capabilities::TaskAccess;
 
 /// Where a task's progress reports go: the host's `progress` import calls it with a fraction
 /// in 0.0..=1.0 and a short message. Whoever supplies it decides about rate limits.
@@ -45,6 +46,8 @@ pub struct Controls {
     pub memory: MemoryCap,
     pub progress: Option<ProgressSink>,
     pub slice: HostSlice,
+    /// The task's door to the capabilities its manifest grants (`None`: no calls at all).
+    pub capabilities: Option<TaskAccess>,
 }
 
 /// How long a task may run host calls without yielding to the scheduler.
@@ -121,6 +124,9 @@ pub struct ModuleState {
     /// first time the task makes one: most tasks never do.
     wasi: Option<WasiP1Ctx>,
     pub controls: Controls,
+    /// A `taskhost.call` response that did not fit the guest's buffer, with its status,
+    /// until the guest fetches it (`sandbox/capability_calls.rs`).
+    pub pending_response: Option<(i32, Vec<u8>)>,
 }
 
 impl ModuleState {
@@ -129,6 +135,7 @@ impl ModuleState {
             stdio,
             wasi: None,
             controls,
+            pending_response: None,
         }
     }
 

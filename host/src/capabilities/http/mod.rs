@@ -6,6 +6,7 @@
 //! - `connect`: resolving a name once, judging each address, and connecting to the very
 //!   address judged (so a second DNS answer cannot slip in between), with TLS for https.
 //! - `exchange`: one request and its response, under the task's caps.
+//! - `call`: the capability's JSON call, as the task's [`super::TaskAccess`] dispatches it.
 //! - [`HttpSession`]: a task's requests: the allowlist checked before every request and
 //!   every redirect (followed here, at most [`HttpCaps::max_redirects`]), the counts and the
 //!   deadline.
@@ -13,6 +14,7 @@
 //! Every refusal is an [`HttpError`] whose message says what was refused and what to do;
 //! [`HttpError::reason`] is its label in /metrics.
 
+mod call;
 mod connect;
 mod exchange;
 mod origin;
@@ -22,6 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub(super) use call::call;
 pub use origin::{Allowlist, Origin, OriginHost, Scheme, is_internal};
 pub use session::{HttpCaps, HttpSession};
 

@@ -136,6 +136,7 @@ impl Harness {
             memory: MemoryCap::new(u64::MAX, Arc::new(MemoryBudget::new(u64::MAX))),
             progress: None,
             slice: HostSlice::new(),
+            capabilities: None,
         };
         let mut store = Store::new(&self.engine, ModuleState::new(stdio, controls));
         let (ending, log) = run(&self.sandbox, &mut store, module).await;
