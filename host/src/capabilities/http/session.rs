@@ -214,9 +214,8 @@ impl HttpSession {
         let made = self.requests.fetch_add(1, Ordering::Relaxed);
         if made >= self.caps.max_requests {
             return Err(HttpError::Limit(format!(
-                "the request to {origin} would be this task's {}th; a task may make at most {} \
-                 HTTP requests, redirects included",
-                made + 1,
+                "the request to {origin} is refused: this task has made {made} HTTP requests, \
+                 the most a task may make (at most {}, redirects included)",
                 self.caps.max_requests
             )));
         }
