@@ -5,8 +5,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # The guest packages (guest-tasks/) and the task files they become: preview 1 modules
 # (wasm32-wasip1), then preview 2 components (wasm32-wasip2), whose package and task
 # names are the same.
-guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail -p flaky -p counter -p notes -p chat -p query"
-guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail flaky counter notes chat query"
+guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-exit -p recurse -p snoop -p broadcast -p send_mail -p flaky -p counter -p notes -p chat -p query -p fetch"
+guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail flaky counter notes chat query fetch"
 guest_components := "wordcount flood"
 
 # The folder cargo builds into, as cargo itself reports it: `target/` in the workspace
@@ -45,6 +45,27 @@ build-guests: wasm-target
     for file in guest-tasks/wat/*.wat guest-tasks/manifests/*.toml; do put "$file"; done
     echo "tasks/: $(ls tasks | tr '\n' ' ')"
 
+# Build the C tasks (guest-tasks/c/*.c) into tasks/ with Debian's clang and wasi-libc,
+# installing them with apt if they are missing (the recipe that the README gives by hand).
+# Debian 12's clang 14 names the target wasm32-wasi; `wasm32-wasip1` finds no headers there.
+build-c-tasks:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v clang >/dev/null || [ ! -d /usr/include/wasm32-wasi ] \
+        || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
+        sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+        echo "installing clang, lld and wasi-libc for the C tasks (apt)…"
+        $sudo apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null
+    fi
+    mkdir -p tasks
+    for source in guest-tasks/c/*.c; do
+        name="$(basename "$source" .c)"
+        clang --target=wasm32-wasi -O2 -Wall -Werror -Wl,--strip-debug -o "tasks/$name.wasm.tmp" "$source"
+        mv "tasks/$name.wasm.tmp" "tasks/$name.wasm"
+    done
+    echo "C tasks: $(cd guest-tasks/c && ls *.c | sed 's/\.c$//' | tr '\n' ' ')"
+
 # Start the server on 127.0.0.1:9501 (pass flags after: just run --task-workers 64). It allows
 # pages opened from a file (--allow-origin null), as the original example opens its page; the
 # binary on its own refuses them.
@@ -62,7 +83,7 @@ browser:
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 
 # Build the guests, then run every test (unit, integration, browser).
-test *ARGS: build-guests browser
+test *ARGS: build-guests build-c-tasks browser
     cargo test --release -p taskhost -p taskhost-guest -p broadcast -p send_mail -p wordcount {{ ARGS }}
 
 # Formatting and lints, as CI would have them.

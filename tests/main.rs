@@ -17,7 +17,10 @@
 //!   the container image.
 //! - `capabilities`: grants, key-value, publish/subscribe, SQL (SQLite and PostgreSQL 15),
 //!   mail through a real SMTP sink, against the library and the binary.
+//! - `author_tools`: `taskhost run` and `taskhost check`, through the binary.
+//! - `http_capability`: outbound HTTP for tasks against HTTP servers started in the test.
 
+mod author_tools;
 mod browser;
 mod capabilities;
 mod cdp;
@@ -25,6 +28,7 @@ mod common;
 mod crash;
 mod durable;
 mod examples;
+mod http_capability;
 mod lifecycle;
 mod operations;
 mod protocol;

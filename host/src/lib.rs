@@ -40,6 +40,8 @@
 //!
 //! Beside them, [`calibrate`]: `taskhost --host-index`, the sandbox's fixed price per task and
 //! a native micro-benchmark, for the benchmark to tell hosts apart.
+//! Beside them, `tools`: `taskhost run` and `taskhost check` for task authors, on top of
+//! the server's own registry and sandbox.
 //!
 //! The sandbox, the dispatcher and the registry import nothing from the protocol: their
 //! errors and outcomes are their own types, which the application turns into wire codes.
@@ -67,11 +69,13 @@ mod sandbox;
 pub mod server;
 mod task_stats;
 mod tls;
+pub mod tools;
 mod workers;
 
 pub use app::{
     Admitted, App, Client, Ctx, Job, NativeTasks, NewTask, Outcome, ProtocolApp, Report,
 };
+pub use capabilities::http as http_capability;
 pub use config::{Config, Options};
 pub use outbox::{Outbox, Outboxes, Text};
 pub use server::{Server, run, shutdown_signal};

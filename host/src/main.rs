@@ -11,6 +11,11 @@ use taskhost::{NativeTasks, Options, ProtocolApp};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if taskhost::tools::is_tool(&args) {
+        let code = taskhost::tools::main(args).await?;
+        std::process::exit(code.into());
+    }
     let options = Options::load()?;
     if let Some(shell) = options.completions {
         return taskhost::cli_docs::print_completions(shell);

@@ -21,8 +21,8 @@
 //! import on preview 1, the WIT interface `taskhost:task/progress` on preview 2).
 //!
 //! Tasks whose manifest grants capabilities reach them in one call each:
-//! [`kv::incr`]`("k")`, [`kv::get`], [`sql::query`], [`mail::send`], [`publish`]; and
-//! [`call`] for any capability by name with a JSON request.
+//! [`kv::incr`]`("k")`, [`kv::get`], [`sql::query`], [`mail::send`], [`publish`],
+//! [`http::get`]; and [`call`] for any capability by name with a JSON request.
 //!
 //! `run` is typed over serde: the input is any `Deserialize` type (a `Value` for raw
 //! JSON) and the result any `Serialize` type; input that does not fit the type fails the
@@ -30,6 +30,7 @@
 
 mod call;
 mod capabilities;
+pub mod http;
 mod progress;
 
 use std::io::{self, Read, Write};

@@ -46,14 +46,8 @@ impl Grants {
         if self.http.len() > MAX_LIST_GRANTS || self.publish.len() > MAX_LIST_GRANTS {
             anyhow::bail!("capabilities.http and .publish list at most {MAX_LIST_GRANTS} entries");
         }
-        for origin in &self.http {
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                anyhow::bail!(
-                    "capabilities.http entry {origin:?} is not an origin: write \
-                     scheme://host[:port], the scheme http or https"
-                );
-            }
-        }
+        super::http::Allowlist::parse(&self.http)
+            .map_err(|why| anyhow::anyhow!("capabilities.http: {why}"))?;
         for pattern in &self.publish {
             let topic = pattern.strip_suffix('*').unwrap_or(pattern);
             if !(topic.is_empty() && pattern == "*") {

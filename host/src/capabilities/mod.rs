@@ -3,7 +3,7 @@
 //! connection, file and password; a task only asks, through one call.
 //!
 //! One door: [`TaskAccess::call`], keyed by capability name (`kv`, `sql`, `mail`,
-//! `publish`), with a JSON request and a JSON response. The sandbox's imports (the
+//! `publish`, `http`), with a JSON request and a JSON response. The sandbox's imports (the
 //! preview 1 `taskhost.call` and the preview 2 WIT interfaces) both end there, so a
 //! capability is one file here and one arm in [`TaskAccess::dispatch`].
 //!
@@ -16,6 +16,7 @@
 //! the application layer provides.
 
 mod grants;
+pub mod http;
 mod kv;
 mod mail;
 mod publish;
@@ -132,6 +133,8 @@ struct Usage {
     calls: AtomicU32,
     mail_recipients: AtomicU32,
     mails: AtomicU32,
+    /// The task's outbound HTTP (allowlist, counts, deadline), made on its first request.
+    http: std::sync::OnceLock<http::HttpSession>,
 }
 
 impl TaskAccess {
@@ -186,11 +189,23 @@ impl TaskAccess {
             "sql" => sql::call(self, request).await,
             "mail" => mail::call(self, request).await,
             "publish" => publish::call(self, request).await,
+            "http" => http::call(self, request).await,
             other => Err(CallError::bad_request(format!(
                 "there is no capability {:?}; the capabilities are kv, sql, mail, publish and http",
                 crate::clip::clip(other)
             ))),
         }
+    }
+
+    /// The task's HTTP session, made by `make` (from the grants and the task's deadline)
+    /// on the first request.
+    fn http_session(
+        &self,
+        make: impl FnOnce(&Grants, Instant) -> http::HttpSession,
+    ) -> &http::HttpSession {
+        self.usage
+            .http
+            .get_or_init(|| make(&self.grants, self.deadline))
     }
 
     /// The task's grants.

@@ -1,0 +1,40 @@
+//! The `http` capability's call: the JSON request (see [`HttpRequest`]) in, the JSON
+//! response ([`HttpResponse`]) out, through the task's [`HttpSession`], made on its first
+//! call from the manifest's `http` grant and the task's deadline.
+
+use serde_json::Value;
+
+use super::{Allowlist, HttpCaps, HttpError, HttpRequest, HttpSession};
+use crate::capabilities::{CallError, ErrorCode, TaskAccess};
+
+pub async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallError> {
+    let request: HttpRequest = serde_json::from_value(request).map_err(|error| {
+        CallError::bad_request(format!(
+            "an http request is {{\"url\": \"…\", \"method\", \"headers\": {{…}}, \"body\": \
+             \"…\"}}: {error}"
+        ))
+    })?;
+    let session = access.http_session(|grants, deadline| {
+        // The grant was checked when the manifest was read; an entry that no longer
+        // parses grants nothing.
+        let allowlist = Allowlist::parse(&grants.http).unwrap_or_default();
+        HttpSession::new(
+            allowlist.into(),
+            HttpCaps::default(),
+            tokio::time::Instant::from_std(deadline),
+        )
+    });
+    let response = session.send(request).await.map_err(call_error)?;
+    serde_json::to_value(response)
+        .map_err(|error| CallError::failed(format!("the response cannot be encoded: {error}")))
+}
+
+fn call_error(error: HttpError) -> CallError {
+    let code = match &error {
+        HttpError::NotAllowed { .. } => ErrorCode::NotAllowed,
+        HttpError::Limit(_) => ErrorCode::LimitReached,
+        HttpError::BadRequest(_) => ErrorCode::BadRequest,
+        HttpError::Timeout { .. } | HttpError::Failed(_) => ErrorCode::Failed,
+    };
+    CallError::new(code, error.to_string())
+}
