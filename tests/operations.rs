@@ -147,7 +147,7 @@ async fn a_module_that_fails_to_load_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_pushes_the_load_tasks_failures_and_modules_every_second() {
-    let folder = TaskFolder::with(&["echo.wasm", "exit.wasm"]);
+    let folder = TaskFolder::with(&["echo.wasm", "exit.wasm", "flaky.wasm", "flaky.toml"]);
     std::fs::write(folder.path.join("broken.wasm"), b"not a module").unwrap();
     let mut config = test_config();
     config.tasks_dir = folder.path.clone();
@@ -155,6 +155,9 @@ async fn watch_pushes_the_load_tasks_failures_and_modules_every_second() {
     let mut worker = server.client().await;
     worker.run("echo", json!(1)).await;
     worker.run("exit", json!(1)).await;
+    // Fails every one of its 4 attempts: a dead letter.
+    let dead_end = worker.run("flaky", json!({"fail_attempts": 9})).await;
+    assert_eq!(dead_end["type"], "failed", "{dead_end}");
 
     let mut watcher = server.client().await;
     let first = watcher.request(json!({"type": "watch"})).await;
@@ -174,11 +177,15 @@ async fn watch_pushes_the_load_tasks_failures_and_modules_every_second() {
     assert_eq!(echo["by_outcome"]["finished"], 1);
     assert!(echo["p99_ms"].as_f64().unwrap() >= echo["p50_ms"].as_f64().unwrap());
     assert!(echo["fuel_used"].as_u64().unwrap() > 0);
-    let failure = &first["failures"][0];
-    assert_eq!(
-        (&failure["task"], &failure["code"]),
-        (&json!("exit"), &json!("exit"))
-    );
+    // Newest first: flaky's failure (after its four attempts), then exit's.
+    assert_eq!(first["failures"][0]["task"], "flaky", "{first}");
+    let failure = first["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["task"] == "exit")
+        .unwrap_or_else(|| panic!("exit's failure in {first}"));
+    assert_eq!(failure["code"], "exit", "{failure}");
     assert!(
         failure["message"].as_str().unwrap().contains("status 3"),
         "{failure}"
@@ -192,6 +199,29 @@ async fn watch_pushes_the_load_tasks_failures_and_modules_every_second() {
     assert_eq!(broken["state"], "failed");
     assert!(broken["error"].as_str().is_some_and(|e| !e.is_empty()));
     assert_eq!(first["server"]["module_load_failures"], 1);
+    // The dead letters, newest first, without their inputs (`dead` gives those).
+    assert_eq!(first["dead"]["total"], 1, "{first}");
+    let letter = &first["dead"]["tasks"][0];
+    assert_eq!(
+        (&letter["task"], &letter["task_id"], &letter["attempts"]),
+        (&json!("flaky"), &dead_end["task_id"], &json!(4)),
+        "{first}"
+    );
+    assert!(letter.get("input").is_none(), "{letter}");
+    // A task id on the dashboard links to its kept result: `attach` on the same connection.
+    watcher
+        .send(json!({"type": "attach", "task_id": dead_end["task_id"]}))
+        .await;
+    let attached = watcher
+        .recv_until(Duration::from_secs(5), "attached", |_| true)
+        .await;
+    assert_eq!(attached["state"], "ended", "{attached}");
+    let kept = watcher
+        .recv_until(Duration::from_secs(5), "failed", |m| {
+            m["task_id"] == dead_end["task_id"]
+        })
+        .await;
+    assert_eq!(kept, dead_end);
     let ready = first["modules"]
         .as_array()
         .unwrap()

@@ -623,6 +623,10 @@ impl<A: App> Ctx<A> {
         self.shared.dead_letters.snapshot()
     }
 
+    pub(crate) fn dead_letter_box(&self) -> &DeadLetterBox {
+        &self.shared.dead_letters
+    }
+
     /// Keeps the task's terminal message in the result store and sends it to the
     /// connections attached to it; their last progress report first.
     async fn keep_result(&self, report: &mut super::Report, tracked: &mut super::results::Tracked) {

@@ -61,6 +61,26 @@ impl DeadLetterBox {
         }
     }
 
+    /// The newest `count` letters, newest first, without their inputs (the dashboard's
+    /// table: a second's message to every watcher should not carry every input kept).
+    pub fn recent(&self, count: usize) -> DeadLetters {
+        let inner = self.lock();
+        DeadLetters {
+            tasks: inner
+                .letters
+                .iter()
+                .rev()
+                .take(count)
+                .map(|(letter, _)| DeadLetter {
+                    input: None,
+                    ..letter.clone()
+                })
+                .collect(),
+            total: inner.total,
+            dropped: inner.dropped,
+        }
+    }
+
     /// A copy of the list and its counters.
     pub fn snapshot(&self) -> DeadLetters {
         let inner = self.lock();

@@ -20,7 +20,7 @@ use crate::history::{History, Sample};
 use crate::metrics::{GIT_COMMIT, VERSION, WASMTIME_VERSION};
 use crate::outbox::{Outbox, Text};
 use crate::process_metrics::ProcessReading;
-use crate::protocol::TaskListing;
+use crate::protocol::{DeadLetters, TaskListing};
 use crate::task_stats::{RecentFailure, TaskRow, unix_ms};
 
 /// How often the sampler samples and watchers are sent a message.
@@ -60,7 +60,13 @@ struct WatchMessage<'a> {
     tasks: &'a [TaskRow],
     failures: &'a [RecentFailure],
     modules: &'a [TaskListing],
+    /// The newest dead letters (at most [`DEAD_LETTERS_SHOWN`], newest first, without their
+    /// inputs: `{"type":"dead"}` gives those) and the counts.
+    dead: &'a DeadLetters,
 }
+
+/// Dead letters a `watch` message carries.
+pub const DEAD_LETTERS_SHOWN: usize = 20;
 
 #[derive(Debug, Serialize)]
 struct Build {
@@ -215,6 +221,7 @@ impl<A: App> Ctx<A> {
             tasks: &self.task_stats().rows(),
             failures: &self.task_stats().recent_failures(),
             modules: &self.tasks(),
+            dead: &self.dead_letter_box().recent(DEAD_LETTERS_SHOWN),
         };
         // Plain numbers and strings: encoding cannot fail.
         Text::json(&message).unwrap_or_else(|| Text::from(String::from("{}")))
