@@ -103,8 +103,6 @@ impl Launcher {
     ) -> anyhow::Result<Server> {
         let addr = free_port()?;
         let log = self.log_dir.join(format!("{label}.log"));
-        let log_file = std::fs::File::create(&log)
-            .with_context(|| format!("could not create the server log {}", log.display()))?;
         let mut command = Command::new(&self.binary);
         command
             .arg("--listen")
@@ -113,15 +111,8 @@ impl Launcher {
             .arg(tasks)
             .args(["--grace-ms", GRACE_MS])
             .args(&self.common_args)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(
-                log_file
-                    .try_clone()
-                    .context("could not share the log file")?,
-            )
-            .stderr(log_file)
-            .kill_on_drop(true);
+            .args(args);
+        log_to(&mut command, &log)?;
         if mode == Mode::Native {
             command.arg("--native");
         }
@@ -232,23 +223,14 @@ impl SwoolePeer {
     ) -> anyhow::Result<Server> {
         let addr = free_port()?;
         let log = launcher.log_dir.join(format!("{label}.log"));
-        let log_file = std::fs::File::create(&log)
-            .with_context(|| format!("could not create the peer log {}", log.display()))?;
         let mut command = Command::new(&self.php);
         command
             .arg("-d")
             .arg(format!("extension={}", self.extension.display()))
             .arg(&self.script)
             .env("LISTEN", addr.to_string())
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(
-                log_file
-                    .try_clone()
-                    .context("could not share the log file")?,
-            )
-            .stderr(log_file)
-            .kill_on_drop(true);
+            .envs(env.iter().copied());
+        log_to(&mut command, &log)?;
         let started = Instant::now();
         let mut child = command
             .spawn()
@@ -368,6 +350,19 @@ impl Server {
             log_tail(&self.log)
         )
     }
+}
+
+/// Sends a server's stdout and stderr to `log` (created afresh), closes its stdin, and kills
+/// it if the benchmark drops it without stopping it.
+fn log_to(command: &mut Command, log: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(log)
+        .with_context(|| format!("could not create the server log {}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().context("could not share the log file")?)
+        .stderr(file)
+        .kill_on_drop(true);
+    Ok(())
 }
 
 /// A loopback port nobody listens on: bind port 0, note the port, release it.
