@@ -12,6 +12,11 @@
 //! task can reach it.
 
 use std::collections::{HashMap, VecDeque};
+
+// Task ids are the server's own counter, never a client's choice: a fast hash of them cannot
+// be steered into collisions, and the maps hold every task kept (hundreds of thousands
+// under load).
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -131,8 +136,8 @@ pub struct ResultStore {
 
 #[derive(Default)]
 struct Inner {
-    live: HashMap<u64, Live>,
-    ended: HashMap<u64, Ended>,
+    live: FxHashMap<u64, Live>,
+    ended: FxHashMap<u64, Ended>,
     /// Ended task ids, oldest first: expiry and eviction order.
     order: VecDeque<u64>,
     bytes: u64,
