@@ -123,27 +123,10 @@ impl Launcher {
             .spawn()
             .with_context(|| format!("could not start {}", self.binary.display()))?;
         let pid = child.id().context("the server exited at once")?;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "server {label} exited before it was ready ({status}); its log {} ends:\n{}",
-                    log.display(),
-                    log_tail(&log)
-                );
-            }
-            if healthy(addr).await {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "server {label} did not answer /healthz on {addr} within {READY_TIMEOUT:?}; \
-                     its log {} ends:\n{}",
-                    log.display(),
-                    log_tail(&log)
-                );
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
+        wait_ready(&mut child, label, &log, started, "/healthz", || {
+            healthy(addr)
+        })
+        .await?;
         let ready_after = started.elapsed();
         // Figures are of a server at rest: wait for its pool warming (--warm-slots) to end.
         while warming(addr).await {
@@ -236,32 +219,28 @@ impl SwoolePeer {
             .spawn()
             .with_context(|| format!("could not start {}", self.php.display()))?;
         let pid = child.id().context("the peer exited at once")?;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "peer {label} exited before it was ready ({status}); its log {} ends:\n{}",
-                    log.display(),
-                    log_tail(&log)
-                );
-            }
+        let answers = || async {
             let probe = tokio::time::timeout(
                 Duration::from_secs(1),
                 crate::client::Client::connect(addr, &[]),
             );
-            if let Ok(Ok(client)) = probe.await {
-                client.close().await;
-                break;
+            match probe.await {
+                Ok(Ok(client)) => {
+                    client.close().await;
+                    true
+                }
+                _ => false,
             }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "peer {label} did not answer a WebSocket on {addr} within {READY_TIMEOUT:?}; \
-                     its log {} ends:\n{}",
-                    log.display(),
-                    log_tail(&log)
-                );
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
+        };
+        wait_ready(
+            &mut child,
+            label,
+            &log,
+            started,
+            "a WebSocket with hello",
+            answers,
+        )
+        .await?;
         let ready_after = started.elapsed();
         Ok(Server {
             child,
@@ -349,6 +328,38 @@ impl Server {
             self.log.display(),
             log_tail(&self.log)
         )
+    }
+}
+
+/// Polls `ready` until it says yes; fails, with the end of `log`, if the child exits first or
+/// [`READY_TIMEOUT`] passes. `what` names what was awaited, for the error.
+async fn wait_ready<F: std::future::Future<Output = bool>>(
+    child: &mut Child,
+    label: &str,
+    log: &Path,
+    started: Instant,
+    what: &str,
+    ready: impl Fn() -> F,
+) -> anyhow::Result<()> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "server {label} exited before it was ready ({status}); its log {} ends:\n{}",
+                log.display(),
+                log_tail(log)
+            );
+        }
+        if ready().await {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "server {label} did not answer {what} within {READY_TIMEOUT:?}; its log {} ends:\n{}",
+                log.display(),
+                log_tail(log)
+            );
+        }
+        tokio::time::sleep(READY_POLL).await;
     }
 }
 
