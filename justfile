@@ -9,6 +9,12 @@ guest_packages := "-p slow -p echo -p fib -p spin -p oom -p task-panic -p task-e
 guest_tasks := "slow echo fib spin oom panic exit recurse snoop broadcast send_mail flaky counter notes chat query fetch"
 guest_components := "wordcount flood"
 
+# The packages the tests, the soak and the benchmark build for this machine, in one set: cargo
+# unifies features over the packages it is given, and over dev-dependencies when test targets are
+# built, so a different set would build wasmtime, tokio and the rest a second time (as large
+# again on disk). `cargo test` and `cargo build --all-targets` over this set share every artifact.
+host_packages := "-p taskhost -p taskhost-bench -p taskhost-guest -p broadcast -p send_mail -p wordcount"
+
 # The folder cargo builds into, as cargo itself reports it: `target/` in the workspace
 # unless CARGO_TARGET_DIR (or `build.target-dir` in a cargo config) puts it elsewhere,
 # as many Rust users do globally. A shell command for the recipes; plain sed, no jq.
@@ -84,7 +90,7 @@ browser:
 
 # Build the guests, then run every test (unit, integration, browser).
 test *ARGS: build-guests build-c-tasks browser
-    cargo test --release -p taskhost -p taskhost-guest -p broadcast -p send_mail -p wordcount {{ ARGS }}
+    cargo test --release {{ host_packages }} {{ ARGS }}
 
 # Formatting and lints, as CI would have them.
 check:
@@ -94,7 +100,7 @@ check:
 # Benchmark sandbox against native, and against Swoole when `just swoole` has built it: a
 # table, target/bench/latest.{json,svg} (in CARGO_TARGET_DIR when set; --quick: seconds).
 bench *ARGS: build-guests
-    cargo build --release -p taskhost -p taskhost-bench
+    cargo build --release --all-targets {{ host_packages }}
     "$({{ target_dir }})/release/loadgen" {{ ARGS }}
 
 # Build Swoole 6.2.2 for Debian's PHP 8.2 into the target directory (swoole/swoole.so), for the
@@ -109,7 +115,7 @@ swoole SRC:
 # server's memory, open files, queue depth and echo p99 every 10 s, and fails if one trends
 # upward (docs/RELIABILITY.md has the rule); writes soak/latest.json in the target directory.
 soak MINUTES="60": build-guests
-    cargo build --release -p taskhost -p taskhost-bench
+    cargo build --release --all-targets {{ host_packages }}
     "$({{ target_dir }})/release/loadgen" soak --minutes {{ MINUTES }}
 
 # Fuzz the parsers (text frames, HTTP request heads, task manifests) with their property
