@@ -492,6 +492,37 @@ fn the_binary_prints_completions_and_a_man_page() {
     );
 }
 
+/// `taskhost --man | head -1`: when the reader has gone, the printing commands end as `cat`
+/// does, by SIGPIPE, not with a panic's message on stderr.
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["--man"][..],
+        &["--completions", "bash"],
+        &["--print-config"],
+    ] {
+        // The read end is closed before the child starts: its first write finds no reader.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = taskhost_command()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {output:?}"
+        );
+    }
+}
+
 /// The unit with its binary at `binary`, and the man page its Documentation= names, in a
 /// folder of their own: `systemd-analyze verify` checks that both exist.
 fn unit_for_verify(dir: &Path, binary: &Path) -> (PathBuf, PathBuf) {

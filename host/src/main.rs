@@ -13,10 +13,14 @@ use taskhost::{NativeTasks, Options, ProtocolApp};
 async fn main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if taskhost::tools::is_tool(&args) {
+        end_quietly_on_closed_pipe();
         let code = taskhost::tools::main(args).await?;
         std::process::exit(code.into());
     }
     let options = Options::load()?;
+    if options.completions.is_some() || options.man || options.print_config || options.host_index {
+        end_quietly_on_closed_pipe();
+    }
     if let Some(shell) = options.completions {
         return taskhost::cli_docs::print_completions(shell);
     }
@@ -63,5 +67,16 @@ async fn main() -> anyhow::Result<()> {
         taskhost::run(listener, config, NativeTasks, shutdown).await
     } else {
         taskhost::run(listener, config, ProtocolApp, shutdown).await
+    }
+}
+
+/// For the commands that print and exit (`check`, `run`, `--man`, `--print-config`…): when the
+/// reader of stdout goes away (`taskhost check x.wasm | head -1`), end as `cat` would, by
+/// SIGPIPE, instead of panicking in `println!` with "failed printing to stdout". Rust ignores
+/// SIGPIPE by default; the server keeps that, its sockets report EPIPE as errors.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition before any thread writes to stdout.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
