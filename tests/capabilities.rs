@@ -572,10 +572,11 @@ struct SmtpSink {
 
 impl SmtpSink {
     const SCRIPT: &'static str = r#"
-import asyncio, os, sys
+import asyncio, os, ssl, sys
 from aiosmtpd.controller import Controller
 
-port, out = int(sys.argv[1]), sys.argv[2]
+# TLS: "plain", "starttls" (required before MAIL) or "smtps" (TLS from the start).
+port, out, tls = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 class Store:
     async def handle_DATA(self, server, session, envelope):
@@ -587,7 +588,15 @@ class Store:
         os.rename(path + ".tmp", path)
         return "250 Message accepted for delivery"
 
-controller = Controller(Store(), hostname="127.0.0.1", port=port)
+options = {}
+if tls != "plain":
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    if tls == "starttls":
+        options = {"tls_context": context, "require_starttls": True}
+    else:
+        options = {"ssl_context": context}
+controller = Controller(Store(), hostname="127.0.0.1", port=port, **options)
 controller.start()
 print("ready", flush=True)
 sys.stdin.read()
@@ -595,6 +604,12 @@ controller.stop()
 "#;
 
     fn start() -> SmtpSink {
+        SmtpSink::start_with("plain", &[])
+    }
+
+    /// A sink that speaks TLS (`tls`: "starttls" or "smtps") with the certificate and key
+    /// files `cert_and_key`.
+    fn start_with(tls: &str, cert_and_key: &[&Path]) -> SmtpSink {
         let mails = TempDir::new("mails");
         let script = mails.0.with_extension("py");
         std::fs::write(&script, Self::SCRIPT).unwrap();
@@ -603,6 +618,8 @@ controller.stop()
             .arg(&script)
             .arg(port.to_string())
             .arg(&mails.0)
+            .arg(tls)
+            .args(cert_and_key)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -773,6 +790,61 @@ async fn the_binary_sends_mail_through_a_real_relay_and_simulates_without_one() 
     assert_eq!(ended["result"]["delivered"], false, "{ended}");
     assert_eq!(ended["result"]["simulated"], true, "{ended}");
     assert_eq!(sink.mails().len(), 1, "the sink got nothing more");
+}
+
+/// A relay that requires STARTTLS, and one that speaks TLS from the start, each with a
+/// self-signed certificate that `--smtp-ca` trusts; without it the certificate is refused
+/// and the task says the mail was not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_sends_mail_over_starttls_and_smtps_to_a_relay_it_trusts() {
+    let keys = TempDir::new("smtp-tls");
+    std::fs::create_dir_all(&keys.0).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = keys.0.join("relay.pem");
+    let key = keys.0.join("relay.key");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mail = json!({"to": ["ann@example.com"], "template": "welcome", "vars": {"name": "Ann"}});
+
+    for (tls, url) in [
+        ("starttls", "smtp://127.0.0.1:{}?tls=required"),
+        ("smtps", "smtps://127.0.0.1:{}"),
+    ] {
+        let sink = {
+            let (cert, key) = (cert.clone(), key.clone());
+            tokio::task::spawn_blocking(move || SmtpSink::start_with(tls, &[&cert, &key]))
+                .await
+                .unwrap()
+        };
+        let smtp = url.replace("{}", &sink.port.to_string());
+        let ca = cert.to_str().unwrap().to_owned();
+        let server = tokio::task::spawn_blocking(move || {
+            Binary::start(&["--smtp", &smtp, "--smtp-ca", &ca])
+        })
+        .await
+        .unwrap();
+        let ended = server.client().await.run("send_mail", mail.clone()).await;
+        assert_eq!(ended["result"]["delivered"], true, "{tls}: {ended}");
+        let mails = sink.mails();
+        assert_eq!(mails.len(), 1, "{tls}: {mails:?}");
+        assert!(
+            mails[0].contains("Subject: Welcome, Ann!"),
+            "{tls}: {}",
+            mails[0]
+        );
+        server.stop();
+
+        // Without --smtp-ca the self-signed certificate is not trusted: nothing is sent.
+        let smtp = url.replace("{}", &sink.port.to_string());
+        let server = tokio::task::spawn_blocking(move || Binary::start(&["--smtp", &smtp]))
+            .await
+            .unwrap();
+        let ended = server.client().await.run("send_mail", mail.clone()).await;
+        assert_eq!(ended["type"], "failed", "{tls}: {ended}");
+        assert!(ended.to_string().contains("--smtp-ca"), "{tls}: {ended}");
+        assert_eq!(sink.mails().len(), 1, "{tls}: the sink got nothing more");
+        server.stop();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

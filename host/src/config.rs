@@ -312,6 +312,11 @@ pub struct Options {
     #[serde(serialize_with = "redacted_url")]
     pub smtp: Option<String>,
 
+    /// Certificates (a PEM file) to trust for the relay's TLS beside the public roots: a
+    /// private relay's CA, or its self-signed certificate. The --smtp URL must ask for TLS.
+    #[arg(long, value_name = "FILE", env = "TASKHOST_SMTP_CA")]
+    pub smtp_ca: Option<PathBuf>,
+
     /// The sender of the mail tasks send.
     #[arg(
         long,
@@ -615,6 +620,7 @@ impl Options {
                 data_dir: self.data_dir.clone(),
                 databases: parse_databases(&self.databases)?,
                 smtp: self.smtp.clone(),
+                smtp_ca: self.smtp_ca.clone(),
                 mail_from: self.mail_from.clone(),
             },
         })

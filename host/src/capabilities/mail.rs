@@ -11,11 +11,15 @@
 //! so that a loop of tasks cannot turn the relay into a spam cannon.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{Value, json};
 
@@ -46,26 +50,34 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    /// Checks the URL and the sender; connects to nothing yet.
-    pub fn new(smtp: Option<&str>, from: &str) -> anyhow::Result<Mailer> {
+    /// Checks the URL, the sender and the relay's certificate file (`ca`: `--smtp-ca`);
+    /// connects to nothing yet.
+    pub fn new(smtp: Option<&str>, from: &str, ca: Option<&Path>) -> anyhow::Result<Mailer> {
         let from: Mailbox = from.parse().map_err(|error| {
             anyhow::anyhow!("--mail-from {from:?} is not a mail address: {error}")
         })?;
         let relay = match smtp {
             None => None,
-            Some(url) => Some(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|error| {
+            Some(url) => {
+                let mut relay =
+                    AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|error| {
                         anyhow::anyhow!(
                             "--smtp is not a relay URL ({error}): write smtp://HOST:PORT \
-                             (add ?tls=required for STARTTLS), or smtps://HOST:PORT for TLS \
-                             from the start; user:password@ before the host to log in"
+                         (add ?tls=required for STARTTLS), or smtps://HOST:PORT for TLS \
+                         from the start; user:password@ before the host to log in"
                         )
-                    })?
-                    .timeout(Some(SMTP_TIMEOUT))
-                    .build(),
-            ),
+                    })?;
+                if let Some(ca) = ca {
+                    relay = trusting(relay, url, ca)?;
+                }
+                Some(relay.timeout(Some(SMTP_TIMEOUT)).build())
+            }
         };
+        if smtp.is_none() && ca.is_some() {
+            anyhow::bail!(
+                "--smtp-ca is for the relay's TLS, and there is no relay: add --smtp URL"
+            );
+        }
         Ok(Mailer {
             relay,
             from,
@@ -101,6 +113,47 @@ impl Mailer {
         recent.extend(std::iter::repeat_n(now, count));
         Ok(())
     }
+}
+
+/// `relay` with the certificates in the PEM file `ca` trusted for its TLS, beside the public
+/// roots: a private relay's CA, or its own self-signed certificate. The TLS mode (STARTTLS
+/// required or opportunistic, or TLS from the start) stays the one `url` asks for.
+fn trusting(
+    relay: AsyncSmtpTransportBuilder,
+    url: &str,
+    ca: &Path,
+) -> anyhow::Result<AsyncSmtpTransportBuilder> {
+    let pem =
+        std::fs::read(ca).with_context(|| format!("could not read --smtp-ca {}", ca.display()))?;
+    let certificate = Certificate::from_pem(&pem).map_err(|error| {
+        anyhow::anyhow!(
+            "--smtp-ca {} holds no PEM certificate ({error})",
+            ca.display()
+        )
+    })?;
+    let parsed = url::Url::parse(url).context("--smtp is not a URL")?;
+    let host = parsed
+        .host_str()
+        .context("--smtp names no host")?
+        .to_owned();
+    let parameters = TlsParameters::builder(host)
+        .add_root_certificate(certificate)
+        .build_rustls()
+        .map_err(|error| anyhow::anyhow!("--smtp-ca {}: {error}", ca.display()))?;
+    let asked = parsed
+        .query_pairs()
+        .find(|(key, _)| key == "tls")
+        .map(|(_, value)| value.into_owned());
+    let tls = match (parsed.scheme(), asked.as_deref()) {
+        ("smtps", _) => Tls::Wrapper(parameters),
+        (_, Some("required")) => Tls::Required(parameters),
+        (_, Some("opportunistic")) => Tls::Opportunistic(parameters),
+        _ => anyhow::bail!(
+            "--smtp-ca is for a relay reached over TLS, and {url:?} asks for none: \
+             add ?tls=required (STARTTLS), or write smtps://"
+        ),
+    };
+    Ok(relay.tls(tls))
 }
 
 pub(super) async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallError> {
@@ -156,7 +209,15 @@ pub(super) async fn call(access: &TaskAccess, request: Value) -> Result<Value, C
     let delivered = match &mailer.relay {
         Some(relay) => {
             relay.send(message).await.map_err(|error| {
-                CallError::failed(format!("the mail relay did not take the mail: {error}"))
+                let hint = if error.is_tls() || error.to_string().contains("certificate") {
+                    " (a relay whose certificate is self-signed or from a private CA is \
+                     trusted with --smtp-ca FILE)"
+                } else {
+                    ""
+                };
+                CallError::failed(format!(
+                    "the mail relay did not take the mail: {error}{hint}"
+                ))
             })?;
             true
         }
@@ -221,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_rate_is_per_task_name_and_says_when_to_retry() {
-        let mailer = Mailer::new(None, "robot@example.com").unwrap();
+        let mailer = Mailer::new(None, "robot@example.com", None).unwrap();
         mailer.take_rate("a", RATE_RECIPIENTS - 1).unwrap();
         mailer.take_rate("a", 1).unwrap();
         let refused = mailer.take_rate("a", 1).unwrap_err();
@@ -244,7 +305,7 @@ mod tests {
             recipients(&json!(many)).unwrap_err().code,
             ErrorCode::LimitReached
         );
-        assert!(Mailer::new(Some("ftp://x"), "a@example.com").is_err());
-        assert!(Mailer::new(None, "not an address").is_err());
+        assert!(Mailer::new(Some("ftp://x"), "a@example.com", None).is_err());
+        assert!(Mailer::new(None, "not an address", None).is_err());
     }
 }

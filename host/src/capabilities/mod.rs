@@ -56,8 +56,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Databases named by the operator: name → URL (`sqlite://…` or `postgres://…`).
     pub databases: Vec<(String, String)>,
-    /// The SMTP relay (`smtp://`, `smtps://`, with `?tls=starttls`), if mail is sent for real.
+    /// The SMTP relay (`smtp://`, `smtps://`, with `?tls=required`), if mail is sent for real.
     pub smtp: Option<String>,
+    /// Certificates (PEM) trusted for the relay's TLS beside the public roots (`--smtp-ca`).
+    pub smtp_ca: Option<PathBuf>,
     /// The sender of every mail.
     pub mail_from: String,
 }
@@ -82,7 +84,11 @@ impl Capabilities {
         Ok(Capabilities {
             kv: kv::Stores::new(settings.data_dir.join("kv")),
             sql: sql::Databases::new(&settings.data_dir, &settings.databases)?,
-            mail: mail::Mailer::new(settings.smtp.as_deref(), &settings.mail_from)?,
+            mail: mail::Mailer::new(
+                settings.smtp.as_deref(),
+                &settings.mail_from,
+                settings.smtp_ca.as_deref(),
+            )?,
             publisher,
             counters,
         })
