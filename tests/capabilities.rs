@@ -298,6 +298,26 @@ async fn notes_keep_sql_as_data(client: &mut Client) {
     assert_eq!(notes[1]["text"], "first");
     let bad = client.run("notes", json!({"remove": 1})).await;
     assert_eq!(bad["type"], "failed", "{bad}");
+
+    // Notes added at once each get an id of their own (they may choose the same one first).
+    for n in 0..12 {
+        client
+            .send(
+                json!({"type": "task", "task": "notes", "input": {"add": format!("at once {n}")}}),
+            )
+            .await;
+    }
+    let ends = client.ends(12).await;
+    let mut ids: Vec<u64> = ends
+        .iter()
+        .map(|end| {
+            assert_eq!(end["type"], "finished", "{end}");
+            end["result"]["id"].as_u64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "distinct ids: {ends:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,8 +48,13 @@ fn main() {
     });
 }
 
-/// Stores a note: its id is one more than the largest, in one transaction, so that two
-/// notes added at once get different ids in either database.
+/// How many times [`add`] takes a new id when another note took the one it chose.
+const ADD_ATTEMPTS: usize = 8;
+
+/// Stores a note: its id is one more than the largest. Two notes added at once can choose
+/// the same id (PostgreSQL's read committed lets both see the same largest one); the second
+/// insert then does nothing (`ON CONFLICT DO NOTHING`, in SQLite and PostgreSQL alike),
+/// returns no row, and is tried again with a fresh id.
 fn add(text: &str) -> Result<Value, String> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > MAX_NOTE_CHARS {
@@ -59,16 +64,21 @@ fn add(text: &str) -> Result<Value, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|error| format!("the clock is before 1970: {error}"))?
         .as_millis() as i64;
-    let results = sql::transaction(&[json!({
-        "op": "query",
-        "sql": "INSERT INTO notes (id, text, created_unix_ms) \
-                SELECT COALESCE(MAX(id), 0) + 1, $1, $2 FROM notes \
-                RETURNING id, text, created_unix_ms",
-        "params": [text, now],
-    })])?;
-    results
-        .first()
-        .and_then(|result| result["rows"].get(0))
-        .cloned()
-        .ok_or_else(|| "the database returned no row for the new note".to_owned())
+    for _ in 0..ADD_ATTEMPTS {
+        // `WHERE true`: SQLite needs it to read ON CONFLICT after INSERT … SELECT.
+        let rows = sql::query(
+            "INSERT INTO notes (id, text, created_unix_ms) \
+             SELECT COALESCE(MAX(id), 0) + 1, $1, $2 FROM notes WHERE true \
+             ON CONFLICT (id) DO NOTHING \
+             RETURNING id, text, created_unix_ms",
+            &[json!(text), json!(now)],
+        )?;
+        if let Some(row) = rows.into_iter().next() {
+            return Ok(row);
+        }
+    }
+    Err(format!(
+        "{ADD_ATTEMPTS} notes were added at the same moment as this one, each taking its id: \
+         try again"
+    ))
 }

@@ -400,6 +400,9 @@ mod sqlite {
     }
 }
 
+/// How long after the task's time is up PostgreSQL's `statement_timeout` stops a statement.
+const STATEMENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 mod postgres {
     use super::*;
     use sqlx::postgres::PgRow;
@@ -412,7 +415,12 @@ mod postgres {
         let mut transaction = pool.begin().await.map_err(|e| (0, e.into()))?;
         // The task's wall clock bounds every statement on the server too: a statement
         // still running when the task's time is up is stopped there, not only abandoned.
-        let timeout_ms = time_left.as_millis().clamp(1, i32::MAX as u128);
+        // The server's timeout comes a little after the task's own, so the task ends as a
+        // `timeout` (its timer drops this future, and the guard cancels the statement at
+        // once); the server's is the backstop for a cancel that does not arrive.
+        let timeout_ms = (time_left + STATEMENT_TIMEOUT_MARGIN)
+            .as_millis()
+            .clamp(1, i32::MAX as u128);
         let backend: i32 = sqlx::query_scalar(
             "SELECT pg_backend_pid() FROM set_config('statement_timeout', $1, true)",
         )
