@@ -41,6 +41,38 @@ pub fn memory(pid: &str) -> anyhow::Result<Memory> {
     })
 }
 
+/// Process `pid`'s proportional set size (`Pss` in `/proc/PID/smaps_rollup`), in bytes: its
+/// resident pages, each shared page divided among the processes mapping it. Unlike RSS, a page
+/// mapped at many addresses counts once: a module's data image, mapped copy-on-write into every
+/// instance of it, is one copy in RAM however many instances read it.
+pub fn pss_bytes(pid: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let rollup =
+        std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+    let kib: u64 = rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .with_context(|| format!("{path} has no Pss line"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("{path}: Pss is not a number of kB"))?;
+    Ok(kib * 1024)
+}
+
+/// [`pss_bytes`] summed over [`process_tree`]: the physical memory of a server made of several
+/// processes, each shared page counted once in all.
+pub fn tree_pss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let root = pss_bytes(&pid.to_string())?;
+    let rest: u64 = process_tree(pid)
+        .into_iter()
+        .skip(1)
+        .filter_map(|child| pss_bytes(&child.to_string()).ok())
+        .sum();
+    Ok(root + rest)
+}
+
 /// How many files process `pid` has open (the entries of `/proc/PID/fd`): sockets, the
 /// tasks folder's watch, cache files.
 pub fn open_fds(pid: &str) -> anyhow::Result<usize> {
@@ -298,6 +330,11 @@ mod tests {
     fn reads_this_process() {
         let memory = memory("self").unwrap();
         assert!(memory.rss_bytes > 0 && memory.peak_rss_bytes >= memory.rss_bytes);
+        let pss = pss_bytes("self").unwrap();
+        assert!(
+            pss > 0 && pss <= memory.rss_bytes + (1 << 20),
+            "{pss} against {memory:?}"
+        );
         cpu_time("self").unwrap();
         let me = std::process::id();
         assert_eq!(process_tree(me)[0], me);

@@ -266,6 +266,17 @@ impl Server {
             .with_context(|| format!("server {} is gone", self.label))
     }
 
+    /// The server's proportional set size now ([`procfs::pss_bytes`]), over its process tree
+    /// for a peer made of several processes.
+    pub fn pss_bytes(&self) -> anyhow::Result<u64> {
+        let pss = if self.tree {
+            procfs::tree_pss_bytes(self.pid)
+        } else {
+            procfs::pss_bytes(&self.pid.to_string())
+        };
+        pss.with_context(|| format!("server {} is gone", self.label))
+    }
+
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
         if self.tree {
             return procfs::tree_cpu_time(self.pid)

@@ -19,6 +19,8 @@ pub const NAME: &str = "4 sleeping";
 const SLEEP_SECONDS: f64 = 1.0;
 /// The whole scenario, per mode, is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(60);
+/// How often the server's PSS is read during the burst (it has no high-water mark).
+const PSS_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Sleepers {
@@ -39,6 +41,9 @@ pub struct Sleepers {
     /// Resident memory after start-up (the pool reserved, nothing run) and at its peak.
     pub idle_rss_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// The largest proportional set size seen during the burst (sampled every
+    /// [`PSS_EVERY`]): the physical memory, where RSS counts a page once per mapping of it.
+    pub peak_pss_bytes: u64,
     /// Server CPU per task, from the first submit to the last `finished`.
     pub server_cpu_us_per_task: f64,
     /// Where the cores went meanwhile.
@@ -147,7 +152,9 @@ async fn burst(
         expect: Expect::Finished,
         deadline: begin + DEADLINE,
     };
-    let tally = crate::client::run_all(clients, &load).await?;
+    let (tally, peak_pss_bytes) =
+        peak_pss_during(&server, crate::client::run_all(clients, &load)).await;
+    let tally = tally?;
     let cpu = CpuMeter::read(&server)?.since(&before);
     let last = tally
         .samples
@@ -168,6 +175,7 @@ async fn burst(
         finished_latency: Percentiles::of(tally.samples.iter().map(|sample| sample.to_end())),
         idle_rss_bytes,
         peak_rss_bytes,
+        peak_pss_bytes,
         server_cpu_us_per_task: cpu.server_us
             / (per_connection * plan.sleeper_connections).max(1) as f64,
         cpu,
@@ -175,6 +183,23 @@ async fn burst(
         unexpected: tally.unexpected,
         note,
     })
+}
+
+/// Runs `work`, reading the server's PSS every [`PSS_EVERY`] meanwhile; returns its output and
+/// the largest PSS seen (0 if it could not be read).
+async fn peak_pss_during<T>(
+    server: &Server,
+    work: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let mut peak = server.pss_bytes().unwrap_or(0);
+    let mut every = tokio::time::interval(PSS_EVERY);
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return (done, peak.max(server.pss_bytes().unwrap_or(0))),
+            _ = every.tick() => peak = peak.max(server.pss_bytes().unwrap_or(0)),
+        }
+    }
 }
 
 impl Sleeping {
@@ -213,7 +238,14 @@ impl Sleeping {
                 .peer(super::PEER, peer.map(|p| p.peak_rss_bytes as f64))
                 .target(Target::AtMost {
                     value: 600.0 * f64::from(1 << 20),
-                }),
+                })
+                .note(
+                    "RSS counts a shared page once per mapping: every instance maps the module's \
+                     data image, one copy in RAM; the peak PSS below counts it once",
+                ),
+            Row::new(NAME, "peak PSS", Unit::Bytes, sandbox.peak_pss_bytes as f64)
+                .baseline("native", native.map(|n| n.peak_pss_bytes as f64))
+                .peer(super::PEER, peer.map(|p| p.peak_pss_bytes as f64)),
             Row::new(
                 NAME,
                 "submit to accepted, p99",
