@@ -34,6 +34,18 @@ impl<A: App> Ctx<A> {
                 );
             }
         }
+        if self.registry().has_pending() {
+            // A thread of its own, not tokio's blocking pool: the runtime waits for that pool
+            // when it stops, and a shutdown must not wait for a compile it no longer needs.
+            let registry = Arc::clone(self.registry());
+            let stop = self.stopping().clone();
+            let spawned = std::thread::Builder::new()
+                .name("large-task-loader".into())
+                .spawn(move || registry.load_pending(&stop));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "could not start loading the large tasks: they stay listed as loading");
+            }
+        }
         tokio::spawn(self.clone().push_task_lists());
         tokio::spawn(self.clone().run_watch_feed());
         if self.config().warm_slots > 0 {
