@@ -14,7 +14,7 @@ pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::SystemTime;
 
 use tokio::sync::watch as signal;
@@ -156,31 +156,39 @@ impl Registry {
     }
 
     /// Compiles the modules [`Registry::load_all`] put off, one at a time in the whole
-    /// process (each takes a core or more and a lot of memory for a while), and none once
-    /// `stop` is cancelled. Blocks: call it on a thread of its own.
-    pub fn load_pending(&self, stop: &tokio_util::sync::CancellationToken) {
-        let pending: Vec<String> = self
-            .read()
-            .iter()
-            .filter(|(_, entry)| entry.pending)
-            .map(|(name, _)| name.clone())
-            .collect();
-        if pending.is_empty() {
-            return;
-        }
-        let pool = loader::background_compile_pool();
-        for name in pending {
+    /// process (each takes a core and a lot of memory for a while), on a low-priority
+    /// thread. It holds the registry only while it compiles, and stops once `stop` is
+    /// cancelled or the server is gone: a server waiting for its turn keeps nothing (its
+    /// sandbox pool's address space) reserved. Blocks: call it on a thread of its own.
+    pub fn load_pending(registry: &Weak<Registry>, stop: &tokio_util::sync::CancellationToken) {
+        let mut pool = None;
+        loop {
             let _one_at_a_time = loader::large_compile_turn();
             if stop.is_cancelled() {
                 return;
             }
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let Some(name) = registry.next_pending() else {
+                return;
+            };
+            let pool = pool.get_or_insert_with(loader::background_compile_pool);
             let started = std::time::Instant::now();
-            match &pool {
-                Some(pool) => pool.install(|| self.reload(&name)),
-                None => self.reload(&name),
+            match pool {
+                Some(pool) => pool.install(|| registry.reload(&name)),
+                None => registry.reload(&name),
             }
             tracing::info!(task = %name, elapsed_ms = started.elapsed().as_millis() as u64, "large task loaded after start");
         }
+    }
+
+    /// A task put off at start and not loaded yet.
+    fn next_pending(&self) -> Option<String> {
+        self.read()
+            .iter()
+            .find(|(_, entry)| entry.pending)
+            .map(|(name, _)| name.clone())
     }
 
     /// Brings task `name` in line with the folder: loads it if its module or manifest is new
