@@ -706,7 +706,7 @@ impl<A: App> Ctx<A> {
     /// Compiles, before returning, the large modules that the server would load after start
     /// (`taskhost run` and `check`, which want the one module they were given).
     pub(crate) fn load_large_tasks_now(&self) {
-        Registry::load_pending(&Arc::downgrade(self.registry()), &CancellationToken::new());
+        self.registry().load_pending_now();
     }
 
     pub(crate) fn stopping(&self) -> &CancellationToken {

@@ -109,7 +109,7 @@ pub fn large_compile_turn() -> std::sync::MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A pool of one thread at low priority (nice 10) for compiling large modules: wasmtime
+/// A pool of one thread at lower priority (nice 5) for compiling large modules: wasmtime
 /// compiles a module's functions in parallel on the rayon pool it is called from, which
 /// would otherwise be the global one, as many threads as cores at normal priority, and a
 /// 20-second compile would then slow every running task. `None` if the thread could not
@@ -126,12 +126,17 @@ pub fn background_compile_pool() -> Option<rayon::ThreadPool> {
         .ok()
 }
 
-/// Nice 10 for the calling thread (Linux keeps a nice value per thread).
+/// The compile thread's nice value.
+const COMPILE_NICENESS: libc::c_int = 5;
+
+/// Nice 5 for the calling thread (Linux keeps a nice value per thread): against a busy
+/// thread at nice 0 it gets about a quarter of a core, so a compile still ends on a loaded
+/// machine (nice 10 starved it for minutes there), while tasks keep most of the CPU.
 fn lower_this_thread_s_priority() {
     // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
     let result = unsafe {
         let thread = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10)
+        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, COMPILE_NICENESS)
     };
     if result != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the compile thread's priority");

@@ -183,6 +183,15 @@ impl Registry {
         }
     }
 
+    /// Compiles the modules [`Registry::load_all`] put off, here and now, at the calling
+    /// thread's priority and on every core: for `taskhost run` and `check`, which serve
+    /// nothing else while they wait for the one module they were given.
+    pub fn load_pending_now(&self) {
+        while let Some(name) = self.next_pending() {
+            self.reload(&name);
+        }
+    }
+
     /// A task put off at start and not loaded yet.
     fn next_pending(&self) -> Option<String> {
         self.read()
