@@ -49,7 +49,6 @@ async fn a_python_task_loads_after_start_counts_in_its_store_and_is_refused_with
     let folder = TaskFolder::with(&["visits_py.wasm", "visits_py.toml", "echo.wasm"]);
     folder.copy_in("visits_py.wasm", "visits_bare.wasm");
     let mut config = folder.config();
-    config.watch = false;
     config.capabilities.data_dir = data.0.clone();
     config.cache_dir = Some(cache.0.clone());
     let server = start_server_with(config, taskhost::ProtocolApp).await;
@@ -104,11 +103,24 @@ async fn a_python_task_loads_after_start_counts_in_its_store_and_is_refused_with
     assert!(message.contains("key-value"), "names what: {message}");
     assert!(message.contains("[capabilities] kv"), "says how: {message}");
 
+    // Dropped into the watched folder, a large module loads too (off the async threads, on
+    // the low-priority compile thread; from the compile cache here, since its bytes are the
+    // same).
+    folder.copy_in("visits_py.wasm", "visits_dropped.wasm");
+    client
+        .recv_until(LOAD_WITHIN, "tasks_changed", |list| {
+            listed(list, "visits_dropped").is_some_and(|task| task["state"] == "ready")
+        })
+        .await;
+    let refused = client.run("visits_dropped", json!({"page": "home"})).await;
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not allowed"), "{refused}");
+
     let metrics = crate::lifecycle::http(server.addr, "GET", "/metrics")
         .await
         .1;
     assert!(
-        metrics.contains("taskhost_capability_refused_total{capability=\"kv\"} 1"),
+        metrics.contains("taskhost_capability_refused_total{capability=\"kv\"} 2"),
         "{metrics}"
     );
     assert!(

@@ -192,6 +192,23 @@ impl Registry {
         }
     }
 
+    /// [`Registry::reload`] for the folder watcher: a large module compiles as one put off
+    /// at start does (one at a time in the process, on the low-priority thread), so that
+    /// dropping a language runtime into the folder does not take every core from the
+    /// running tasks. Blocks: call it off the async threads.
+    pub fn reload_changed(&self, name: &str) {
+        let large =
+            loader::module_path(&self.dir, name).is_some_and(|path| loader::is_large(&path));
+        if !large {
+            return self.reload(name);
+        }
+        let _one_at_a_time = loader::large_compile_turn();
+        match loader::background_compile_pool() {
+            Some(pool) => pool.install(|| self.reload(name)),
+            None => self.reload(name),
+        }
+    }
+
     /// A task put off at start and not loaded yet.
     fn next_pending(&self) -> Option<String> {
         self.read()
