@@ -72,6 +72,41 @@ build-c-tasks:
     done
     echo "C tasks: $(cd guest-tasks/c && ls *.c | sed 's/\.c$//' | tr '\n' ' ')"
 
+# The componentize-py release that builds the Python tasks: its WASI 0.2 components run on
+# wasmtime 48 (the server's).
+componentize_py := "0.25.1"
+
+# Build the Python tasks (guest-tasks/python/NAME.py) into components in tasks/ with
+# componentize-py from PyPI, against the world `taskhost:task/command` in wit/. It installs
+# componentize-py into a virtual environment in the target directory if it is missing there,
+# and rebuilds a task only when its source, wit/ or the tool changed (a build takes ~20 s).
+build-py-tasks:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    target="$({{ target_dir }})"
+    [ -d "$target" ] || mkdir -p "$target"
+    tools="$target/python-tools"
+    tool="$tools/bin/componentize-py"
+    if [ "$("$tool" --version 2>/dev/null)" != "componentize-py {{ componentize_py }}" ]; then
+        echo "installing componentize-py {{ componentize_py }} into $tools (pip)…"
+        python3 -m venv "$tools"
+        "$tools/bin/python" -m pip install --quiet --disable-pip-version-check "componentize-py=={{ componentize_py }}"
+    fi
+    mkdir -p tasks
+    for source in guest-tasks/python/*.py; do
+        name="$(basename "$source" .py)"
+        out="tasks/$name.wasm"
+        manifest="guest-tasks/manifests/$name.toml"
+        if [ -f "$manifest" ]; then cp "$manifest" "tasks/$name.toml.tmp"; mv "tasks/$name.toml.tmp" "tasks/$name.toml"; fi
+        if [ -f "$out" ] && [ -z "$(find "$source" wit "$tool" -newer "$out" -print -quit)" ]; then
+            continue
+        fi
+        echo "componentize-py: $source -> $out"
+        "$tool" --quiet -d wit -w taskhost:task/command componentize -p guest-tasks/python "$name" -o "$out.tmp"
+        mv "$out.tmp" "$out"
+    done
+    echo "Python tasks: $(cd guest-tasks/python && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"
+
 # Start the server on 127.0.0.1:9501 (pass flags after: just run --task-workers 64). It allows
 # pages opened from a file (--allow-origin null), as the original example opens its page; the
 # binary on its own refuses them.
@@ -89,7 +124,7 @@ browser:
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 
 # Build the guests, then run every test (unit, integration, browser).
-test *ARGS: build-guests build-c-tasks browser
+test *ARGS: build-guests build-c-tasks build-py-tasks browser
     cargo test --release {{ host_packages }} {{ ARGS }}
 
 # Formatting and lints, as CI would have them.

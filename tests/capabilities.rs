@@ -118,6 +118,61 @@ async fn counter_counts_and_a_copy_without_its_grant_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_holds_at_most_kv_bytes_and_refuses_past_it() {
+    let data = TempDir::new("data");
+    let folder = TaskFolder::with(&["counter.wasm", "counter.toml"]);
+    let mut config = folder.config();
+    config.watch = false;
+    config.capabilities.data_dir = data.0.clone();
+    // --kv-bytes 100: `counter` keeps "count:KEY" = N, so one 60-byte key fits and a second
+    // does not.
+    config.capabilities.kv_bytes = 100;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let first = "a".repeat(60);
+    let second = "b".repeat(60);
+
+    assert_eq!(
+        client.run("counter", json!({"key": first})).await["result"],
+        1
+    );
+    let refused = client.run("counter", json!({"key": second})).await;
+    let message = failure(&refused);
+    assert!(message.contains("is full"), "{message}");
+    assert!(
+        message.contains("--kv-bytes"),
+        "says which setting: {message}"
+    );
+    // A write that does not grow the store still goes through.
+    assert_eq!(
+        client.run("counter", json!({"key": first})).await["result"],
+        2
+    );
+    let metrics = metrics(server.addr).await;
+    assert!(
+        metrics.contains(
+            "taskhost_capability_calls_total{capability=\"kv\",outcome=\"limit_reached\"} 1"
+        ),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+
+    // The size is counted again from the file when the store opens after a restart.
+    let mut config = folder.config();
+    config.watch = false;
+    config.capabilities.data_dir = data.0.clone();
+    config.capabilities.kv_bytes = 100;
+    let server = start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    let refused = client.run("counter", json!({"key": second})).await;
+    assert!(failure(&refused).contains("is full"), "{refused}");
+    assert_eq!(
+        client.run("counter", json!({"key": first})).await["result"],
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_store_cannot_see_another_s_keys() {
     let data = TempDir::new("data");
     let folder = TaskFolder::with(&[]);

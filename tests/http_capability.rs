@@ -560,3 +560,44 @@ async fn measure_http_call_cost() {
         fetch.saturating_sub(echo).saturating_sub(native)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_s_http_caps_bound_each_task() {
+    let origin = OriginServer::start().await;
+    let folder = fetch_folder(&[origin.origin()]);
+    let mut config = folder.config();
+    config.watch = false;
+    config.capabilities.data_dir = folder.path.join("data");
+    // --http-requests 1 --http-response-bytes 2000
+    config.capabilities.http.max_requests = 1;
+    config.capabilities.http.max_response_bytes = 2000;
+    let server = crate::common::start_server_with(config, taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+
+    let finished = client
+        .run("fetch", json!({"url": origin.url("/hello")}))
+        .await;
+    assert_eq!(finished["result"]["body"], "hello", "{finished}");
+
+    // A redirect is a second request: past the task's one.
+    let redirect = origin.url(&format!("/redirect?to={}", origin.url("/hello")));
+    let failed = client.run("fetch", json!({"url": redirect})).await;
+    let message = failure_message(&failed);
+    assert!(message.contains("--http-requests"), "{message}");
+
+    // 100,000 bytes: past the task's 2,000.
+    let failed = client
+        .run("fetch", json!({"url": origin.url("/big")}))
+        .await;
+    let message = failure_message(&failed);
+    assert!(message.contains("--http-response-bytes"), "{message}");
+    let metrics = crate::lifecycle::http(server.addr, "GET", "/metrics")
+        .await
+        .1;
+    assert!(
+        metrics.contains(
+            "taskhost_capability_calls_total{capability=\"http\",outcome=\"limit_reached\"} 2"
+        ),
+        "{metrics}"
+    );
+}

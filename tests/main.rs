@@ -19,6 +19,8 @@
 //!   mail through a real SMTP sink, against the library and the binary.
 //! - `author_tools`: `taskhost run` and `taskhost check`, through the binary.
 //! - `http_capability`: outbound HTTP for tasks against HTTP servers started in the test.
+//! - `languages`: tasks in other languages, built from registry packages (Python through
+//!   componentize-py), loading after start while the server serves.
 
 mod author_tools;
 mod browser;
@@ -29,6 +31,7 @@ mod crash;
 mod durable;
 mod examples;
 mod http_capability;
+mod languages;
 mod lifecycle;
 mod operations;
 mod protocol;

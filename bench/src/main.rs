@@ -646,6 +646,11 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
     found
 }
 
+/// Modules this large (a language runtime, such as the Python task `visits_py`) are left out
+/// of the snapshot: no scenario runs them, and the server would compile them after start, a
+/// core busy for tens of seconds during the first measurements.
+const LARGE_MODULE_BYTES: u64 = 8 << 20;
+
 /// Copies the task modules (and their sidecars) into `to`, which the servers then serve: the
 /// server watches its folder, and a rebuild of `tasks/` during the run (`just build-guests`
 /// elsewhere) would otherwise make it recompile modules in the middle of a measurement.
@@ -660,7 +665,8 @@ fn snapshot_tasks(from: &Path, to: &Path) -> anyhow::Result<PathBuf> {
         let path = entry?.path();
         let wanted = path
             .extension()
-            .is_some_and(|ext| ext == "wasm" || ext == "wat" || ext == "toml");
+            .is_some_and(|ext| ext == "wasm" || ext == "wat" || ext == "toml")
+            && std::fs::metadata(&path).is_ok_and(|file| file.len() < LARGE_MODULE_BYTES);
         if wanted && let Some(name) = path.file_name() {
             std::fs::copy(&path, to.join(name)).with_context(|| {
                 format!("could not copy {} to {}", path.display(), to.display())

@@ -12,6 +12,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::{Serialize, Serializer};
 
+use crate::capabilities::http::HttpCaps;
 use crate::limits::Limits;
 
 /// A WebAssembly-sandboxed task runner behind a WebSocket server.
@@ -326,6 +327,39 @@ pub struct Options {
     )]
     pub mail_from: String,
 
+    /// Bytes of keys and values one key-value store (`kv = "STORE"`) may hold; a write that
+    /// would grow a store past it is refused (`limit_reached`), deletes always go through.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, env = "TASKHOST_KV_BYTES")]
+    pub kv_bytes: u64,
+
+    /// HTTP requests one task may make (`http` grant); each redirect followed counts as one.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = HttpCaps::default().max_requests,
+        env = "TASKHOST_HTTP_REQUESTS"
+    )]
+    pub http_requests: u32,
+
+    /// Bytes one HTTP request of a task may send, its headers and body together.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = HttpCaps::default().max_request_bytes,
+        env = "TASKHOST_HTTP_REQUEST_BYTES"
+    )]
+    pub http_request_bytes: u64,
+
+    /// Bytes of HTTP responses one task may receive over all its requests, headers and
+    /// bodies; past it the response is cut off and the call fails (`limit_reached`).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = HttpCaps::default().max_response_bytes,
+        env = "TASKHOST_HTTP_RESPONSE_BYTES"
+    )]
+    pub http_response_bytes: u64,
+
     /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
     /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
     #[arg(env = "TASKHOST_NATIVE", long)]
@@ -622,6 +656,13 @@ impl Options {
                 smtp: self.smtp.clone(),
                 smtp_ca: self.smtp_ca.clone(),
                 mail_from: self.mail_from.clone(),
+                kv_bytes: self.kv_bytes,
+                http: HttpCaps {
+                    max_requests: self.http_requests,
+                    max_request_bytes: self.http_request_bytes,
+                    max_response_bytes: self.http_response_bytes,
+                    ..HttpCaps::default()
+                },
             },
         })
     }

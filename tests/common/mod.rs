@@ -186,6 +186,15 @@ pub struct Client {
     /// Whether `started` messages are read like the others; when `false` (the default) they
     /// are skipped, so that the tests written before `started` existed read what they did.
     pub show_started: bool,
+    /// Whether `tasks_changed` pushes are read like the others; when `false` (the default)
+    /// they are skipped, since one may come at any moment: a server pushes one when a large
+    /// bundled task (`visits_py`, a Python runtime) finishes loading after start.
+    pub show_task_lists: bool,
+}
+
+/// Whether `text` is a `tasks_changed` push.
+fn is_task_list_push(text: &str) -> bool {
+    text.starts_with(r#"{"type":"tasks_changed""#)
 }
 
 impl Client {
@@ -197,6 +206,7 @@ impl Client {
             socket,
             hello: Value::Null,
             show_started: false,
+            show_task_lists: false,
         };
         client.hello = client.recv().await;
         assert_eq!(
@@ -249,6 +259,9 @@ impl Client {
                 .expect("the connection closed")
                 .expect("a frame");
             match frame {
+                Message::Text(text) if !self.show_task_lists && is_task_list_push(&text) => {
+                    continue;
+                }
                 Message::Text(text) => {
                     let message: Value = serde_json::from_str(&text)
                         .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
@@ -265,10 +278,18 @@ impl Client {
 
     /// The next raw frame, or `None` when the connection ends.
     pub async fn next_frame(&mut self) -> Option<Message> {
-        tokio::time::timeout(WAIT, self.socket.next())
-            .await
-            .expect("a frame or the end of the connection")
-            .and_then(Result::ok)
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a frame or the end of the connection")
+                .and_then(Result::ok);
+            match &frame {
+                Some(Message::Text(text)) if !self.show_task_lists && is_task_list_push(text) => {
+                    continue;
+                }
+                _ => return frame,
+            }
+        }
     }
 
     /// Reads until a message of type `kind` satisfying `matches`, within `wait`; others
@@ -280,15 +301,19 @@ impl Client {
         matches: impl Fn(&Value) -> bool,
     ) -> Value {
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
+        let show_task_lists = self.show_task_lists;
+        self.show_task_lists = show_task_lists || kind == "tasks_changed";
+        let found = loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let message = tokio::time::timeout(left, self.recv_within(wait))
                 .await
                 .unwrap_or_else(|_| panic!("no matching {kind} within {wait:?}"));
             if message["type"] == kind && matches(&message) {
-                return message;
+                break message;
             }
-        }
+        };
+        self.show_task_lists = show_task_lists;
+        found
     }
 
     /// Reads the terminal messages of the next `count` tasks to end, skipping `accepted` and

@@ -10,7 +10,7 @@ use super::App;
 use super::context::Ctx;
 use crate::outbox::Text;
 use crate::protocol::Reply;
-use crate::registry::watch;
+use crate::registry::{Registry, watch};
 
 impl<A: App> Ctx<A> {
     /// Starts the background work the configuration asks for.
@@ -32,6 +32,18 @@ impl<A: App> Ctx<A> {
                     error = format!("{error:#}"),
                     "the tasks folder is not watched: restart to pick up changes"
                 );
+            }
+        }
+        if self.registry().has_pending() {
+            // A thread of its own, not tokio's blocking pool: the runtime waits for that pool
+            // when it stops, and a shutdown must not wait for a compile it no longer needs.
+            let registry = Arc::downgrade(self.registry());
+            let stop = self.stopping().clone();
+            let spawned = std::thread::Builder::new()
+                .name("large-task-loader".into())
+                .spawn(move || Registry::load_pending(&registry, &stop));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "could not start loading the large tasks: they stay listed as loading");
             }
         }
         tokio::spawn(self.clone().push_task_lists());

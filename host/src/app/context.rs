@@ -116,10 +116,11 @@ impl<A: App> Ctx<A> {
                 .counting_load_failures(metrics.module_load_failures.clone()),
         );
         let loading = Instant::now();
-        registry.load_all()?;
+        let put_off = registry.load_all()?;
         let (from_cache, compiled) = sandbox.cache_counts().unwrap_or((0, 0));
         tracing::info!(
             tasks = registry.ready_names().len(),
+            large_tasks_loading_after_start = put_off,
             from_cache,
             compiled,
             elapsed_ms = loading.elapsed().as_millis() as u64,
@@ -702,6 +703,12 @@ impl<A: App> Ctx<A> {
     }
 
     /// Cancelled when the shutdown begins.
+    /// Compiles, before returning, the large modules that the server would load after start
+    /// (`taskhost run` and `check`, which want the one module they were given).
+    pub(crate) fn load_large_tasks_now(&self) {
+        self.registry().load_pending_now();
+    }
+
     pub(crate) fn stopping(&self) -> &CancellationToken {
         &self.shared.stopping
     }

@@ -13,13 +13,20 @@
 //!
 //! Each store has one connection: its operations run one after another, which makes `incr`
 //! and `cas` atomic without retries.
+//!
+//! Each store holds at most the operator's `--kv-bytes` of keys and values: a write that
+//! would grow it past that is refused (`limit_reached`, counted in `/metrics` under the call's
+//! outcome); a write that shrinks it, or a delete, always goes through. The store's size is
+//! summed once when it opens and kept up to date by each write, which holds the store's one
+//! connection from reading the old entry until its count is updated.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use sqlx::SqlitePool;
+use sqlx::{Connection, SqlitePool};
 use tokio::sync::OnceCell;
 
 use super::{CallError, ErrorCode, TaskAccess};
@@ -37,19 +44,30 @@ pub const MAX_LIST_BYTES: usize = 512 << 10;
 /// The stores, opened on first use.
 pub struct Stores {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Arc<OnceCell<SqlitePool>>>>,
+    /// Bytes of keys and values one store may hold (`--kv-bytes`).
+    max_bytes: u64,
+    open: Mutex<HashMap<String, Arc<OnceCell<Arc<Store>>>>>,
+}
+
+/// One open store.
+struct Store {
+    name: String,
+    pool: SqlitePool,
+    /// Bytes of its keys and values (UTF-8 key, JSON text value), as of the last write.
+    bytes: AtomicU64,
 }
 
 impl Stores {
-    pub fn new(dir: PathBuf) -> Stores {
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Stores {
         Stores {
             dir,
+            max_bytes,
             open: Mutex::default(),
         }
     }
 
-    /// Store `name`'s pool, opening (and creating) it the first time.
-    async fn pool(&self, name: &str) -> Result<SqlitePool, CallError> {
+    /// Store `name`, opening (and creating) it the first time.
+    async fn store(&self, name: &str) -> Result<Arc<Store>, CallError> {
         let cell = Arc::clone(
             self.open
                 .lock()
@@ -66,7 +84,17 @@ impl Stores {
             .execute(&pool)
             .await
             .map_err(|error| unavailable(name, &error))?;
-            Ok(pool)
+            let bytes: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM kv",
+            )
+            .fetch_one(&pool)
+            .await
+            .map_err(|error| unavailable(name, &error))?;
+            Ok(Arc::new(Store {
+                name: name.to_owned(),
+                pool,
+                bytes: AtomicU64::new(u64::try_from(bytes).unwrap_or(0)),
+            }))
         })
         .await
         .cloned()
@@ -76,6 +104,61 @@ impl Stores {
                 format!("key-value store {name:?} could not be opened: {}", error.message),
             )
         })
+    }
+}
+
+impl Store {
+    /// Sets `key` to `value` (`None`: deletes it) within the store's byte cap, in
+    /// `transaction`, and commits. The transaction borrows the store's one connection from
+    /// the caller, who keeps it until this returns: no other operation runs between the
+    /// read of the old entry and the count's update.
+    async fn write(
+        &self,
+        mut transaction: sqlx::Transaction<'_, sqlx::Sqlite>,
+        key: &str,
+        value: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<(), CallError> {
+        let failed = |error: sqlx::Error| unavailable(&self.name, &error);
+        let old: Option<i64> =
+            sqlx::query_scalar("SELECT length(CAST(value AS BLOB)) FROM kv WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(failed)?;
+        let old = old.map_or(0, |value| {
+            key.len() as u64 + u64::try_from(value).unwrap_or(0)
+        });
+        let new = value.map_or(0, |value| (key.len() + value.len()) as u64);
+        let before = self.bytes.load(Ordering::Acquire);
+        let after = before.saturating_sub(old) + new;
+        if new > old && after > max_bytes {
+            return Err(CallError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "key-value store {:?} is full: it holds {before} bytes of keys and values, \
+                     and this write would bring it to {after}, past the {max_bytes} a store may \
+                     hold (the operator's --kv-bytes); delete keys it no longer needs, or ask \
+                     the operator for more",
+                    self.name
+                ),
+            ));
+        }
+        match value {
+            Some(value) => sqlx::query(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value),
+            None => sqlx::query("DELETE FROM kv WHERE key = ?1").bind(key),
+        }
+        .execute(&mut *transaction)
+        .await
+        .map_err(failed)?;
+        transaction.commit().await.map_err(failed)?;
+        self.bytes.store(after, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -91,14 +174,18 @@ pub(super) async fn call(access: &TaskAccess, request: Value) -> Result<Value, C
     let Some(store) = access.grants().kv.as_deref() else {
         return Err(access.not_allowed(format!("key-value operation {op:?}"), "kv = \"STORE\""));
     };
-    let pool = access.host.kv.pool(store).await?;
-    let failed = |error: sqlx::Error| unavailable(store, &error);
+    let max_bytes = access.host.kv.max_bytes;
+    let store = access.host.kv.store(store).await?;
+    let pool = &store.pool;
+    let failed = |error: sqlx::Error| unavailable(&store.name, &error);
+    // The store's one connection, held through a write and its count (see `Store::write`).
+    let connection = || async { pool.acquire().await.map_err(failed) };
     match op {
         "get" => {
             let key = key(&request)?;
             let value: Option<String> = sqlx::query_scalar("SELECT value FROM kv WHERE key = ?1")
                 .bind(key)
-                .fetch_optional(&pool)
+                .fetch_optional(pool)
                 .await
                 .map_err(failed)?;
             Ok(json!({ "value": parse(value) }))
@@ -106,27 +193,26 @@ pub(super) async fn call(access: &TaskAccess, request: Value) -> Result<Value, C
         "set" => {
             let key = key(&request)?;
             let value = value_text(&request, "value")?;
-            sqlx::query(
-                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(key)
-            .bind(value)
-            .execute(&pool)
-            .await
-            .map_err(failed)?;
+            let mut connection = connection().await?;
+            let transaction = connection.begin().await.map_err(failed)?;
+            store
+                .write(transaction, key, Some(&value), max_bytes)
+                .await?;
             Ok(json!({ "ok": true }))
         }
         "delete" => {
             let key = key(&request)?;
-            let done = sqlx::query("DELETE FROM kv WHERE key = ?1")
+            let mut connection = connection().await?;
+            let mut transaction = connection.begin().await.map_err(failed)?;
+            let there: Option<i64> = sqlx::query_scalar("SELECT 1 FROM kv WHERE key = ?1")
                 .bind(key)
-                .execute(&pool)
+                .fetch_optional(&mut *transaction)
                 .await
                 .map_err(failed)?;
-            Ok(json!({ "deleted": done.rows_affected() > 0 }))
+            store.write(transaction, key, None, max_bytes).await?;
+            Ok(json!({ "deleted": there.is_some() }))
         }
-        "list" => list(&pool, &request).await.map_err(|e| match e {
+        "list" => list(pool, &request).await.map_err(|e| match e {
             ListError::Sql(error) => failed(error),
             ListError::Call(error) => error,
         }),
@@ -138,7 +224,8 @@ pub(super) async fn call(access: &TaskAccess, request: Value) -> Result<Value, C
                     .as_i64()
                     .ok_or_else(|| CallError::bad_request("`by` must be an integer (default 1)"))?,
             };
-            let mut transaction = pool.begin().await.map_err(failed)?;
+            let mut connection = connection().await?;
+            let mut transaction = connection.begin().await.map_err(failed)?;
             let current: Option<String> = sqlx::query_scalar("SELECT value FROM kv WHERE key = ?1")
                 .bind(key)
                 .fetch_optional(&mut *transaction)
@@ -156,23 +243,17 @@ pub(super) async fn call(access: &TaskAccess, request: Value) -> Result<Value, C
             let next = current.checked_add(by).ok_or_else(|| {
                 CallError::failed(format!("key {key:?} would pass the 64-bit integer range"))
             })?;
-            sqlx::query(
-                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(key)
-            .bind(next.to_string())
-            .execute(&mut *transaction)
-            .await
-            .map_err(failed)?;
-            transaction.commit().await.map_err(failed)?;
+            store
+                .write(transaction, key, Some(&next.to_string()), max_bytes)
+                .await?;
             Ok(json!({ "value": next }))
         }
         "cas" => {
             let key = key(&request)?;
             let expected = optional_value_text(&request, "expected")?;
             let value = optional_value_text(&request, "value")?;
-            let mut transaction = pool.begin().await.map_err(failed)?;
+            let mut connection = connection().await?;
+            let mut transaction = connection.begin().await.map_err(failed)?;
             let current: Option<String> = sqlx::query_scalar("SELECT value FROM kv WHERE key = ?1")
                 .bind(key)
                 .fetch_optional(&mut *transaction)
@@ -181,19 +262,9 @@ pub(super) async fn call(access: &TaskAccess, request: Value) -> Result<Value, C
             if current != expected {
                 return Ok(json!({ "swapped": false, "current": parse(current) }));
             }
-            match &value {
-                Some(value) => sqlx::query(
-                    "INSERT INTO kv (key, value) VALUES (?1, ?2) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(key)
-                .bind(value),
-                None => sqlx::query("DELETE FROM kv WHERE key = ?1").bind(key),
-            }
-            .execute(&mut *transaction)
-            .await
-            .map_err(failed)?;
-            transaction.commit().await.map_err(failed)?;
+            store
+                .write(transaction, key, value.as_deref(), max_bytes)
+                .await?;
             Ok(json!({ "swapped": true, "current": parse(value) }))
         }
         other => Err(CallError::bad_request(format!(

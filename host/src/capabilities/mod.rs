@@ -49,8 +49,8 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 pub const MAX_CALLS_PER_TASK: u32 = 10_000;
 
 /// The operator's settings for the capabilities (the flags `--data-dir`, `--database`,
-/// `--smtp`, `--mail-from`).
-#[derive(Debug, Clone, Default)]
+/// `--smtp`, `--mail-from`, `--kv-bytes`, `--http-*`).
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Where the key-value stores and the embedded databases live.
     pub data_dir: PathBuf,
@@ -62,6 +62,11 @@ pub struct Settings {
     pub smtp_ca: Option<PathBuf>,
     /// The sender of every mail.
     pub mail_from: String,
+    /// Bytes of keys and values one key-value store may hold (`--kv-bytes`).
+    pub kv_bytes: u64,
+    /// Each task's outbound HTTP caps (`--http-requests`, `--http-request-bytes`,
+    /// `--http-response-bytes`).
+    pub http: http::HttpCaps,
 }
 
 /// The host's side of every capability, shared by all tasks.
@@ -71,6 +76,8 @@ pub struct Capabilities {
     mail: mail::Mailer,
     publisher: Arc<dyn Publisher>,
     counters: CapabilityCounters,
+    /// Each task's outbound HTTP caps.
+    http_caps: http::HttpCaps,
 }
 
 impl Capabilities {
@@ -82,7 +89,7 @@ impl Capabilities {
         counters: CapabilityCounters,
     ) -> anyhow::Result<Capabilities> {
         Ok(Capabilities {
-            kv: kv::Stores::new(settings.data_dir.join("kv")),
+            kv: kv::Stores::new(settings.data_dir.join("kv"), settings.kv_bytes),
             sql: sql::Databases::new(&settings.data_dir, &settings.databases)?,
             mail: mail::Mailer::new(
                 settings.smtp.as_deref(),
@@ -91,6 +98,7 @@ impl Capabilities {
             )?,
             publisher,
             counters,
+            http_caps: settings.http,
         })
     }
 

@@ -24,6 +24,8 @@ pub enum Delivery {
 pub enum TaskState {
     Ready,
     Failed,
+    /// A large module that the server compiles after it starts; it cannot run yet.
+    Loading,
 }
 
 /// One entry of the `list` answer.

@@ -90,6 +90,59 @@ pub struct TaskFiles {
 /// module took 8 GB); real modules, even language runtimes, are far smaller.
 pub const MAX_MODULE_BYTES: u64 = 128 << 20;
 
+/// Size from which a module's first compile is put off until the server serves: Rust tasks
+/// are 0.1 to 2 MB and compile in milliseconds; componentize-py's Python is 18 MB and takes
+/// 20 s of CPU the first time (the compile cache makes later starts quick).
+pub const LARGE_MODULE_BYTES: u64 = 8 << 20;
+
+/// Whether the module at `path` is large enough to load after start.
+pub fn is_large(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|metadata| metadata.len() >= LARGE_MODULE_BYTES)
+}
+
+/// The turn to compile a large module: one at a time in the process, since each compile
+/// takes every core and gigabytes of memory for a while, and several servers in one process
+/// (tests, embedders) would otherwise compile the same module at once where the second could
+/// take the first one's work from the compile cache.
+pub fn large_compile_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A pool of one thread at lower priority (nice 5) for compiling large modules: wasmtime
+/// compiles a module's functions in parallel on the rayon pool it is called from, which
+/// would otherwise be the global one, as many threads as cores at normal priority, and a
+/// 20-second compile would then slow every running task. `None` if the thread could not
+/// start (then the compile runs on the calling thread).
+pub fn background_compile_pool() -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "large-task-compile".into())
+        .start_handler(|_| lower_this_thread_s_priority())
+        .build()
+        .inspect_err(
+            |error| tracing::warn!(%error, "no low-priority thread for compiling large tasks"),
+        )
+        .ok()
+}
+
+/// The compile thread's nice value.
+const COMPILE_NICENESS: libc::c_int = 5;
+
+/// Nice 5 for the calling thread (Linux keeps a nice value per thread): against a busy
+/// thread at nice 0 it gets about a quarter of a core, so a compile still ends on a loaded
+/// machine (nice 10 starved it for minutes there), while tasks keep most of the CPU.
+fn lower_this_thread_s_priority() {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let result = unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, COMPILE_NICENESS)
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the compile thread's priority");
+    }
+}
+
 /// Reads a task's module and manifest.
 pub fn read_task(dir: &Path, name: &str, module: PathBuf) -> anyhow::Result<TaskFiles> {
     let bytes = read_capped(&module, MAX_MODULE_BYTES)

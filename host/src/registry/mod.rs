@@ -14,7 +14,7 @@ pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::SystemTime;
 
 use tokio::sync::watch as signal;
@@ -33,6 +33,12 @@ pub use manifest::{Manifest, RetryOn};
 pub enum LookupError {
     #[error("task {name:?} failed to load: {reason}; fix the module file and it can run")]
     FailedToLoad { name: String, reason: String },
+    #[error(
+        "task {name:?} is still loading: it is a large module (a language runtime, say) that the \
+         server compiles after it starts, once; try again in a few seconds (`list` says \
+         \"ready\" when it can run)"
+    )]
+    Loading { name: String },
     #[error("there is no task {:?}; the tasks are: {}", clip(.name), available_names(.available))]
     NoSuchTask {
         name: String,
@@ -73,6 +79,8 @@ struct Entry {
     ready: Option<Arc<TaskModule>>,
     /// Why the latest attempt to load this name failed, if it did.
     error: Option<String>,
+    /// A large module put off at start ([`Registry::load_all`]), not yet compiled.
+    pending: bool,
 }
 
 /// The tasks this server can run. Std lock: lookups and swaps are short and never await;
@@ -121,11 +129,92 @@ impl Registry {
 
     /// Loads every task in the folder. A file that fails is logged and listed with its
     /// reason; the others load regardless.
-    pub fn load_all(&self) -> anyhow::Result<()> {
+    ///
+    /// A module larger than [`loader::LARGE_MODULE_BYTES`] (a language runtime such as
+    /// componentize-py's Python, whose first compile takes tens of seconds) is only listed
+    /// as loading: [`Registry::load_pending`] compiles it, so that the server starts and
+    /// serves the other tasks meanwhile. Returns how many were put off.
+    pub fn load_all(&self) -> anyhow::Result<usize> {
+        let mut put_off = 0;
         for name in loader::task_names(&self.dir)? {
+            if loader::module_path(&self.dir, &name).is_some_and(|path| loader::is_large(&path)) {
+                self.write().entry(name).or_default().pending = true;
+                put_off += 1;
+            } else {
+                self.reload(&name);
+            }
+        }
+        if put_off > 0 {
+            self.changed();
+        }
+        Ok(put_off)
+    }
+
+    /// Whether [`Registry::load_all`] put off modules that are not loaded yet.
+    pub fn has_pending(&self) -> bool {
+        self.read().values().any(|entry| entry.pending)
+    }
+
+    /// Compiles the modules [`Registry::load_all`] put off, one at a time in the whole
+    /// process (each takes a core and a lot of memory for a while), on a low-priority
+    /// thread. It holds the registry only while it compiles, and stops once `stop` is
+    /// cancelled or the server is gone: a server waiting for its turn keeps nothing (its
+    /// sandbox pool's address space) reserved. Blocks: call it on a thread of its own.
+    pub fn load_pending(registry: &Weak<Registry>, stop: &tokio_util::sync::CancellationToken) {
+        let mut pool = None;
+        loop {
+            let _one_at_a_time = loader::large_compile_turn();
+            if stop.is_cancelled() {
+                return;
+            }
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let Some(name) = registry.next_pending() else {
+                return;
+            };
+            let pool = pool.get_or_insert_with(loader::background_compile_pool);
+            let started = std::time::Instant::now();
+            match pool {
+                Some(pool) => pool.install(|| registry.reload(&name)),
+                None => registry.reload(&name),
+            }
+            tracing::info!(task = %name, elapsed_ms = started.elapsed().as_millis() as u64, "large task loaded after start");
+        }
+    }
+
+    /// Compiles the modules [`Registry::load_all`] put off, here and now, at the calling
+    /// thread's priority and on every core: for `taskhost run` and `check`, which serve
+    /// nothing else while they wait for the one module they were given.
+    pub fn load_pending_now(&self) {
+        while let Some(name) = self.next_pending() {
             self.reload(&name);
         }
-        Ok(())
+    }
+
+    /// [`Registry::reload`] for the folder watcher: a large module compiles as one put off
+    /// at start does (one at a time in the process, on the low-priority thread), so that
+    /// dropping a language runtime into the folder does not take every core from the
+    /// running tasks. Blocks: call it off the async threads.
+    pub fn reload_changed(&self, name: &str) {
+        let large =
+            loader::module_path(&self.dir, name).is_some_and(|path| loader::is_large(&path));
+        if !large {
+            return self.reload(name);
+        }
+        let _one_at_a_time = loader::large_compile_turn();
+        match loader::background_compile_pool() {
+            Some(pool) => pool.install(|| self.reload(name)),
+            None => self.reload(name),
+        }
+    }
+
+    /// A task put off at start and not loaded yet.
+    fn next_pending(&self) -> Option<String> {
+        self.read()
+            .iter()
+            .find(|(_, entry)| entry.pending)
+            .map(|(name, _)| name.clone())
     }
 
     /// Brings task `name` in line with the folder: loads it if its module or manifest is new
@@ -146,8 +235,11 @@ impl Registry {
         });
         let mut entries = self.write();
         let entry = entries.entry(name.to_owned()).or_default();
+        let was_pending = std::mem::take(&mut entry.pending);
         match loaded {
-            Ok(None) => return, // the same bytes and manifest as the version in service
+            // The same bytes and manifest as the version in service.
+            Ok(None) if !was_pending => return,
+            Ok(None) => {}
             Ok(Some(module)) => {
                 tracing::info!(task = %name, path = %path.display(), hash = %module.hash, kind = module.wasm.kind(), "task loaded");
                 entry.ready = Some(Arc::new(module));
@@ -156,7 +248,7 @@ impl Registry {
             Err(error) => {
                 self.load_failures.inc();
                 let reason = format!("{error:#}");
-                if entry.error.as_ref() == Some(&reason) {
+                if entry.error.as_ref() == Some(&reason) && !was_pending {
                     return;
                 }
                 tracing::warn!(task = %name, path = %path.display(), %reason, kept_previous = entry.ready.is_some(), "task failed to load");
@@ -193,9 +285,17 @@ impl Registry {
             Some(Entry {
                 ready: None,
                 error: Some(reason),
+                ..
             }) => Err(LookupError::FailedToLoad {
                 name: name.to_owned(),
                 reason: reason.clone(),
+            }),
+            Some(Entry {
+                ready: None,
+                pending: true,
+                ..
+            }) => Err(LookupError::Loading {
+                name: name.to_owned(),
             }),
             _ => Err(LookupError::NoSuchTask {
                 name: name.to_owned(),
@@ -228,10 +328,10 @@ impl Registry {
                     description: ready.map(|m| m.description.clone()).unwrap_or_default(),
                     // A failed reload with an older version still in service can run: it
                     // says ready, and `error` tells why the new file was not taken.
-                    state: if ready.is_some() {
-                        TaskState::Ready
-                    } else {
-                        TaskState::Failed
+                    state: match ready {
+                        Some(_) => TaskState::Ready,
+                        None if entry.pending => TaskState::Loading,
+                        None => TaskState::Failed,
                     },
                     error: entry.error.clone(),
                     limits: ready.map_or(self.server_limits, |m| m.limits),

@@ -67,7 +67,7 @@ pub fn spawn(registry: Arc<Registry>, stop: CancellationToken) -> anyhow::Result
                         due.remove(&name);
                         let registry = Arc::clone(&registry);
                         // Compiling takes milliseconds of CPU: keep it off the async threads.
-                        if let Err(error) = tokio::task::spawn_blocking(move || registry.reload(&name)).await {
+                        if let Err(error) = tokio::task::spawn_blocking(move || registry.reload_changed(&name)).await {
                             tracing::error!(%error, "reloading a task failed");
                         }
                     }

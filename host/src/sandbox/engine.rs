@@ -41,8 +41,9 @@ const MAPPINGS_FOR_THE_REST: u64 = 2_000;
 /// Memory kept mapped in a freed slot so the next task does not fault it in again.
 const KEEP_RESIDENT: usize = 1 << 20;
 
-/// Core instances (and tables) one task may hold: a component has a few.
-const CORE_INSTANCES_PER_TASK: u32 = 8;
+/// Core instances (and tables) one task may hold: a component has a few, and a language
+/// runtime linked as shared libraries one per library (componentize-py's Python: 14).
+const CORE_INSTANCES_PER_TASK: u32 = 16;
 
 /// Linear memories one task may hold: a component may have a second one.
 const MEMORIES_PER_TASK: u32 = 2;

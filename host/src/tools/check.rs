@@ -24,6 +24,7 @@ pub fn check(file: &Path) -> anyhow::Result<u8> {
     config.watch = false;
     config.warm_slots = 0;
     let server = Server::new(config, ProtocolApp)?;
+    server.ctx().load_large_tasks_now();
     let listing = server
         .ctx()
         .tasks()

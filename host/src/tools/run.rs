@@ -34,6 +34,7 @@ pub async fn run(
     config.warm_slots = 0;
     let timeout = Duration::from_millis(config.limits.timeout_ms) + Duration::from_secs(5);
     let server = Server::new(config, ProtocolApp)?;
+    server.ctx().load_large_tasks_now();
     if let Some(listing) = server.ctx().tasks().iter().find(|t| t.name == scratch.name)
         && let Some(error) = &listing.error
     {

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Allowlist, HttpCaps, HttpError, HttpRequest, HttpSession};
+use super::{Allowlist, HttpError, HttpRequest, HttpSession};
 use crate::capabilities::{CallError, ErrorCode, TaskAccess};
 
 pub async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallError> {
@@ -20,7 +20,7 @@ pub async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallErro
         let allowlist = Allowlist::parse(&grants.http).unwrap_or_default();
         HttpSession::new(
             allowlist.into(),
-            HttpCaps::default(),
+            access.host.http_caps,
             tokio::time::Instant::from_std(deadline),
         )
     });

@@ -203,7 +203,7 @@ impl HttpSession {
         if size > self.caps.max_request_bytes {
             return Err(HttpError::Limit(format!(
                 "the request's headers and body are {size} bytes; a task may send at most {} \
-                 in one request",
+                 in one request (the operator's --http-request-bytes)",
                 self.caps.max_request_bytes
             )));
         }
@@ -215,7 +215,8 @@ impl HttpSession {
         if made >= self.caps.max_requests {
             return Err(HttpError::Limit(format!(
                 "the request to {origin} is refused: this task has made {made} HTTP requests, \
-                 the most a task may make (at most {}, redirects included)",
+                 the most a task may make (at most {}, redirects included: the operator's \
+                 --http-requests)",
                 self.caps.max_requests
             )));
         }
@@ -226,7 +227,8 @@ impl HttpSession {
         let before = self.response_bytes.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > self.caps.max_response_bytes {
             return Err(HttpError::Limit(format!(
-                "the responses passed {} bytes, the most a task may receive over HTTP",
+                "the responses passed {} bytes, the most a task may receive over HTTP (the \
+                 operator's --http-response-bytes)",
                 self.caps.max_response_bytes
             )));
         }
