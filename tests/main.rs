@@ -19,11 +19,14 @@
 //!   mail through a real SMTP sink, against the library and the binary.
 //! - `author_tools`: `taskhost run` and `taskhost check`, through the binary.
 //! - `http_capability`: outbound HTTP for tasks against HTTP servers started in the test.
+//! - `cluster`: nodes sharing work through a real `nats-server -js` (`--nats`): a node
+//!   killed mid-run, a broker restart, attach across nodes, keys, retries.
 
 mod author_tools;
 mod browser;
 mod capabilities;
 mod cdp;
+mod cluster;
 mod common;
 mod crash;
 mod durable;

@@ -34,6 +34,9 @@ impl<A: App> Ctx<A> {
                 );
             }
         }
+        if let Some(cluster) = self.cluster() {
+            cluster.start(self);
+        }
         tokio::spawn(self.clone().push_task_lists());
         tokio::spawn(self.clone().run_watch_feed());
         if self.config().warm_slots > 0 {
