@@ -324,7 +324,13 @@ pub struct Options {
     /// Share tasks with other nodes through a NATS JetStream broker, nats://HOST:PORT
     /// (docs/SCALING.md): tasks go to a work-queue stream that every node pulls from, results
     /// to a key-value bucket. Without it, the queue and the results are this process's own.
-    #[arg(long, value_name = "URL", env = "TASKHOST_NATS")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TASKHOST_NATS",
+        hide_env_values = true
+    )]
+    #[serde(serialize_with = "redacted_url")]
     pub nats: Option<String>,
 
     /// With --nats: the JetStream stream the nodes share (its name prefixes the subjects,
@@ -431,6 +437,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
     pub url: String,
+    /// The URL without its password, for logs and clients' messages.
+    pub shown_url: String,
     /// The stream's name: also the prefix of every subject, the consumer and the bucket.
     pub stream: String,
     pub ack_wait: Duration,
@@ -504,6 +512,7 @@ impl Options {
         }
         Ok(Some(NatsSettings {
             url: url.clone(),
+            shown_url: without_password(url),
             stream: self.nats_stream.clone(),
             ack_wait: self.nats_ack_wait,
             node,

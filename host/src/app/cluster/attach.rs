@@ -64,7 +64,9 @@ async fn follow<A: App>(
         .client
         .subscribe(cluster.subjects.any_events(task_id))
         .await
-        .map_err(|error| failures::broker_unavailable(&cluster.settings.url, &error.to_string()))?;
+        .map_err(|error| {
+            failures::broker_unavailable(&cluster.settings.shown_url, &error.to_string())
+        })?;
     if let Some(text) = kept_result(cluster, link, task_id).await? {
         return ended(ctx, client, task_id, text, announce).await;
     }
@@ -168,7 +170,9 @@ async fn kept_result(
         .results
         .get(Subjects::result_key(task_id))
         .await
-        .map_err(|error| failures::broker_unavailable(&cluster.settings.url, &error.to_string()))?;
+        .map_err(|error| {
+            failures::broker_unavailable(&cluster.settings.shown_url, &error.to_string())
+        })?;
     Ok(value.as_deref().and_then(text_of))
 }
 
@@ -225,7 +229,11 @@ pub(super) async fn route_own_events<A: App>(cluster: Arc<Cluster>, ctx: Ctx<A>)
 /// stream (its result expired) ends its followers with `not_found`.
 pub(super) async fn sweep<A: App>(cluster: Arc<Cluster>, ctx: Ctx<A>) {
     let interval = cluster.sweep_interval();
+    // Whether a task is gone from the stream too is asked every tenth round only: it is
+    // rare (a result expired while followed), and costs a request per task not ended.
+    let mut round: u64 = 0;
     loop {
+        round += 1;
         tokio::select! {
             () = ctx.stopping().cancelled() => return,
             () = tokio::time::sleep(interval) => {}
@@ -247,7 +255,7 @@ pub(super) async fn sweep<A: App>(cluster: Arc<Cluster>, ctx: Ctx<A>) {
                     deliver(cluster.following.route(task_id, event), text);
                 }
                 Ok(None) => {
-                    if queued_task(link, task_id).await.is_some() {
+                    if !round.is_multiple_of(10) || queued_task(link, task_id).await.is_some() {
                         continue;
                     }
                     if let Ok(None) = kept_result(&cluster, link, task_id).await {

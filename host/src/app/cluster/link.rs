@@ -68,7 +68,7 @@ pub(super) async fn connect(
             Ok(client) => break client,
             Err(error) => {
                 // Only a malformed address gets here (retry_on_initial_connect): say so often.
-                tracing::error!(url = %settings.url, %error, "cannot use --nats; retrying");
+                tracing::error!(url = %settings.shown_url, %error, "cannot use --nats; retrying");
                 tokio::time::sleep(SETUP_RETRY * 10).await;
             }
         }
@@ -79,7 +79,7 @@ pub(super) async fn connect(
     loop {
         match set_up(&js, settings, subjects, bounds).await {
             Ok((tasks, consumer, results)) => {
-                tracing::info!(url = %settings.url, stream = %subjects.stream, node = %subjects.node, "joined the broker");
+                tracing::info!(url = %settings.shown_url, stream = %subjects.stream, node = %subjects.node, "joined the broker");
                 return Link {
                     client,
                     js,
@@ -89,9 +89,9 @@ pub(super) async fn connect(
                 };
             }
             Err(error) => {
-                if failures % 10 == 0 {
+                if failures.is_multiple_of(10) {
                     tracing::warn!(
-                        url = %settings.url,
+                        url = %settings.shown_url,
                         error = format!("{error:#}"),
                         "the NATS broker is unreachable or refused the stream setup; tasks are \
                          refused (broker_unavailable) until it works; retrying"

@@ -72,11 +72,11 @@ impl Cluster {
         match self.link.get() {
             Some(link) if link.is_connected() => Ok(link),
             Some(_) => Err(failures::broker_unavailable(
-                &self.settings.url,
+                &self.settings.shown_url,
                 "the connection is down; the node is reconnecting",
             )),
             None => Err(failures::broker_unavailable(
-                &self.settings.url,
+                &self.settings.shown_url,
                 "the node has not joined it yet",
             )),
         }

@@ -84,7 +84,7 @@ pub(crate) async fn submit<A: App>(
         Err(error) => {
             tracing::warn!(%error, task = %module.name, "the broker did not take a task");
             let error = failures::broker_unavailable(
-                &cluster.settings.url,
+                &cluster.settings.shown_url,
                 &format!("it did not take the task ({error})"),
             );
             return reject(ctx, client, task.reference.as_ref(), error).await;
