@@ -36,6 +36,19 @@ fn free_port() -> u16 {
     listener.local_addr().expect("its address").port()
 }
 
+/// A free port below the ephemeral range (where `free_port` and the kernel pick): while the
+/// broker restarts, no node or client of another test can take its port.
+fn broker_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 5_000) as u16;
+    loop {
+        let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// `nats-server -js` on a port and a store folder of its own.
 struct Broker {
     port: u16,
@@ -57,7 +70,7 @@ impl Broker {
         ));
         let _ = std::fs::remove_dir_all(&store);
         let mut broker = Broker {
-            port: free_port(),
+            port: broker_port(),
             store,
             process: None,
         };
