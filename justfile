@@ -138,6 +138,13 @@ bench *ARGS: build-guests
     cargo build --release --all-targets {{ host_packages }}
     "$({{ target_dir }})/release/loadgen" {{ ARGS }}
 
+# The cost of a task through NATS JetStream (--nats) against the embedded queue: per-task CPU
+# of the node and of a nats-server it starts, and latency (docs/SCALING.md). Needs nats-server
+# and python3-websockets (apt-get install nats-server python3-websockets).
+bench-cluster TASKS="2000": build-guests
+    cargo build --release --all-targets {{ host_packages }}
+    CARGO_TARGET_DIR="$({{ target_dir }})" python3 bench/cluster_cost.py {{ TASKS }}
+
 # Build Swoole 6.2.2 for Debian's PHP 8.2 into the target directory (swoole/swoole.so), for the
 # benchmark's peer column. SRC: a git clone of swoole/swoole-src holding tag v6.2.2
 # (after `git clone https://github.com/swoole/swoole-src`, pass swoole-src/.git); installs

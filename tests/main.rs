@@ -21,11 +21,14 @@
 //! - `http_capability`: outbound HTTP for tasks against HTTP servers started in the test.
 //! - `languages`: tasks in other languages, built from registry packages (Python through
 //!   componentize-py), loading after start while the server serves.
+//! - `cluster`: nodes sharing work through a real `nats-server -js` (`--nats`): a node
+//!   killed mid-run, a broker restart, attach across nodes, keys, retries.
 
 mod author_tools;
 mod browser;
 mod capabilities;
 mod cdp;
+mod cluster;
 mod common;
 mod crash;
 mod durable;

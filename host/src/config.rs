@@ -360,6 +360,41 @@ pub struct Options {
     )]
     pub http_response_bytes: u64,
 
+    /// Share tasks with other nodes through a NATS JetStream broker, nats://HOST:PORT
+    /// (docs/SCALING.md): tasks go to a work-queue stream that every node pulls from, results
+    /// to a key-value bucket. Without it, the queue and the results are this process's own.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TASKHOST_NATS",
+        hide_env_values = true
+    )]
+    #[serde(serialize_with = "redacted_url")]
+    pub nats: Option<String>,
+
+    /// With --nats: the JetStream stream the nodes share (its name prefixes the subjects,
+    /// the consumer and the results bucket). Nodes that work together use the same one.
+    #[arg(long, default_value = "taskhost", env = "TASKHOST_NATS_STREAM")]
+    pub nats_stream: String,
+
+    /// With --nats: how long the broker waits for a node's ack (or heartbeat) before it hands
+    /// the task to another node; a node killed mid-task is noticed after this long. Running
+    /// tasks send a heartbeat every third of it. Set when the stream's consumer is created.
+    #[arg(
+        long,
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        env = "TASKHOST_NATS_ACK_WAIT"
+    )]
+    #[serde(serialize_with = "as_humantime")]
+    pub nats_ack_wait: Duration,
+
+    /// With --nats: this node's name, unique among the nodes (letters, digits, - and _):
+    /// outcomes and progress travel back to the submitter's node by it. Default: the host
+    /// name and the process id.
+    #[arg(long, value_name = "NAME", env = "TASKHOST_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Run echo, fib, slow and spin as plain Rust functions in the host instead of sandboxes:
     /// the benchmark's native baseline, or a fast path for trusted code. No isolation.
     #[arg(env = "TASKHOST_NATIVE", long)]
@@ -433,6 +468,21 @@ pub struct Config {
     pub dead_letter_bytes: u64,
     /// Where the capabilities keep their data, and the operator's databases and relay.
     pub capabilities: crate::capabilities::Settings,
+    /// The broker the nodes share (`--nats`), if any.
+    pub nats: Option<NatsSettings>,
+}
+
+/// How this node joins the others through NATS JetStream (`--nats` and its companions).
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    /// The URL without its password, for logs and clients' messages.
+    pub shown_url: String,
+    /// The stream's name: also the prefix of every subject, the consumer and the bucket.
+    pub stream: String,
+    pub ack_wait: Duration,
+    /// A subject token: letters, digits, `-` and `_`.
+    pub node: String,
 }
 
 /// How log lines are written.
@@ -468,6 +518,46 @@ fn redacted<S: Serializer>(_: &Option<String>, serializer: S) -> Result<S::Ok, S
 }
 
 impl Options {
+    /// `--nats` and its companions, checked: names that must be subject tokens are.
+    fn nats_settings(&self) -> anyhow::Result<Option<NatsSettings>> {
+        let Some(url) = &self.nats else {
+            return Ok(None);
+        };
+        let token = |text: &str| {
+            !text.is_empty()
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !token(&self.nats_stream) {
+            bail!(
+                "--nats-stream {:?}: use letters, digits, - and _ only (it names a stream and \
+                 prefixes subjects)",
+                self.nats_stream
+            );
+        }
+        let node = match &self.node_name {
+            Some(name) if token(name) => name.clone(),
+            Some(name) => bail!(
+                "--node-name {name:?}: use letters, digits, - and _ only (it is a subject token)"
+            ),
+            None => default_node_name(),
+        };
+        if self.nats_ack_wait < Duration::from_millis(300) {
+            bail!(
+                "--nats-ack-wait {} is too short for a heartbeat every third of it: use 300ms or more",
+                humantime::format_duration(self.nats_ack_wait)
+            );
+        }
+        Ok(Some(NatsSettings {
+            url: url.clone(),
+            shown_url: without_password(url),
+            stream: self.nats_stream.clone(),
+            ack_wait: self.nats_ack_wait,
+            node,
+        }))
+    }
+
     /// The options from the process's arguments, its TASKHOST_* variables and the `--config`
     /// file, in that order of precedence. Exits with clap's message on bad flags or `--help`.
     pub fn load() -> anyhow::Result<Options> {
@@ -650,6 +740,7 @@ impl Options {
             max_attached: self.max_attached,
             dead_letters: self.dead_letters,
             dead_letter_bytes: self.dead_letter_bytes,
+            nats: self.nats_settings()?,
             capabilities: crate::capabilities::Settings {
                 data_dir: self.data_dir.clone(),
                 databases: parse_databases(&self.databases)?,
@@ -802,4 +893,23 @@ impl Config {
         options.tasks = tasks_dir.into();
         options.validate().expect("the default options are valid")
     }
+}
+
+/// The host name (as a subject token) and the process id: unique on a network of hosts with
+/// distinct names, and across restarts of one.
+fn default_node_name() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "node".to_owned());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{host}-{}", std::process::id())
 }

@@ -210,6 +210,12 @@ impl Dispatcher {
         self.task_workers
     }
 
+    /// Numbers this dispatcher's own ids from `first`: with `--nats`, the broker numbers the
+    /// clients' tasks from 1, and an application's own tasks must not take their ids.
+    pub fn number_from(&self, first: u64) {
+        self.next_task_id.store(first, Ordering::Relaxed);
+    }
+
     pub fn load(&self) -> Load {
         let admitted = self.admitted.load(Ordering::Acquire);
         // Read apart, the two counts can be a loan out of step: never below zero.
@@ -224,6 +230,17 @@ impl Dispatcher {
     /// Takes a place in the queue and an id for a task from `owner` with `input_bytes` of
     /// input, or says why not.
     pub fn admit(self: &Arc<Self>, owner: Owner, input_bytes: u64) -> Result<Admission, Refusal> {
+        self.admit_as(owner, input_bytes, None)
+    }
+
+    /// [`Dispatcher::admit`] under an id given from outside (`--nats`: the broker's), or
+    /// the next of this dispatcher's own with `None`.
+    pub fn admit_as(
+        self: &Arc<Self>,
+        owner: Owner,
+        input_bytes: u64,
+        task_id: Option<u64>,
+    ) -> Result<Admission, Refusal> {
         if self.stop_admitting.is_cancelled() {
             return Err(Refusal::ShuttingDown);
         }
@@ -247,7 +264,7 @@ impl Dispatcher {
         *handles.per_connection.entry(owner.connection).or_default() += 1;
         *handles.per_address.entry(owner.address).or_default() += 1;
         handles.bytes += input_bytes;
-        let task_id = self.next_task_id.fetch_add(1, Ordering::Relaxed);
+        let task_id = task_id.unwrap_or_else(|| self.next_task_id.fetch_add(1, Ordering::Relaxed));
         let token = self.stop_running.child_token();
         handles.by_task.insert(
             task_id,

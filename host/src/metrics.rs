@@ -153,6 +153,55 @@ pub struct Metrics {
     subscribe_refused: ByOutcome,
     /// Results kept past the connection (issue 12): see [`Durable`].
     pub durable: Durable,
+    /// `--nats`: see [`ClusterCounters`].
+    pub cluster: ClusterCounters,
+}
+
+/// The counters of `--nats`: what the broker and the other nodes did to this node's work.
+#[derive(Clone, Default)]
+pub struct ClusterCounters {
+    /// Tasks pulled here whose module version this node lacks (left to other nodes).
+    pub module_missing: Counter,
+    /// Tasks pulled here that the broker had offered before (a node died, or lacked the
+    /// module, or missed its heartbeat).
+    pub redelivered: Counter,
+    /// Tasks whose result was kept already when this node ended them: they ran twice.
+    pub ran_twice: Counter,
+    /// 1 while connected to the broker.
+    pub broker_connected: Gauge,
+    /// Tasks this node follows for its connections now.
+    pub followed: Gauge,
+}
+
+impl ClusterCounters {
+    fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("cluster");
+        registry.register(
+            "module_missing",
+            "Tasks pulled whose module version this node lacks; left to other nodes",
+            self.module_missing.clone(),
+        );
+        registry.register(
+            "redelivered",
+            "Tasks pulled that the broker had offered before (a node died or lacked the module)",
+            self.redelivered.clone(),
+        );
+        registry.register(
+            "ran_twice",
+            "Tasks that ended here after another run's result was kept (at-least-once)",
+            self.ran_twice.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while this node is connected to the NATS broker",
+            self.broker_connected.clone(),
+        );
+        registry.register(
+            "followed",
+            "Tasks this node follows for its connections (submitted here or attached)",
+            self.followed.clone(),
+        );
+    }
 }
 
 /// The counters of kept results, `attach`, idempotency keys, retries and dead letters.
@@ -204,6 +253,7 @@ impl Metrics {
             pool_warmed_slots: Gauge::default(),
             memory_reserved: Gauge::default(),
             durable: Durable::default(),
+            cluster: ClusterCounters::default(),
             capabilities: CapabilityCounters::default(),
             subscribe_refused: ByOutcome::default(),
         };
@@ -326,6 +376,7 @@ impl Metrics {
             metrics.subscribe_refused.clone(),
         );
         metrics.durable.register(registry);
+        metrics.cluster.register(registry);
         metrics
     }
 

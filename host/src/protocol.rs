@@ -320,6 +320,8 @@ pub enum ErrorCode {
     NotFound,
     /// Extension: a connection asked to attach to more running tasks than it may.
     AttachLimit,
+    /// Extension: with `--nats`, the broker cannot be reached now; the task was not queued.
+    BrokerUnavailable,
 }
 
 impl ErrorCode {
@@ -342,6 +344,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AttachLimit => "attach_limit",
+            ErrorCode::BrokerUnavailable => "broker_unavailable",
         }
     }
 }

@@ -46,6 +46,9 @@ impl<A: App> Ctx<A> {
                 tracing::error!(%error, "could not start loading the large tasks: they stay listed as loading");
             }
         }
+        if let Some(cluster) = self.cluster() {
+            cluster.start(self);
+        }
         tokio::spawn(self.clone().push_task_lists());
         tokio::spawn(self.clone().run_watch_feed());
         if self.config().warm_slots > 0 {

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::App;
+use super::cluster::{Cluster, ClusterPublisher};
 use super::dead::DeadLetterBox;
 use super::failures;
 use super::job::{Admitted, Job, NewTask, Outcome};
@@ -87,6 +88,10 @@ struct Shared<A> {
     capabilities: Arc<Capabilities>,
     /// Who is subscribed to which topic; tasks publish through it.
     topics: Arc<Topics>,
+    /// This node's part in a cluster (`--nats`): tasks go through the broker.
+    cluster: Option<Arc<Cluster>>,
+    /// Where publishes go: this node's topics, and with `--nats` the other nodes' too.
+    publisher: Arc<dyn Publisher>,
     started: Instant,
     /// Every started task's run and finish callback, awaited at shutdown.
     tasks: TaskTracker,
@@ -128,20 +133,41 @@ impl<A: App> Ctx<A> {
         );
         let outbox_bytes = config.outbox_bytes;
         let topics = Arc::new(Topics::default());
+        let cluster = config.nats.clone().map(|settings| {
+            Arc::new(Cluster::new(
+                settings,
+                config.result_ttl,
+                config.result_bytes,
+                metrics.cluster.clone(),
+            ))
+        });
+        let publisher: Arc<dyn Publisher> = match &cluster {
+            Some(cluster) => Arc::new(ClusterPublisher {
+                topics: Arc::clone(&topics),
+                cluster: Arc::clone(cluster),
+            }),
+            None => Arc::clone(&topics) as Arc<dyn Publisher>,
+        };
         let capabilities = Arc::new(Capabilities::new(
             &config.capabilities,
-            Arc::clone(&topics) as Arc<dyn Publisher>,
+            Arc::clone(&publisher),
             metrics.capabilities.clone(),
         )?);
+        let dispatcher = Arc::new(Dispatcher::new(Caps {
+            task_workers: config.task_workers,
+            queue: config.queue,
+            per_connection: config.max_connection_tasks,
+            per_address: config.max_address_tasks,
+            input_bytes: config.queue_bytes,
+        }));
+        if cluster.is_some() {
+            // The broker's stream sequences number the clients' tasks; an application's own
+            // tasks (task_wait) take ids far above them.
+            dispatcher.number_from(1 << 52);
+        }
         Ok(Ctx {
             shared: Arc::new(Shared {
-                dispatcher: Arc::new(Dispatcher::new(Caps {
-                    task_workers: config.task_workers,
-                    queue: config.queue,
-                    per_connection: config.max_connection_tasks,
-                    per_address: config.max_address_tasks,
-                    input_bytes: config.queue_bytes,
-                })),
+                dispatcher,
                 results: Arc::new(ResultStore::new(ResultBounds {
                     ttl: config.result_ttl,
                     bytes: config.result_bytes,
@@ -158,6 +184,8 @@ impl<A: App> Ctx<A> {
                 watch: Default::default(),
                 capabilities,
                 topics,
+                cluster,
+                publisher,
                 started: Instant::now(),
                 tasks: TaskTracker::new(),
                 stopping: CancellationToken::new(),
@@ -186,9 +214,31 @@ impl<A: App> Ctx<A> {
         let Some(text) = Text::json(message) else {
             return 0;
         };
-        let fanout = self.shared.outboxes.broadcast(&text);
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.broadcast(&text);
+        }
+        self.broadcast_here(&text)
+    }
+
+    /// Offers a frame to this node's open connections only (a broadcast from another node).
+    pub(crate) fn broadcast_here(&self, text: &Text) -> usize {
+        let fanout = self.shared.outboxes.broadcast(text);
         self.shared.metrics.broadcast_missed(fanout.missed);
         fanout.reached
+    }
+
+    /// Publishes to this node's subscribers only (a publish from another node).
+    pub(crate) fn publish_raw(&self, topic: &str, data: &RawValue) {
+        let fanout = self.shared.topics.publish(topic, data);
+        self.shared
+            .metrics
+            .capabilities
+            .publish_missed(fanout.missed);
+    }
+
+    /// This node's part in a cluster, with `--nats`.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
     }
 
     /// Sends `message` to connection `id`. Returns `false` if it is not open.
@@ -236,7 +286,7 @@ impl<A: App> Ctx<A> {
         let Ok(data) = serde_json::value::to_raw_value(data) else {
             return 0;
         };
-        let fanout = self.shared.topics.publish(topic, &data);
+        let fanout = self.shared.publisher.publish(topic, &data);
         self.shared
             .metrics
             .capabilities
@@ -354,6 +404,72 @@ impl<A: App> Ctx<A> {
             job,
             tracked,
         })
+    }
+
+    /// A task pulled from the broker (`--nats`), to run here under the id the broker gave
+    /// it: the module version it was accepted with, its messages to `relay` (which takes
+    /// them to the submitter's node), its attempts counted from `first_attempt` (the
+    /// broker's deliveries). Its terminal message is the caller's to send.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit_remote(
+        &self,
+        task_id: u64,
+        module: Arc<crate::registry::TaskModule>,
+        input: bytes::Bytes,
+        limits: crate::limits::Limits,
+        reference: Option<crate::protocol::Ref>,
+        first_attempt: u32,
+        relay: &Outbox,
+    ) -> Result<Admitted, WireError> {
+        let owner = Owner {
+            connection: relay.id(),
+            address: relay.address(),
+        };
+        let admission = self
+            .shared
+            .dispatcher
+            .admit_as(owner, input.len() as u64, Some(task_id))
+            .map_err(failures::refusal)?;
+        let progress = Arc::new(ProgressThrottle::new(
+            Some(relay.clone()),
+            task_id,
+            module.name.clone(),
+            reference.clone(),
+        ));
+        let tracked = self
+            .shared
+            .results
+            .open(Opening {
+                task_id,
+                task: &module.name,
+                reference: reference.as_ref(),
+                key: None,
+                limits,
+                submitter: Some(relay.id()),
+                audience: Arc::clone(&progress),
+            })
+            .map_err(|taken| failures::key_taken(taken.task_id))?;
+        let job = Job {
+            task_id,
+            limits,
+            input,
+            reference,
+            submitter: None,
+            module,
+            progress: Some(progress),
+            attempt: AtomicU32::new(first_attempt.max(1)),
+        };
+        Ok(Admitted {
+            admission,
+            job,
+            tracked,
+        })
+    }
+
+    /// Runs an admitted task to its end (attempts, retries, the kept result) without the
+    /// finish callback: for the cluster's workers, which send the terminal message.
+    pub(super) async fn execute_admitted(&self, admitted: Admitted) -> super::Report {
+        Box::pin(self.execute(admitted)).await
     }
 
     /// Task `task_id` as it stands (queued, running, retrying, or ended with its terminal
@@ -536,7 +652,8 @@ impl<A: App> Ctx<A> {
         policy: &RetryPolicy,
     ) -> (Outcome, Duration, u32) {
         let timeout = Duration::from_millis(job.limits.timeout_ms);
-        let mut attempt = 1;
+        // 1, or with `--nats` the broker's deliveries of the task so far.
+        let mut attempt = job.attempt().max(1);
         loop {
             job.attempt.store(attempt, Ordering::Relaxed);
             // Polled only once the task holds a worker: `started` goes out then, before

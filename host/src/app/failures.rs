@@ -203,6 +203,17 @@ pub(crate) fn unknown_task_id(task_id: u64) -> WireError {
     )
 }
 
+/// `--nats`: the broker cannot take or answer for a task now.
+pub(crate) fn broker_unavailable(url: &str, why: &str) -> WireError {
+    WireError::new(
+        ErrorCode::BrokerUnavailable,
+        format!(
+            "the task broker ({url}) is unavailable: {why}. Nothing was queued; send it again \
+             in a moment (the node reconnects by itself), or to another node"
+        ),
+    )
+}
+
 /// An `attach` past the connection's cap.
 pub(crate) fn attach_limit(limit: usize) -> WireError {
     WireError::new(

@@ -22,6 +22,7 @@
 
 mod background;
 mod client;
+mod cluster;
 mod context;
 mod dead;
 mod failures;

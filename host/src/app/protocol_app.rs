@@ -38,13 +38,21 @@ pub async fn greet<A: App>(ctx: &Ctx<A>, client: &Outbox) {
 /// `subscribe` and `unsubscribe`; any other type is a `bad_request`.
 pub async fn answer<A: App>(ctx: &Ctx<A>, client: &Outbox, request: Request) {
     match request {
-        Request::Task(task) => submit(ctx, client, task).await,
+        Request::Task(task) => match ctx.cluster() {
+            Some(cluster) => super::cluster::submit::submit(ctx, cluster, client, task).await,
+            None => submit(ctx, client, task).await,
+        },
         Request::Cancel { task_id } => {
             if let Err(error) = ctx.cancel(client, task_id) {
                 client.send(&Reply::Error { error: &error }).await;
             }
         }
-        Request::Attach { task_id } => attach(ctx, client, task_id).await,
+        Request::Attach { task_id } => match ctx.cluster() {
+            Some(cluster) => {
+                super::cluster::attach::attach(ctx, cluster, client, task_id).await;
+            }
+            None => attach(ctx, client, task_id).await,
+        },
         Request::Dead => {
             let dead = ctx.dead_letters();
             client.send(&Reply::Dead(&dead)).await;

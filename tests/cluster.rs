@@ -1,0 +1,578 @@
+//! Nodes sharing work through NATS JetStream (`--nats`, docs/SCALING.md): real `taskhost`
+//! processes on one real `nats-server -js` started by the test in a folder of its own, so
+//! that a node and the broker can be killed and restarted. Skipped, saying why, where
+//! Debian's `nats-server` is not installed (`.ci/run` installs it).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{Client, TaskFolder};
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+/// The ack wait the nodes run with: a killed node's tasks go elsewhere after this long.
+const ACK_WAIT: &str = "2s";
+
+/// A process killed when dropped, so that a failing test leaves none behind.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Already gone after a kill in the test, or after a failure: either is fine here.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("its address").port()
+}
+
+/// A free port below the ephemeral range (where `free_port` and the kernel pick): while the
+/// broker restarts, no node or client of another test can take its port.
+fn broker_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 5_000) as u16;
+    loop {
+        let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `nats-server -js` on a port and a store folder of its own.
+struct Broker {
+    port: u16,
+    store: PathBuf,
+    process: Option<Process>,
+}
+
+impl Broker {
+    /// The broker, or `None` (and a line saying why) where nats-server is not installed.
+    fn start() -> Option<Broker> {
+        if !Path::new(NATS_SERVER).is_file() {
+            eprintln!("skipped: {NATS_SERVER} is missing (apt-get install nats-server)");
+            return None;
+        }
+        let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "nats-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&store);
+        let mut broker = Broker {
+            port: broker_port(),
+            store,
+            process: None,
+        };
+        broker.run();
+        Some(broker)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(NATS_SERVER)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let mut process = Process(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Another process may have taken the port while the broker was down.
+        assert!(
+            process
+                .0
+                .try_wait()
+                .expect("nats-server's status")
+                .is_none(),
+            "nats-server exited: port {} taken?",
+            self.port
+        );
+        self.process = Some(process);
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGTERM, as a restart would), waits `down`, and starts it again on
+    /// the same port and store.
+    fn restart(&mut self, down: Duration) {
+        if let Some(mut process) = self.process.take() {
+            // SAFETY: a plain kill(2) on our own child's pid.
+            unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
+            let _ = process.0.wait();
+        }
+        std::thread::sleep(down);
+        self.run();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.process.take();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// A `taskhost` node on the broker, and the lines of its log as they come.
+struct Node {
+    addr: SocketAddr,
+    process: Process,
+    log: mpsc::Receiver<String>,
+}
+
+impl Node {
+    /// Starts a node named `name` serving `tasks`, and returns once it has joined the broker.
+    async fn start(broker: &Broker, name: &str, tasks: &Path, workers: usize) -> Node {
+        let (url, name, tasks) = (broker.url(), name.to_owned(), tasks.to_owned());
+        let node = tokio::task::spawn_blocking(move || Node::spawn(&url, &name, &tasks, workers))
+            .await
+            .unwrap();
+        node.wait_for_log("joined the broker", Duration::from_secs(30))
+            .await;
+        node
+    }
+
+    fn spawn(url: &str, name: &str, tasks: &Path, workers: usize) -> Node {
+        let port = free_port();
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+        let mut child = crate::common::taskhost_command()
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--nats",
+                url,
+                "--nats-ack-wait",
+                ACK_WAIT,
+                "--node-name",
+                name,
+            ])
+            .args(["--task-workers", &workers.to_string(), "--no-watch"])
+            .arg("--tasks")
+            .arg(tasks)
+            .arg("--cache-dir")
+            .arg(cache)
+            .env(
+                "RUST_LOG",
+                std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start taskhost");
+        let stderr = child.stderr.take().expect("the log");
+        let (lines, log) = mpsc::channel();
+        // CLUSTER_TEST_LOG=1 shows the nodes' logs, to see what a failing test saw.
+        let echo = std::env::var_os("CLUSTER_TEST_LOG").is_some();
+        let prefix = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if echo {
+                    eprintln!("[{prefix}] {line}");
+                }
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Node {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            process: Process(child),
+            log,
+        }
+    }
+
+    /// Waits for a log line containing `text`; fails the test after `within`.
+    async fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            match self.log.try_recv() {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => continue,
+                Err(mpsc::TryRecvError::Empty) => {
+                    assert!(
+                        started.elapsed() < within,
+                        "no log line {text:?} within {within:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    panic!("the node exited before logging {text:?}")
+                }
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.url()).await
+    }
+
+    async fn metrics(&self) -> String {
+        crate::lifecycle::http(self.addr, "GET", "/metrics").await.1
+    }
+
+    fn kill(self) {
+        drop(self.process);
+    }
+}
+
+/// The sum of the samples of metric lines starting with `prefix`.
+fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The folder every test's nodes serve.
+fn tasks() -> TaskFolder {
+    TaskFolder::with(&[
+        "echo.wasm",
+        "slow.wasm",
+        "slow.toml",
+        "flaky.wasm",
+        "flaky.toml",
+        "broadcast.wasm",
+        "broadcast.toml",
+    ])
+}
+
+/// Reads until every id in `ids` has its terminal message, counting them per id; then reads
+/// on for `quiet` to see that none comes twice.
+async fn terminals(
+    client: &mut Client,
+    ids: &[u64],
+    within: Duration,
+    quiet: Duration,
+) -> HashMap<u64, Vec<Value>> {
+    let mut seen: HashMap<u64, Vec<Value>> = HashMap::new();
+    let deadline = Instant::now() + within;
+    while ids.iter().any(|id| !seen.contains_key(id)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "tasks without an end after {within:?}: {:?}",
+            ids.iter()
+                .filter(|id| !seen.contains_key(id))
+                .collect::<Vec<_>>()
+        );
+        let message = client.recv_within(left).await;
+        if message["type"] == "finished" || message["type"] == "failed" {
+            seen.entry(message["task_id"].as_u64().unwrap())
+                .or_default()
+                .push(message);
+        }
+    }
+    let quiet_until = Instant::now() + quiet;
+    loop {
+        let left = quiet_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let Ok(message) =
+            tokio::time::timeout(left, client.recv_within(left + Duration::from_secs(1))).await
+        else {
+            break;
+        };
+        if message["type"] == "finished" || message["type"] == "failed" {
+            seen.entry(message["task_id"].as_u64().unwrap())
+                .or_default()
+                .push(message);
+        }
+    }
+    seen
+}
+
+/// Submits `count` tasks and returns their ids (every one must be accepted).
+async fn submit_all(client: &mut Client, count: usize, task: &str, input: Value) -> Vec<u64> {
+    for _ in 0..count {
+        client
+            .send(json!({"type": "task", "task": task, "input": input}))
+            .await;
+    }
+    let mut ids = Vec::with_capacity(count);
+    while ids.len() < count {
+        let message = client.recv().await;
+        match message["type"].as_str() {
+            Some("accepted") => ids.push(message["task_id"].as_u64().unwrap()),
+            Some("progress") | Some("finished") | Some("failed") => {}
+            _ => panic!("not accepted: {message}"),
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_slow_tasks_and_a_killed_nodes_tasks_run_again() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let folder = tasks();
+    let a = Node::start(&broker, "a", &folder.path, 4).await;
+    let b = Node::start(&broker, "b", &folder.path, 4).await;
+    let mut client = a.client().await;
+    let ids = submit_all(&mut client, 40, "slow", json!({"seconds": 1.5})).await;
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 40, "ids are unique: {ids:?}");
+
+    // Node b takes its share: it runs tasks submitted to a.
+    let started = Instant::now();
+    loop {
+        let running = metric_sum(&b.metrics().await, "taskhost_running_tasks");
+        if running >= 1.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node b never ran a task"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.kill();
+
+    let ends = terminals(
+        &mut client,
+        &ids,
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+    )
+    .await;
+    for id in &ids {
+        let ends = &ends[id];
+        assert_eq!(
+            ends.len(),
+            1,
+            "task {id} ended {} times: {ends:?}",
+            ends.len()
+        );
+        assert_eq!(ends[0]["type"], "finished", "{}", ends[0]);
+        assert_eq!(ends[0]["result"], "success", "{}", ends[0]);
+    }
+    let again = ends
+        .values()
+        .filter(|e| e[0]["attempts"].as_u64() > Some(1))
+        .count();
+    assert!(
+        again >= 1,
+        "the killed node's tasks ran again elsewhere (attempts > 1): {ends:?}"
+    );
+    let redelivered = metric_sum(&a.metrics().await, "taskhost_cluster_redelivered_total");
+    assert!(redelivered >= 1.0, "node a counts the redeliveries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_under_load_loses_nothing() {
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
+    let folder = tasks();
+    let a = Node::start(&broker, "a", &folder.path, 4).await;
+    let _b = Node::start(&broker, "b", &folder.path, 4).await;
+    let mut client = a.client().await;
+    let mut ids = submit_all(&mut client, 24, "slow", json!({"seconds": 1})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let restart = tokio::task::spawn_blocking(move || {
+        broker.restart(Duration::from_secs(2));
+        broker
+    });
+    // While it is away: every task is accepted or refused with a clear code, none lost.
+    let mut refused = 0;
+    for _ in 0..10 {
+        client
+            .send(json!({"type": "task", "task": "echo", "input": "meanwhile"}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut answers = 0;
+    let mut early_ends = Vec::new();
+    while answers < 10 {
+        let message = client.recv_within(Duration::from_secs(20)).await;
+        match message["type"].as_str() {
+            Some("accepted") => {
+                ids.push(message["task_id"].as_u64().unwrap());
+                answers += 1;
+            }
+            Some("rejected") => {
+                assert_eq!(message["error"]["code"], "broker_unavailable", "{message}");
+                refused += 1;
+                answers += 1;
+            }
+            Some("finished") | Some("failed") => early_ends.push(message),
+            _ => {}
+        }
+    }
+    let _broker = restart.await.unwrap();
+    assert!(
+        refused >= 1,
+        "some tasks were refused while the broker was away"
+    );
+    let mut ends = terminals(
+        &mut client,
+        &ids,
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+    )
+    .await;
+    for message in early_ends {
+        ends.entry(message["task_id"].as_u64().unwrap())
+            .or_default()
+            .push(message);
+    }
+    for id in &ids {
+        assert_eq!(ends[id].len(), 1, "task {id}: {:?}", ends[id]);
+        assert_eq!(ends[id][0]["type"], "finished", "{}", ends[id][0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_works_on_any_node_after_the_submitter_left() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let folder = tasks();
+    let a = Node::start(&broker, "a", &folder.path, 2).await;
+    let b = Node::start(&broker, "b", &folder.path, 2).await;
+
+    let mut submitter = a.client().await;
+    let running = submitter.submit("slow", json!({"seconds": 2})).await;
+    let running = running["task_id"].as_u64().unwrap();
+    let ended = submitter.run("echo", json!({"x": 1})).await;
+    let ended_id = ended["task_id"].as_u64().unwrap();
+    drop(submitter);
+
+    // The ended task, on either node: `attached` (ended), then the same terminal message.
+    for node in [&a, &b] {
+        let mut client = node.client().await;
+        client
+            .send(json!({"type": "attach", "task_id": ended_id}))
+            .await;
+        let attached = client.recv().await;
+        assert_eq!(attached["type"], "attached", "{attached}");
+        assert_eq!(attached["state"], "ended", "{attached}");
+        let again = client.recv().await;
+        assert_eq!(again, ended, "the kept terminal message");
+    }
+
+    // The running task, from the other node and from the same one: both get its end, once.
+    let mut there = b.client().await;
+    let mut here = a.client().await;
+    for client in [&mut there, &mut here] {
+        client
+            .send(json!({"type": "attach", "task_id": running}))
+            .await;
+        let attached = client.recv().await;
+        assert_eq!(attached["type"], "attached", "{attached}");
+        assert_eq!(attached["task"], "slow", "{attached}");
+    }
+    for client in [&mut there, &mut here] {
+        let ends = terminals(
+            client,
+            &[running],
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(ends[&running].len(), 1, "{ends:?}");
+        assert_eq!(ends[&running][0]["result"], "success");
+    }
+
+    // An id no node knows.
+    for node in [&a, &b] {
+        let mut client = node.client().await;
+        client
+            .send(json!({"type": "attach", "task_id": 987654}))
+            .await;
+        let error = client.recv().await;
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["error"]["code"], "not_found", "{error}");
+    }
+
+    // A broadcast task submitted on one node reaches the connections of the other.
+    let mut listener = b.client().await;
+    let mut sender = a.client().await;
+    sender
+        .run("broadcast", json!({"user": "ann", "text": "hi all"}))
+        .await;
+    let heard = listener
+        .recv_until(Duration::from_secs(10), "broadcast", |_| true)
+        .await;
+    assert_eq!(heard["task"], "broadcast", "{heard}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_from_two_nodes_runs_once_and_retries_count_attempts() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let folder = tasks();
+    let a = Node::start(&broker, "a", &folder.path, 2).await;
+    let b = Node::start(&broker, "b", &folder.path, 2).await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let task = json!({"type": "task", "task": "slow", "input": {"seconds": 1}, "key": "order-17"});
+    on_a.send(task.clone()).await;
+    let first = on_a.recv().await;
+    on_b.send(task).await;
+    let second = on_b.recv().await;
+    assert_eq!(first["type"], "accepted", "{first}");
+    assert_eq!(second["type"], "accepted", "{second}");
+    assert_eq!(first["task_id"], second["task_id"], "one task for one key");
+    let id = first["task_id"].as_u64().unwrap();
+    let one = terminals(
+        &mut on_a,
+        &[id],
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let two = terminals(
+        &mut on_b,
+        &[id],
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(one[&id].len(), 1);
+    assert_eq!(one[&id], two[&id], "the same outcome");
+    let runs = metric_sum(&a.metrics().await, "taskhost_tasks_total{task=\"slow\"")
+        + metric_sum(&b.metrics().await, "taskhost_tasks_total{task=\"slow\"");
+    assert_eq!(runs, 1.0, "it ran once on the two nodes");
+
+    // A task that traps twice, then succeeds.
+    let flaky = on_b.run("flaky", json!({"fail_attempts": 2})).await;
+    assert_eq!(flaky["type"], "finished", "{flaky}");
+    assert_eq!(flaky["attempts"], 3, "{flaky}");
+}
