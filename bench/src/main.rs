@@ -10,7 +10,7 @@
 //!
 //! - [`server`]: a server under test: spawn, wait for `/healthz`, memory and CPU, SIGTERM.
 //! - [`client`]: WebSocket clients keeping N tasks in flight and timing each.
-//! - [`scenarios`]: the seven scenarios, one file each, and the quick or full [`Plan`].
+//! - [`scenarios`]: the eight scenarios, one file each, and the quick or full [`Plan`].
 //! - [`stats`]: percentiles. [`procfs`]: what Linux says about a process and the machine.
 //! - [`report`]: the table rows and targets. [`chart`]: the SVG.
 //! - [`soak`]: `loadgen soak`, mixed load for a long time, failing when a figure trends upward.
@@ -36,14 +36,16 @@ use crate::procfs::Machine;
 use crate::report::Row;
 use crate::scenarios::{
     CpuShare, Plan, Unexpected, connections::Connections, cpu::Cpu, echo_latency::EchoLatency,
-    echo_throughput::EchoThroughput, fairness::Fairness, sleeping::Sleeping, startup::Startup,
+    echo_throughput::EchoThroughput, fairness::Fairness, jetstream::JetStream, sleeping::Sleeping,
+    startup::Startup,
 };
 use crate::server::{Launcher, Mode, Server, SwoolePeer};
 
 /// Benchmarks taskhost's sandbox against its native baseline (see docs/PERFORMANCE.md).
 ///
 /// Scenarios: 1 echo-throughput, 2 echo-latency, 3 cpu, 4 sleeping, 5 fairness, 6 connections,
-/// 7 startup. Everything runs on loopback, bounded in count and time. Exits non-zero when a
+/// 7 startup, 8 jetstream (with nats-server: echo through `--nats` against the embedded queue).
+/// Everything runs on loopback, bounded in count and time. Exits non-zero when a
 /// scenario could not run or a task ended otherwise than expected; a missed target is reported,
 /// not an error.
 #[derive(Debug, Parser)]
@@ -101,7 +103,7 @@ enum Command {
     },
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "echo-throughput",
     "echo-latency",
     "cpu",
@@ -109,6 +111,7 @@ const SCENARIOS: [&str; 7] = [
     "fairness",
     "connections",
     "startup",
+    "jetstream",
 ];
 
 /// Every scenario's figures; `None` for one that did not run.
@@ -121,6 +124,7 @@ pub struct Results {
     pub fairness: Option<Fairness>,
     pub connections: Option<Connections>,
     pub startup: Option<Startup>,
+    pub jetstream: Option<JetStream>,
     /// Peak memory of the two servers that scenarios 1, 2, 3 and 5 share.
     pub shared_servers_peak_rss_bytes: Vec<(String, u64)>,
 }
@@ -380,6 +384,18 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         let outcome = scenarios::connections::run(&launcher, count).await;
         record(&mut failures, 6, outcome, |r| results.connections = Some(r));
     }
+    if wants(8) {
+        match server::Broker::binary() {
+            Ok(_) => {
+                step(8);
+                let outcome = scenarios::jetstream::run(&launcher, &plan).await;
+                record(&mut failures, 8, outcome, |r| results.jetstream = Some(r));
+            }
+            Err(reason) => {
+                warnings.push(format!("scenario 8 ({}) skipped: {reason:#}", SCENARIOS[7]))
+            }
+        }
+    }
 
     let rows = rows(&results, &failures);
     problems.extend(
@@ -525,7 +541,8 @@ fn selection(only: &[String]) -> anyhow::Result<Vec<usize>> {
                 .or_else(|| SCENARIOS.iter().position(|s| *s == name).map(|i| i + 1))
                 .with_context(|| {
                     format!(
-                        "--only {name:?}: scenarios are 1-7 or {}",
+                        "--only {name:?}: scenarios are 1-{} or {}",
+                        SCENARIOS.len(),
                         SCENARIOS.join(", ")
                     )
                 })
@@ -575,7 +592,8 @@ fn rows(results: &Results, failures: &[(usize, anyhow::Error)]) -> Vec<Row> {
                 4 => results.sleeping.as_ref().map(Sleeping::rows),
                 5 => results.fairness.as_ref().map(Fairness::rows),
                 6 => results.connections.as_ref().map(Connections::rows),
-                _ => results.startup.as_ref().map(Startup::rows),
+                7 => results.startup.as_ref().map(Startup::rows),
+                _ => results.jetstream.as_ref().map(JetStream::rows),
             }
             .unwrap_or_default(),
         );
@@ -634,6 +652,18 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
         r.peer
             .iter()
             .for_each(|p| add("4 sleeping, swoole", &p.unexpected));
+    }
+    if let Some(r) = &results.jetstream {
+        add("8 jetstream, embedded", &r.embedded.rate.unexpected);
+        add("8 jetstream, embedded probe", &r.embedded.probe.unexpected);
+        add(
+            "8 jetstream, through JetStream",
+            &r.jetstream.rate.unexpected,
+        );
+        add(
+            "8 jetstream, through JetStream, probe",
+            &r.jetstream.probe.unexpected,
+        );
     }
     if let Some(r) = &results.fairness {
         add("5 fairness probe, sandbox", &r.sandbox.probe.unexpected);
@@ -698,6 +728,10 @@ fn busy_windows(results: &Results) -> Vec<String> {
         r.peer
             .iter()
             .for_each(|p| windows.push(("1 echo throughput, swoole", &p.cpu)));
+    }
+    if let Some(r) = &results.jetstream {
+        windows.push(("8 jetstream, embedded", &r.embedded.rate.cpu));
+        windows.push(("8 jetstream, through JetStream", &r.jetstream.rate.cpu));
     }
     if let Some(r) = &results.echo_latency {
         windows.push(("2 echo latency, sandbox", &r.sandbox.cpu));

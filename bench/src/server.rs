@@ -85,6 +85,9 @@ pub struct Server {
     warnings: Arc<Mutex<Vec<String>>>,
     /// Measured as its whole process tree (a peer made of several processes), not one process.
     tree: bool,
+    /// A process whose CPU counts as the server's: the broker of a taskhost started with
+    /// `--nats`, which does part of each task's work.
+    companion: Option<u32>,
 }
 
 impl Launcher {
@@ -145,6 +148,7 @@ impl Launcher {
             log,
             warnings: Arc::clone(&self.warnings),
             tree: false,
+            companion: None,
         })
     }
 }
@@ -252,6 +256,7 @@ impl SwoolePeer {
             log,
             warnings: Arc::clone(&launcher.warnings),
             tree: true,
+            companion: None,
         })
     }
 }
@@ -277,13 +282,26 @@ impl Server {
         pss.with_context(|| format!("server {} is gone", self.label))
     }
 
+    /// Counts `broker`'s CPU as this server's from now on (see [`Server::cpu_time`]).
+    pub fn with_companion(mut self, broker: &Broker) -> Server {
+        self.companion = Some(broker.pid);
+        self
+    }
+
+    /// CPU time so far: the process's, its tree's for a peer, plus its companion's.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        if self.tree {
-            return procfs::tree_cpu_time(self.pid)
-                .with_context(|| format!("server {} is gone", self.label));
-        }
-        procfs::cpu_time(&self.pid.to_string())
-            .with_context(|| format!("server {} is gone", self.label))
+        let own = if self.tree {
+            procfs::tree_cpu_time(self.pid)
+        } else {
+            procfs::cpu_time(&self.pid.to_string())
+        };
+        let own = own.with_context(|| format!("server {} is gone", self.label))?;
+        let companion = match self.companion {
+            Some(pid) => procfs::cpu_time(&pid.to_string())
+                .with_context(|| format!("the broker of server {} is gone", self.label))?,
+            None => Duration::ZERO,
+        };
+        Ok(own + companion)
     }
 
     pub fn open_fds(&self) -> anyhow::Result<usize> {
@@ -371,6 +389,72 @@ async fn wait_ready<F: std::future::Future<Output = bool>>(
             );
         }
         tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// A NATS server with JetStream (`nats-server -js`), on a free loopback port with its store in
+/// a folder of its own; killed when dropped.
+#[derive(Debug)]
+pub struct Broker {
+    _child: Child,
+    pub pid: u32,
+    pub url: String,
+}
+
+impl Broker {
+    /// The `nats-server` to run: from PATH, or Debian's /usr/sbin (not on a user's PATH).
+    pub fn binary() -> anyhow::Result<&'static str> {
+        ["nats-server", "/usr/sbin/nats-server"]
+            .into_iter()
+            .find(|candidate| {
+                std::process::Command::new(candidate)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|output| output.status.success())
+            })
+            .context("nats-server is not installed (Debian: apt-get install nats-server)")
+    }
+
+    /// Starts `nats-server` (from PATH or Debian's /usr/sbin), logging to `log_dir/LABEL.log`;
+    /// returns once its port takes connections.
+    pub async fn start(log_dir: &Path, label: &str) -> anyhow::Result<Broker> {
+        let binary = Broker::binary()?;
+        let addr = free_port()?;
+        let store = log_dir.join(format!("{label}-store"));
+        if store.exists() {
+            std::fs::remove_dir_all(&store)
+                .with_context(|| format!("could not clear {}", store.display()))?;
+        }
+        let log = log_dir.join(format!("{label}.log"));
+        let mut command = Command::new(binary);
+        command
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-sd",
+            ])
+            .arg(&store);
+        log_to(&mut command, &log)?;
+        let started = Instant::now();
+        let mut child = command.spawn().context("could not start nats-server")?;
+        let pid = child.id().context("nats-server exited at once")?;
+        wait_ready(
+            &mut child,
+            label,
+            &log,
+            started,
+            "its port",
+            || async move { TcpStream::connect(addr).await.is_ok() },
+        )
+        .await?;
+        Ok(Broker {
+            _child: child,
+            pid,
+            url: format!("nats://{addr}"),
+        })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The seven scenarios of issue 5, one file each, and what they share: the [`Plan`] (how long
+//! The scenarios (seven from issue 5, jetstream from issue 12), one file each, and what they share: the [`Plan`] (how long
 //! and how many, quick or full) and the closed-loop rate measurement behind the two
 //! throughput scenarios.
 //!
@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod echo_latency;
 pub mod echo_throughput;
 pub mod fairness;
+pub mod jetstream;
 pub mod sleeping;
 pub mod startup;
 
