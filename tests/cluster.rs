@@ -334,39 +334,57 @@ async fn submit_all(client: &mut Client, count: usize, task: &str, input: Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_slow_tasks_and_a_killed_nodes_tasks_run_again() {
+    share_then_kill_one(2, 4, 40, 1.5).await;
+}
+
+/// The larger case: three nodes, 300 tasks, one node killed mid-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_run_300_tasks_exactly_once_when_one_is_killed() {
+    share_then_kill_one(3, 8, 300, 0.3).await;
+}
+
+/// `nodes` nodes of `workers` task workers on one broker; `count` slow tasks of `seconds`
+/// submitted to the first; the last is killed with SIGKILL once it runs tasks. Every task
+/// ends exactly once at the client, finished, and the killed node's tasks ran again.
+async fn share_then_kill_one(nodes: usize, workers: usize, count: usize, seconds: f64) {
     let Some(broker) = Broker::start() else {
         return;
     };
     let folder = tasks();
-    let a = Node::start(&broker, "a", &folder.path, 4).await;
-    let b = Node::start(&broker, "b", &folder.path, 4).await;
-    let mut client = a.client().await;
-    let ids = submit_all(&mut client, 40, "slow", json!({"seconds": 1.5})).await;
+    let mut started_nodes = Vec::with_capacity(nodes);
+    for n in 0..nodes {
+        let name = ["a", "b", "c", "d"][n];
+        started_nodes.push(Node::start(&broker, name, &folder.path, workers).await);
+    }
+    let victim = started_nodes.pop().expect("at least two nodes");
+    let first = &started_nodes[0];
+    let mut client = first.client().await;
+    let ids = submit_all(&mut client, count, "slow", json!({ "seconds": seconds })).await;
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();
-    assert_eq!(unique.len(), 40, "ids are unique: {ids:?}");
+    assert_eq!(unique.len(), count, "ids are unique: {ids:?}");
 
-    // Node b takes its share: it runs tasks submitted to a.
+    // The last node takes its share: it runs tasks submitted to the first.
     let started = Instant::now();
     loop {
-        let running = metric_sum(&b.metrics().await, "taskhost_running_tasks");
+        let running = metric_sum(&victim.metrics().await, "taskhost_running_tasks");
         if running >= 1.0 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "node b never ran a task"
+            "the last node never ran a task"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    b.kill();
+    victim.kill();
 
     let ends = terminals(
         &mut client,
         &ids,
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         Duration::from_secs(3),
     )
     .await;
@@ -389,8 +407,11 @@ async fn two_nodes_share_slow_tasks_and_a_killed_nodes_tasks_run_again() {
         again >= 1,
         "the killed node's tasks ran again elsewhere (attempts > 1): {ends:?}"
     );
-    let redelivered = metric_sum(&a.metrics().await, "taskhost_cluster_redelivered_total");
-    assert!(redelivered >= 1.0, "node a counts the redeliveries");
+    let mut redelivered = 0.0;
+    for node in &started_nodes {
+        redelivered += metric_sum(&node.metrics().await, "taskhost_cluster_redelivered_total");
+    }
+    assert!(redelivered >= 1.0, "the nodes left count the redeliveries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
