@@ -597,3 +597,39 @@ async fn the_same_key_from_two_nodes_runs_once_and_retries_count_attempts() {
     assert_eq!(flaky["type"], "finished", "{flaky}");
     assert_eq!(flaky["attempts"], 3, "{flaky}");
 }
+
+/// A node whose `slow` is another module (here `echo` under that name) leaves the tasks
+/// accepted with the real `slow` to the node that has it, and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_accepted_module_version_leaves_the_task_to_others() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let right = tasks();
+    let wrong = TaskFolder::with(&["echo.wasm"]);
+    wrong.copy_in("echo.wasm", "slow.wasm");
+    let a = Node::start(&broker, "a", &right.path, 2).await;
+    let b = Node::start(&broker, "b", &wrong.path, 4).await;
+    let mut client = a.client().await;
+    let ids = submit_all(&mut client, 12, "slow", json!({"seconds": 0.2})).await;
+    let ends = terminals(
+        &mut client,
+        &ids,
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+    )
+    .await;
+    for id in &ids {
+        let ends = &ends[id];
+        assert_eq!(ends.len(), 1, "task {id}: {ends:?}");
+        assert_eq!(
+            ends[0]["result"], "success",
+            "run by the accepted version, never by b's: {}",
+            ends[0]
+        );
+    }
+    let left = metric_sum(&b.metrics().await, "taskhost_cluster_module_missing");
+    assert!(left >= 1.0, "node b pulled tasks and left them: {left}");
+    b.wait_for_log("lacks the module version", Duration::from_secs(5))
+        .await;
+}
