@@ -759,20 +759,7 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start taskhost");
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                log.read_line(&mut line).unwrap() > 0,
-                "taskhost exited before listening"
-            );
-            if let Some(at) = line.find("address=")
-                && line.contains("taskhost listening")
-            {
-                break line[at + 8..].split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in log.lines() {});
+        let addr = crate::common::listening_address(&mut child);
         Binary { child, addr }
     }
 

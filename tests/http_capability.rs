@@ -3,7 +3,6 @@
 //! names, the caps, and the task's deadline and cancel during a slow response; first the
 //! host's client on its own, then `fetch` (Rust) and `fetch_c` (C) in the built binary.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -371,16 +370,7 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start taskhost");
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        loop {
-            let mut line = String::new();
-            let read = log.read_line(&mut line).unwrap();
-            assert!(read > 0, "taskhost exited before listening");
-            if line.contains("taskhost listening") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in log.lines() {});
+        crate::common::listening_address(&mut child);
         Binary { child, address }
     }
 

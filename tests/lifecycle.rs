@@ -1,5 +1,6 @@
 //! The HTTP side of the port, graceful shutdown, and an application with callbacks of its own.
 
+use crate::common::listening_address;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -566,24 +567,6 @@ async fn json_logs_are_json_clipped_and_quiet_per_task() {
             .any(|e| e["fields"]["message"] == "task rejected"),
         "the rejection was logged"
     );
-}
-
-/// Reads the binary's log until it says where it listens.
-pub(crate) fn listening_address(child: &mut std::process::Child) -> String {
-    use std::io::{BufRead, BufReader};
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "taskhost exited before listening"
-        );
-        if let Some(rest) = line.split("address=").nth(1) {
-            let address = rest.split_whitespace().next().unwrap().to_owned();
-            std::thread::spawn(move || for _ in log.lines() {});
-            return address;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

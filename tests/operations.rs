@@ -14,8 +14,9 @@ use clap::CommandFactory;
 use serde_json::json;
 
 use crate::cdp::Browser;
+use crate::common::listening_address;
 use crate::common::{Client, TaskFolder, start_server_with, taskhost_command, test_config};
-use crate::lifecycle::{get, listening_address, spawn_binary_with_env};
+use crate::lifecycle::{get, spawn_binary_with_env};
 
 /// The promise of the dashboard: real traffic shows within two seconds.
 const DASHBOARD_DEADLINE: Duration = Duration::from_secs(2);

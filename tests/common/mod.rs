@@ -354,3 +354,21 @@ impl Client {
         }
     }
 }
+
+/// Reads the binary's log until it says where it listens.
+pub fn listening_address(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "taskhost exited before listening"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            let address = rest.split_whitespace().next().unwrap().to_owned();
+            std::thread::spawn(move || for _ in log.lines() {});
+            return address;
+        }
+    }
+}

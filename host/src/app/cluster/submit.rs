@@ -91,17 +91,16 @@ pub(crate) async fn submit<A: App>(
         }
     };
     let task_id = ack.sequence;
+    let accepted = Reply::Accepted {
+        task_id,
+        task: &module.name,
+        reference: task.reference.as_ref(),
+        limits,
+    };
     if ack.duplicate {
         // The key names task `task_id`: this one is that one, as on one node.
         ctx.metrics().attach("same_key");
-        client
-            .send(&Reply::Accepted {
-                task_id,
-                task: &module.name,
-                reference: task.reference.as_ref(),
-                limits,
-            })
-            .await;
+        client.send(&accepted).await;
         super::attach::follow_quietly(ctx, cluster, client, task_id).await;
         return;
     }
@@ -112,14 +111,7 @@ pub(crate) async fn submit<A: App>(
     };
     // Events may have come before the ack: they are held until `accepted` is out.
     cluster.following.begin(task_id, known);
-    client
-        .send(&Reply::Accepted {
-            task_id,
-            task: &module.name,
-            reference: task.reference.as_ref(),
-            limits,
-        })
-        .await;
+    client.send(&accepted).await;
     if let Some(held) = cluster.following.open(task_id, client) {
         send_held(client, held).await;
     }
