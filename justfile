@@ -36,7 +36,7 @@ build-guests: wasm-target
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --profile guest --target wasm32-wasip1 {{ guest_packages }} -p taskhost-guest
-    cargo build --profile guest --target wasm32-wasip2 {{ prepend("-p ", guest_components) }} -p counter
+    cargo build --profile guest --target wasm32-wasip2 {{ prepend("-p ", guest_components) }} -p counter -p fetch
     target="$({{ target_dir }})"
     [ -d "$target" ] || { echo "cargo reported no target directory (got '$target')" >&2; exit 1; }
     mkdir -p tasks
@@ -45,9 +45,12 @@ build-guests: wasm-target
     put() { local name; name="$(basename "$1")"; cp "$1" "tasks/$name.tmp"; mv "tasks/$name.tmp" "tasks/$name"; }
     for task in {{ guest_tasks }}; do put "$target/wasm32-wasip1/guest/$task.wasm"; done
     for task in {{ guest_components }}; do put "$target/wasm32-wasip2/guest/$task.wasm"; done
-    # `counter` again, as a component: the capabilities through the WIT interfaces.
-    cp "$target/wasm32-wasip2/guest/counter.wasm" tasks/counter_component.wasm.tmp
-    mv tasks/counter_component.wasm.tmp tasks/counter_component.wasm
+    # `counter` and `fetch` again, as components: the capabilities through the WIT
+    # interfaces, and outbound HTTP through the standard wasi:http.
+    for task in counter fetch; do
+        cp "$target/wasm32-wasip2/guest/$task.wasm" "tasks/${task}_component.wasm.tmp"
+        mv "tasks/${task}_component.wasm.tmp" "tasks/${task}_component.wasm"
+    done
     for file in guest-tasks/wat/*.wat guest-tasks/manifests/*.toml; do put "$file"; done
     echo "tasks/: $(ls tasks | tr '\n' ' ')"
 

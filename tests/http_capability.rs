@@ -379,11 +379,13 @@ impl Binary {
     }
 }
 
-/// A tasks folder with `fetch` (and `fetch_c`, the C one) granted `origins`, and a copy of
-/// `fetch` with no manifest (`fetch_ungranted`).
+/// A tasks folder with `fetch` (and `fetch_c`, the C one, and `fetch_component`, the
+/// component through wasi:http) granted `origins`, and copies of `fetch` and
+/// `fetch_component` with no manifest (`fetch_ungranted`, `fetch_component_ungranted`).
 fn fetch_folder(origins: &[String]) -> TaskFolder {
-    let folder = TaskFolder::with(&["fetch.wasm", "fetch_c.wasm"]);
+    let folder = TaskFolder::with(&["fetch.wasm", "fetch_c.wasm", "fetch_component.wasm"]);
     folder.copy_in("fetch.wasm", "fetch_ungranted.wasm");
+    folder.copy_in("fetch_component.wasm", "fetch_component_ungranted.wasm");
     let grant = format!(
         "[capabilities]\nhttp = [{}]\n",
         origins
@@ -392,10 +394,15 @@ fn fetch_folder(origins: &[String]) -> TaskFolder {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    folder.write("fetch.toml", &grant);
-    folder.write("fetch_c.toml", &grant);
+    for task in FETCH_TASKS {
+        folder.write(&format!("{task}.toml"), &grant);
+    }
     folder
 }
+
+/// The bundled tasks that fetch: Rust and C modules through the `http` capability's JSON
+/// call, and the Rust one built as a component, through `wasi:http/outgoing-handler`.
+const FETCH_TASKS: [&str; 3] = ["fetch", "fetch_c", "fetch_component"];
 
 fn failure_message(message: &Value) -> &str {
     assert_eq!(message["type"], "failed", "{message}");
@@ -410,7 +417,7 @@ async fn fetch_reaches_a_listed_origin_and_no_other_through_the_binary() {
     let server = Binary::start(&folder.path);
     let mut client = server.client().await;
 
-    for task in ["fetch", "fetch_c"] {
+    for task in FETCH_TASKS {
         let finished = client.run(task, json!({"url": listed.url("/hello")})).await;
         assert_eq!(finished["type"], "finished", "{task}: {finished}");
         assert_eq!(finished["result"]["status"], 200, "{finished}");
@@ -441,6 +448,27 @@ async fn fetch_reaches_a_listed_origin_and_no_other_through_the_binary() {
     let message = failure_message(&failed);
     assert!(message.contains("not allowed"), "{message}");
     assert!(message.contains("grants no origins"), "{message}");
+    let failed = client
+        .run(
+            "fetch_component_ungranted",
+            json!({"url": listed.url("/hello")}),
+        )
+        .await;
+    let message = failure_message(&failed);
+    assert!(message.contains("not allowed"), "{message}");
+    assert!(message.contains(&listed.origin()), "{message}");
+    assert_eq!(
+        listed.requests().len(),
+        FETCH_TASKS.len() * 2,
+        "a refused request reached the origin: {:?}",
+        listed.requests()
+    );
+
+    // A component follows a redirect within the listed origin itself (wasi:http follows
+    // none), and the host checks the new request again.
+    let within = listed.url(&format!("/redirect?to={}", listed.url("/hello")));
+    let finished = client.run("fetch_component", json!({"url": within})).await;
+    assert_eq!(finished["result"]["body"], "hello", "{finished}");
 
     // The refusals are counted.
     let (_, metrics) =
@@ -460,42 +488,44 @@ async fn cancel_and_timeout_end_a_task_waiting_on_a_slow_response() {
     let server = Binary::start(&folder.path);
     let mut client = server.client().await;
 
-    // Timeout: the task's limit of 300 ms ends it while the response trickles.
-    let started = std::time::Instant::now();
-    client
-        .send(
-            json!({"type": "task", "task": "fetch", "input": {"url": origin.url("/slow")},
-                     "limits": {"timeout_ms": 300}}),
-        )
-        .await;
-    let accepted = client.recv().await;
-    let ended = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
-    assert_eq!(ended["error"]["code"], "timeout", "{ended}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
-    wait_for(|| origin.closed_mid_response() == 1).await;
+    for (round, task) in ["fetch", "fetch_component"].into_iter().enumerate() {
+        // Timeout: the task's limit of 300 ms ends it while the response trickles.
+        let started = std::time::Instant::now();
+        client
+            .send(
+                json!({"type": "task", "task": task, "input": {"url": origin.url("/slow")},
+                         "limits": {"timeout_ms": 300}}),
+            )
+            .await;
+        let accepted = client.recv().await;
+        let ended = client.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+        assert_eq!(ended["error"]["code"], "timeout", "{task}: {ended}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{task}: took {:?}",
+            started.elapsed()
+        );
+        wait_for(|| origin.closed_mid_response() == round * 2 + 1).await;
 
-    // Cancel: the task ends at once, and the host closes its connection to the origin.
-    let task_id = client
-        .submit("fetch", json!({"url": origin.url("/slow")}))
-        .await;
-    let task_id = task_id["task_id"].as_u64().unwrap();
-    wait_for(|| origin.requests().len() == 2).await;
-    let started = std::time::Instant::now();
-    client
-        .send(json!({"type": "cancel", "task_id": task_id}))
-        .await;
-    let ended = client.recv_for(task_id).await;
-    assert_eq!(ended["error"]["code"], "cancelled", "{ended}");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
-    wait_for(|| origin.closed_mid_response() == 2).await;
+        // Cancel: the task ends at once, and the host closes its connection to the origin.
+        let task_id = client
+            .submit(task, json!({"url": origin.url("/slow")}))
+            .await;
+        let task_id = task_id["task_id"].as_u64().unwrap();
+        wait_for(|| origin.requests().len() == round * 2 + 2).await;
+        let started = std::time::Instant::now();
+        client
+            .send(json!({"type": "cancel", "task_id": task_id}))
+            .await;
+        let ended = client.recv_for(task_id).await;
+        assert_eq!(ended["error"]["code"], "cancelled", "{task}: {ended}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{task}: took {:?}",
+            started.elapsed()
+        );
+        wait_for(|| origin.closed_mid_response() == round * 2 + 2).await;
+    }
 }
 
 /// The cost of an http capability call against the same request made natively by the host's
@@ -561,33 +591,77 @@ async fn the_operator_s_http_caps_bound_each_task() {
     // --http-requests 1 --http-response-bytes 2000
     config.capabilities.http.max_requests = 1;
     config.capabilities.http.max_response_bytes = 2000;
+    config.capabilities.http.max_request_bytes = 1000;
     let server = crate::common::start_server_with(config, taskhost::ProtocolApp).await;
     let mut client = server.client().await;
 
-    let finished = client
-        .run("fetch", json!({"url": origin.url("/hello")}))
-        .await;
-    assert_eq!(finished["result"]["body"], "hello", "{finished}");
+    for task in ["fetch", "fetch_component"] {
+        let finished = client.run(task, json!({"url": origin.url("/hello")})).await;
+        assert_eq!(finished["result"]["body"], "hello", "{task}: {finished}");
 
-    // A redirect is a second request: past the task's one.
-    let redirect = origin.url(&format!("/redirect?to={}", origin.url("/hello")));
-    let failed = client.run("fetch", json!({"url": redirect})).await;
-    let message = failure_message(&failed);
-    assert!(message.contains("--http-requests"), "{message}");
+        // A redirect is a second request: past the task's one.
+        let redirect = origin.url(&format!("/redirect?to={}", origin.url("/hello")));
+        let failed = client.run(task, json!({"url": redirect})).await;
+        let message = failure_message(&failed);
+        assert!(message.contains("--http-requests"), "{task}: {message}");
 
-    // 100,000 bytes: past the task's 2,000.
-    let failed = client
-        .run("fetch", json!({"url": origin.url("/big")}))
-        .await;
-    let message = failure_message(&failed);
-    assert!(message.contains("--http-response-bytes"), "{message}");
+        // 100,000 bytes: past the task's 2,000.
+        let failed = client.run(task, json!({"url": origin.url("/big")})).await;
+        let message = failure_message(&failed);
+        assert!(
+            message.contains("--http-response-bytes"),
+            "{task}: {message}"
+        );
+
+        // A body of 5,000 bytes: past the 1,000 one request may carry.
+        let requests_before = origin.requests().len();
+        let post = json!({"url": origin.url("/hello"), "method": "POST", "body": "x".repeat(5000)});
+        let failed = client.run(task, post).await;
+        let message = failure_message(&failed);
+        assert!(
+            message.contains("--http-request-bytes"),
+            "{task}: {message}"
+        );
+        assert!(
+            origin.requests().len() <= requests_before + 1,
+            "{task}: {:?}",
+            origin.requests()
+        );
+    }
     let metrics = crate::lifecycle::http(server.addr, "GET", "/metrics")
         .await
         .1;
     assert!(
         metrics.contains(
-            "taskhost_capability_calls_total{capability=\"http\",outcome=\"limit_reached\"} 2"
+            "taskhost_capability_calls_total{capability=\"http\",outcome=\"limit_reached\"} 6"
         ),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_may_not_reach_loopback_behind_a_listed_name() {
+    let origin = OriginServer::start().await;
+    let by_name = format!("http://localhost:{}", origin.address.port());
+    let folder = fetch_folder(std::slice::from_ref(&by_name));
+    let server = Binary::start(&folder.path);
+    let mut client = server.client().await;
+
+    let failed = client
+        .run(
+            "fetch_component",
+            json!({"url": format!("{by_name}/hello")}),
+        )
+        .await;
+    let message = failure_message(&failed);
+    assert!(
+        message.contains("not allowed") && message.contains("internal"),
+        "{message}"
+    );
+    assert!(message.contains(&by_name), "{message}");
+    assert_eq!(
+        origin.connections(),
+        0,
+        "the loopback address was contacted"
     );
 }

@@ -1,13 +1,21 @@
 //! Outbound HTTP through the host, to the origins the task's manifest lists
-//! (`[capabilities] http = ["https://api.example.com"]`): the host makes the request and
-//! follows redirects, checking each origin; the task never holds a socket. Any other origin
-//! is refused with a [`CallError`] whose code is `not_allowed`.
+//! (`[capabilities] http = ["https://api.example.com"]`): the host makes the request,
+//! checking each origin; the task never holds a socket. Any other origin is refused with a
+//! [`CallError`] whose code is `not_allowed`.
+//!
+//! - A preview 1 module sends the request as one JSON call to the `http` capability; the
+//!   host follows redirects, checking each.
+//! - A preview 2 component sends it through the standard `wasi:http/outgoing-handler`
+//!   (`wasi_http.rs`), which follows no redirects: this crate follows them, at most
+//!   [`MAX_REDIRECTS`], and the host checks each new request again.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::call::{CallError, call};
+use crate::call::CallError;
+#[cfg(not(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2")))]
+use crate::call::call;
 
 /// A request: `GET` with no headers or body unless set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +60,21 @@ pub fn get(url: &str) -> Result<Response, CallError> {
     request(&Request::get(url))
 }
 
-/// Sends `request` through the host.
+/// Redirects followed for one request; one more is an error (the host's own limit for
+/// preview 1 modules is the same).
+pub const MAX_REDIRECTS: u32 = 5;
+
+/// Sends `request` through the host and returns the last response after redirects.
 pub fn request(request: &Request) -> Result<Response, CallError> {
+    #[cfg(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2"))]
+    return crate::wasi_http::request(request);
+    #[cfg(not(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2")))]
+    return request_through_call(request);
+}
+
+/// Sends `request` as one JSON call to the `http` capability (preview 1).
+#[cfg(not(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2")))]
+fn request_through_call(request: &Request) -> Result<Response, CallError> {
     let request = json!({
         "method": request.method,
         "url": request.url,

@@ -32,6 +32,8 @@ mod call;
 mod capabilities;
 pub mod http;
 mod progress;
+#[cfg(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2"))]
+mod wasi_http;
 
 use std::io::{self, Read, Write};
 use std::process;

@@ -211,15 +211,36 @@ impl TaskAccess {
         }
     }
 
-    /// The task's HTTP session, made by `make` (from the grants and the task's deadline)
-    /// on the first request.
-    fn http_session(
-        &self,
-        make: impl FnOnce(&Grants, Instant) -> http::HttpSession,
-    ) -> &http::HttpSession {
-        self.usage
-            .http
-            .get_or_init(|| make(&self.grants, self.deadline))
+    /// The task's outbound HTTP: its allowlist (the manifest's `http` grant), the
+    /// operator's caps and the task's deadline, made on the first request.
+    pub fn http(&self) -> &http::HttpSession {
+        self.usage.http.get_or_init(|| {
+            // The grant was checked when the manifest was read; an entry that no longer
+            // parses grants nothing.
+            let allowlist = http::Allowlist::parse(&self.grants.http).unwrap_or_default();
+            http::HttpSession::new(
+                allowlist.into(),
+                self.host.http_caps,
+                tokio::time::Instant::from_std(self.deadline),
+            )
+        })
+    }
+
+    /// Counts one request a component made through `wasi:http` (not through
+    /// [`TaskAccess::call`], which counts its own) under the `http` capability, as a call
+    /// would be counted: by outcome, and refusals once more. A failure is logged at debug.
+    pub fn count_http<T>(&self, result: &Result<T, http::HttpError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(error) => http::call_error(error.clone()).code.as_str(),
+        };
+        self.host.counters.call("http", outcome);
+        if let Err(error) = result {
+            if matches!(error, http::HttpError::NotAllowed { .. }) {
+                self.host.counters.refused("http");
+            }
+            tracing::debug!(task = %self.task, capability = "http", code = outcome, message = %error, "wasi:http request refused or failed");
+        }
     }
 
     /// The task's grants.

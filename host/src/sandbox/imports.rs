@@ -57,6 +57,11 @@ pub fn component_linker(engine: &Engine) -> anyhow::Result<ComponentLinker<Compo
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("could not link WASI preview 2")?;
+    // wasi:http's outgoing handler and types; requests go through the task's http grant
+    // (sandbox/wasi_http.rs).
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("could not link wasi:http")?;
     linker
         .instance(PROGRESS_INTERFACE)
         .and_then(|mut progress| {

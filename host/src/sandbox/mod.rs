@@ -24,6 +24,7 @@ mod state;
 mod stdio;
 mod warm;
 mod wasi_abi;
+mod wasi_http;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi_http::WasiHttpCtx;
 
 pub use engine::{EngineSettings, FUEL_YIELD_INTERVAL, physical_memory};
 pub use outcome::{Failure, RunEnd};
@@ -48,6 +50,7 @@ use output::OutputCapture;
 use state::{ComponentState, Controlled, Controls, HostSlice, ModuleState};
 use stdio::Stdio;
 use warm::Warmer;
+use wasi_http::TaskHttp;
 
 /// The most randomness a component gets from one call (`wasi:random`), in bytes.
 const COMPONENT_MAX_RANDOM: u64 = 1 << 20;
@@ -55,6 +58,10 @@ const COMPONENT_MAX_RANDOM: u64 = 1 << 20;
 /// The most resource handles (streams, pollables) a component may hold at once: they live
 /// in host memory, outside the task's memory limit (wasmtime's default is a million).
 const COMPONENT_MAX_HANDLES: usize = 10_000;
+
+/// The most one `wasi:http` header set (a `fields` resource) may hold, in bytes of its
+/// in-memory form: the host holds them, outside the task's memory cap.
+const COMPONENT_MAX_HEADER_BYTES: usize = 64 << 10;
 
 /// The most data a component may hand the host in one call, in bytes (wasmtime's "hostcall
 /// fuel", whose default is 128 MiB): its strings and lists, such as a progress message, a
@@ -250,6 +257,12 @@ impl Sandbox {
                         table.set_max_capacity(COMPONENT_MAX_HANDLES);
                         table
                     },
+                    http: {
+                        let mut http = WasiHttpCtx::new();
+                        http.set_field_size_limit(COMPONENT_MAX_HEADER_BYTES);
+                        http
+                    },
+                    http_hooks: TaskHttp::new(controls.capabilities.clone()),
                     controls,
                 };
                 self.metered(state, &spec, &capture, pre).await

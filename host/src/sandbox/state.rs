@@ -12,8 +12,11 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
 use super::limiter::MemoryCap;
 use super::stdio::{Stdio, StdioView};
+use super::wasi_http::TaskHttp;
 use crate::capabilities::TaskAccess;
 
 /// Where a task's progress reports go: the host's `progress` import calls it with a fraction
@@ -159,6 +162,10 @@ pub struct ComponentState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub controls: Controls,
+    /// `wasi:http`'s settings (the size of a header set).
+    pub http: WasiHttpCtx,
+    /// Where `wasi:http` sends requests: through the task's `http` grant.
+    pub http_hooks: TaskHttp,
 }
 
 impl Controlled for ModuleState {
@@ -211,6 +218,16 @@ impl CallHookHandler<ComponentState> for YieldAfterSlice {
             store.data_mut().controls.slice.restart();
         }
         Ok(())
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Allowlist, HttpError, HttpRequest, HttpSession};
+use super::{HttpError, HttpRequest};
 use crate::capabilities::{CallError, ErrorCode, TaskAccess};
 
 pub async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallError> {
@@ -14,22 +14,14 @@ pub async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallErro
              \"…\"}}: {error}"
         ))
     })?;
-    let session = access.http_session(|grants, deadline| {
-        // The grant was checked when the manifest was read; an entry that no longer
-        // parses grants nothing.
-        let allowlist = Allowlist::parse(&grants.http).unwrap_or_default();
-        HttpSession::new(
-            allowlist.into(),
-            access.host.http_caps,
-            tokio::time::Instant::from_std(deadline),
-        )
-    });
+    let session = access.http();
     let response = session.send(request).await.map_err(call_error)?;
     serde_json::to_value(response)
         .map_err(|error| CallError::failed(format!("the response cannot be encoded: {error}")))
 }
 
-fn call_error(error: HttpError) -> CallError {
+/// The call error a refusal or failure of the HTTP client is to the task.
+pub fn call_error(error: HttpError) -> CallError {
     let code = match &error {
         HttpError::NotAllowed { .. } => ErrorCode::NotAllowed,
         HttpError::Limit(_) => ErrorCode::LimitReached,

@@ -53,6 +53,7 @@ pub async fn addresses(
                 first.ip(),
                 origin.with_address(first.ip())
             ),
+            internal: true,
         }),
     }
 }

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub(super) use call::call;
+pub(super) use call::{call, call_error};
+pub use connect::Stream;
+pub use exchange::MAX_HEAD_BYTES;
 pub use origin::{Allowlist, Origin, OriginHost, Scheme, is_internal};
 pub use session::{HttpCaps, HttpSession};
 
@@ -63,7 +65,13 @@ pub struct HttpResponse {
 pub enum HttpError {
     /// The grant does not cover the origin (or the address its name resolves to).
     #[error("{origin} is not allowed: {why}")]
-    NotAllowed { origin: String, why: String },
+    NotAllowed {
+        origin: String,
+        why: String,
+        /// Refused for the address a listed name resolves to (loopback, private,
+        /// link-local), not for the origin itself.
+        internal: bool,
+    },
     /// One of the task's caps (requests, bytes, redirects) is used up.
     #[error("{0}")]
     Limit(String),

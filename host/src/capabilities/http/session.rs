@@ -10,7 +10,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use tokio::time::Instant;
 use url::Url;
 
-use super::connect::addresses;
+use super::connect::{Stream, addresses, connect};
 use super::exchange::{Outgoing, exchange, is_redirect};
 use super::origin::{Allowlist, Origin};
 use super::{HttpError, HttpRequest, HttpResponse};
@@ -84,6 +84,33 @@ impl HttpSession {
     /// Requests made so far, redirects included.
     pub fn requests(&self) -> u32 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The caps this session enforces.
+    pub fn caps(&self) -> HttpCaps {
+        self.caps
+    }
+
+    /// The task's deadline: nothing of its HTTP outlives it.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// A connection for one request that the task frames itself (a component's
+    /// `wasi:http/outgoing-handler`, which follows no redirects: each redirect the guest
+    /// follows comes here again). The same checks as [`HttpSession::send`] makes before a
+    /// byte goes out: the origin is listed, the request count is within the cap, a name's
+    /// internal addresses are dropped, and the connection goes to an address judged.
+    pub async fn open(&self, url: &Url) -> Result<(Origin, Box<dyn Stream>), HttpError> {
+        let origin = self.check(url, None)?;
+        self.take_request(&origin)?;
+        let found = self
+            .until_deadline(&origin, addresses(&origin, &self.allowlist))
+            .await?;
+        let stream = self
+            .until_deadline(&origin, connect(&origin, &found))
+            .await?;
+        Ok((origin, stream))
     }
 
     /// Makes `request`, following redirects, and returns the last response. The origin of
@@ -179,6 +206,7 @@ impl HttpSession {
         Err(HttpError::NotAllowed {
             origin: origin.to_string(),
             why,
+            internal: false,
         })
     }
 
@@ -223,7 +251,8 @@ impl HttpSession {
         Ok(())
     }
 
-    fn take_bytes(&self, bytes: u64) -> Result<(), HttpError> {
+    /// Counts `bytes` more of responses against the task's cap, or says the cap is passed.
+    pub fn take_bytes(&self, bytes: u64) -> Result<(), HttpError> {
         let before = self.response_bytes.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > self.caps.max_response_bytes {
             return Err(HttpError::Limit(format!(
@@ -236,7 +265,7 @@ impl HttpSession {
     }
 
     /// `work`, unless the task's deadline comes first.
-    async fn until_deadline<T>(
+    pub async fn until_deadline<T>(
         &self,
         origin: &Origin,
         work: impl Future<Output = Result<T, HttpError>>,
