@@ -542,43 +542,43 @@ async fn measure_http_call_cost() {
     let mut client = server.client().await;
     let url = origin.url("/hello");
 
-    let mut timings: [Vec<Duration>; 3] = Default::default();
+    // native, echo, fetch (the JSON call), fetch_component (wasi:http)
+    let mut timings: [Vec<Duration>; 4] = Default::default();
     for round in 0..ROUNDS + 20 {
         // A session per request, as a task has one (and its cap of 32 requests).
         let native = session(&[origin.origin()], Duration::from_secs(60));
         let started = std::time::Instant::now();
         native.send(get(&url)).await.unwrap();
-        let native_time = started.elapsed();
-        let started = std::time::Instant::now();
-        let finished = client.run("echo", json!({"url": url})).await;
-        let echo_time = started.elapsed();
-        assert_eq!(finished["type"], "finished");
-        let started = std::time::Instant::now();
-        let finished = client.run("fetch", json!({"url": url})).await;
-        let fetch_time = started.elapsed();
-        assert_eq!(finished["result"]["body"], "hello", "{finished}");
+        let mut times = [started.elapsed(); 4];
+        for (slot, task) in [(1, "echo"), (2, "fetch"), (3, "fetch_component")] {
+            let started = std::time::Instant::now();
+            let finished = client.run(task, json!({"url": url})).await;
+            times[slot] = started.elapsed();
+            assert_eq!(finished["type"], "finished", "{task}: {finished}");
+        }
         if round >= 20 {
             // The first rounds warm caches and connections; they are not counted.
-            timings[0].push(native_time);
-            timings[1].push(echo_time);
-            timings[2].push(fetch_time);
+            for (timing, time) in timings.iter_mut().zip(times) {
+                timing.push(time);
+            }
         }
     }
-    let median = |times: &mut Vec<Duration>| {
+    let [native, echo, fetch, component] = timings.map(|mut times| {
         times.sort();
         times[times.len() / 2]
-    };
-    let [native, echo, fetch] = &mut timings;
-    let (native, echo, fetch) = (median(native), median(echo), median(fetch));
+    });
     println!("median of {ROUNDS} rounds, one GET of 5 bytes from 127.0.0.1:");
     println!("  native (HttpSession::send in the host):      {native:?}");
     println!("  echo task round trip (no call):              {echo:?}");
     println!("  fetch task round trip (one http call):       {fetch:?}");
-    println!(
-        "  the call through the sandbox, fetch - echo:  {:?} ({:?} over native)",
-        fetch.saturating_sub(echo),
-        fetch.saturating_sub(echo).saturating_sub(native)
-    );
+    println!("  fetch_component round trip (wasi:http):      {component:?}");
+    for (what, time) in [("fetch", fetch), ("fetch_component", component)] {
+        println!(
+            "  the request through the sandbox, {what} - echo:  {:?} ({:?} over native)",
+            time.saturating_sub(echo),
+            time.saturating_sub(echo).saturating_sub(native)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
