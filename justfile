@@ -148,6 +148,13 @@ bench-cluster TASKS="2000": build-guests
     cargo build --release --all-targets {{ host_packages }}
     CARGO_TARGET_DIR="$({{ target_dir }})" python3 bench/cluster_cost.py {{ TASKS }}
 
+# Needs python3-websockets. Flags after `--` go to the server (`just bench-sleepers 10000 --
+# --warm-slots 0`).
+# Where a sleeping task's memory goes: N `slow` tasks asleep at once, the server's RSS, PSS and smaps by mapping, per sleeper (docs/PERFORMANCE.md).
+bench-sleepers N="10000" *ARGS: build-guests
+    cargo build --release --all-targets {{ host_packages }}
+    CARGO_TARGET_DIR="$({{ target_dir }})" python3 bench/sleeper_memory.py {{ N }} {{ ARGS }}
+
 # Build Swoole 6.2.2 for Debian's PHP 8.2 into the target directory (swoole/swoole.so), for the
 # benchmark's peer column. SRC: a git clone of swoole/swoole-src holding tag v6.2.2
 # (after `git clone https://github.com/swoole/swoole-src`, pass swoole-src/.git); installs

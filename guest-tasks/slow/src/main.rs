@@ -10,6 +10,12 @@
 //! of 5.0 s"), the last report being 1.0. Each part sleeps until its share of the
 //! whole is due, measured from the start, so the steps do not add up to more than the
 //! time asked for.
+//!
+//! It formats no floats: core's float formatting brings about 3 KiB of tables into the
+//! module's data image, which the kernel maps whole into every running instance, so
+//! 10,000 sleepers would hold 40 MiB more (docs/PERFORMANCE.md, "Where a sleeper's memory
+//! goes"). Seconds are printed from whole nanoseconds, and a bad `seconds` is quoted as
+//! JSON.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,7 +40,9 @@ fn main() {
 fn sleep_seconds(input: &Value) -> Result<Duration, String> {
     let seconds = input_number(input, "seconds")?.unwrap_or(DEFAULT_SECONDS);
     Duration::try_from_secs_f64(seconds).map_err(|_| {
-        format!("`seconds` must be a number of seconds from 0 to about 1.8e19; got {seconds}")
+        // The number as the client wrote it: `input.seconds`, or the bare number.
+        let given = input.get("seconds").unwrap_or(input);
+        format!("`seconds` must be a number of seconds from 0 to about 1.8e19; got {given}")
     })
 }
 
@@ -49,11 +57,53 @@ fn sleep_reporting(total: Duration) {
         thread::sleep(due.saturating_sub(started.elapsed()));
         progress(
             fraction,
-            &format!(
-                "slept {:.1} of {:.1} s",
-                due.as_secs_f64(),
-                total.as_secs_f64()
-            ),
+            &format!("slept {} of {} s", Tenths(due), Tenths(total)),
         );
+    }
+}
+
+/// A duration in seconds with one decimal ("2.5"), rounded to the nearest tenth, ties to
+/// even: what `{:.1}` prints for `as_secs_f64()`, in integer arithmetic (see the module's
+/// doc). They differ only at a tie whose decimal has no exact binary form (0.15 s: `{:.1}`
+/// rounds the float just below it, "0.1"; this gives "0.2").
+struct Tenths(Duration);
+
+impl std::fmt::Display for Tenths {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const TENTH: u128 = 100_000_000;
+        let nanos = self.0.as_nanos();
+        let (mut tenths, rest) = (nanos / TENTH, nanos % TENTH);
+        if rest > TENTH / 2 || (rest == TENTH / 2 && tenths % 2 == 1) {
+            tenths += 1;
+        }
+        write!(out, "{}.{}", tenths / 10, tenths % 10)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenths_print_like_one_decimal_of_the_seconds() {
+        for (nanos, printed) in [
+            (0, "0.0"),
+            (100_000_000, "0.1"),
+            (1_000_000_000, "1.0"),
+            (2_549_999_999, "2.5"),
+            (250_000_000, "0.2"),
+            (750_000_000, "0.8"),
+            (1_250_000_000, "1.2"),
+            (4_960_000_000, "5.0"),
+            (u64::MAX, "18446744073.7"),
+        ] {
+            let duration = Duration::from_nanos(nanos);
+            assert_eq!(Tenths(duration).to_string(), printed);
+            assert_eq!(format!("{:.1}", duration.as_secs_f64()), printed, "{nanos}");
+        }
+        // The one kind of difference: a tie with no exact binary form.
+        let duration = Duration::from_millis(150);
+        assert_eq!(Tenths(duration).to_string(), "0.2");
+        assert_eq!(format!("{:.1}", duration.as_secs_f64()), "0.1");
     }
 }
