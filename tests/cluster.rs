@@ -125,7 +125,23 @@ impl Broker {
         if let Some(mut process) = self.process.take() {
             // SAFETY: a plain kill(2) on our own child's pid.
             unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
-            let _ = process.0.wait();
+            // nats-server 2.9 has been seen to hang in its shutdown under heavy load: after
+            // 10 s it is killed, which a restart must survive as well.
+            let stopping = Instant::now();
+            while process
+                .0
+                .try_wait()
+                .expect("nats-server's status")
+                .is_none()
+            {
+                if stopping.elapsed() > Duration::from_secs(10) {
+                    eprintln!("nats-server did not stop within 10 s of SIGTERM: killed");
+                    let _ = process.0.kill();
+                    let _ = process.0.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         std::thread::sleep(down);
         self.run();

@@ -9,8 +9,27 @@ use tracing_subscriber::EnvFilter;
 use taskhost::config::LogFormat;
 use taskhost::{NativeTasks, Options, ProtocolApp};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    keep_backtraces_out_of_errors();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?
+        .block_on(run())
+}
+
+/// Errors (anyhow's, wasmtime's) capture a stack trace when `RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE` asks for one, and WASI streams hand an error's debug text to the
+/// guest: with `RUST_BACKTRACE=1` in the server's environment, a task would read the host's
+/// stack in an error (and every error would cost a stack walk). `RUST_LIB_BACKTRACE=0`
+/// turns that off for errors and leaves `RUST_BACKTRACE` to panics, whose traces go to the
+/// log. Set before the runtime starts any thread.
+fn keep_backtraces_out_of_errors() {
+    // SAFETY: no other thread runs yet, so none reads the environment meanwhile.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if taskhost::tools::is_tool(&args) {
         end_quietly_on_closed_pipe();

@@ -188,7 +188,9 @@ fn stream_error(origin: &str, doing: &str, failure: StreamError) -> CallError {
             // A body's failure carries its text only: the host's own message when the
             // host stopped it (a cap), after wasmtime's "internal error: ".
             None => {
+                // The first line: a host's error may go on with its causes.
                 let text = io.to_debug_string();
+                let text = text.lines().next().unwrap_or_default();
                 match text.strip_prefix("internal error: ") {
                     Some(message) if message.contains("--http-") => {
                         error("limit_reached", message.to_owned())
