@@ -32,10 +32,11 @@ mod call;
 mod capabilities;
 pub mod http;
 mod progress;
+mod stdio;
 #[cfg(all(target_arch = "wasm32", target_os = "wasi", target_env = "p2"))]
 mod wasi_http;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::process;
 
 use serde::Serialize;
@@ -93,9 +94,7 @@ pub fn run<In: DeserializeOwned, Out: Serialize>(task: impl FnOnce(In) -> Result
 /// The error says what was wrong, with the parser's line and column, ready for stderr.
 pub fn read_input() -> Result<Value, String> {
     let mut bytes = Vec::new();
-    io::stdin()
-        .lock()
-        .read_to_end(&mut bytes)
+    stdio::read_stdin(&mut bytes)
         .map_err(|err| format!("could not read the input from stdin: {err}"))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
@@ -107,9 +106,8 @@ pub fn read_input() -> Result<Value, String> {
 ///
 /// No trailing newline: the host reads stdout whole, and JSON needs none.
 pub fn write_output(result: &Value) -> io::Result<()> {
-    let mut stdout = io::stdout().lock();
-    serde_json::to_writer(&mut stdout, result)?;
-    stdout.flush()
+    let json = serde_json::to_vec(result)?;
+    stdio::write_stdout(&json)
 }
 
 /// Writes `message` to stderr on one line and exits with `status`.

@@ -14,6 +14,7 @@ pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::SystemTime;
 
@@ -134,16 +135,33 @@ impl Registry {
     /// componentize-py's Python, whose first compile takes tens of seconds) is only listed
     /// as loading: [`Registry::load_pending`] compiles it, so that the server starts and
     /// serves the other tasks meanwhile. Returns how many were put off.
+    ///
+    /// The others load on one thread per core: from the compile cache, a start is mostly
+    /// deserializing modules, one core each.
     pub fn load_all(&self) -> anyhow::Result<usize> {
+        let mut now = Vec::new();
         let mut put_off = 0;
         for name in loader::task_names(&self.dir)? {
             if loader::module_path(&self.dir, &name).is_some_and(|path| loader::is_large(&path)) {
                 self.write().entry(name).or_default().pending = true;
                 put_off += 1;
             } else {
-                self.reload(&name);
+                now.push(name);
             }
         }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(now.len());
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while let Some(name) = now.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        self.reload(name);
+                    }
+                });
+            }
+        });
         if put_off > 0 {
             self.changed();
         }
