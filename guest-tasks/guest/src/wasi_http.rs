@@ -322,14 +322,22 @@ impl Target {
         })
     }
 
-    /// `scheme://authority`, as the host names origins.
-    fn origin(&self) -> String {
-        let scheme = match self.scheme {
+    /// `http` or `https` (parse takes no other).
+    fn scheme_name(&self) -> &str {
+        match &self.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
-            Scheme::Other(ref other) => other.as_str(),
-        };
-        format!("{scheme}://{}", self.authority.to_ascii_lowercase())
+            Scheme::Other(other) => other,
+        }
+    }
+
+    /// `scheme://authority`, as the host names origins.
+    fn origin(&self) -> String {
+        format!(
+            "{}://{}",
+            self.scheme_name(),
+            self.authority.to_ascii_lowercase()
+        )
     }
 
     /// A redirect's `Location`, made absolute against this URL.
@@ -337,9 +345,7 @@ impl Target {
         if location.contains("://") {
             location.to_owned()
         } else if let Some(rest) = location.strip_prefix("//") {
-            let scheme = self.origin();
-            let scheme = scheme.split("://").next().unwrap_or("https");
-            format!("{scheme}://{rest}")
+            format!("{}://{rest}", self.scheme_name())
         } else if location.starts_with('/') {
             format!("{}{location}", self.origin())
         } else {

@@ -495,14 +495,12 @@ impl<A: App> Ctx<A> {
         let ctx = self.clone();
         let span = task_span(&admitted.job);
         let (task_id, name) = (admitted.job.task_id, admitted.job.module.name.clone());
-        // Boxed before it is spawned: the task's future is several KiB (the dispatcher's wait,
-        // the sandbox's run, the finish), and spawning moves it through three wrappers into
-        // tokio's task cell, a copy at each. Boxed, it is copied once and the rest move a
-        // pointer: a fifth of the server's memmove time per echo task (docs/PERFORMANCE.md).
-        // `admitted` boxed and the two steps written as temporaries of their own statements:
-        // the future holds one of them at a time (a named future, or an argument kept whole
-        // beside its destructured parts, keeps its room for the future's whole life). A
-        // sleeping task's future went from 4,032 to 1,560 bytes (docs/PERFORMANCE.md).
+        // `admitted` boxed, and each step a temporary of its own statement: the future holds
+        // one step at a time (a named future, or an argument kept beside its destructured
+        // parts, keeps its room for the future's whole life): 4,032 -> 1,560 bytes a task.
+        // The future is boxed before it is spawned: spawning moves it through three
+        // wrappers into tokio's task cell, a copy at each; boxed, they move a pointer
+        // (a fifth of the server's memmove time per echo task). docs/PERFORMANCE.md has both.
         let admitted = Box::new(admitted);
         let fut = async move {
             let report = ctx.execute(admitted).await;

@@ -232,7 +232,7 @@ impl TaskAccess {
     pub fn count_http<T>(&self, result: &Result<T, http::HttpError>) {
         let outcome = match result {
             Ok(_) => "ok",
-            Err(error) => http::call_error(error.clone()).code.as_str(),
+            Err(error) => error.code().as_str(),
         };
         self.host.counters.call("http", outcome);
         if let Err(error) = result {

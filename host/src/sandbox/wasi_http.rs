@@ -94,11 +94,7 @@ async fn send(
         let message = format!("{} is not a URL: {error}", request.uri());
         (HttpError::BadRequest(message), Error::HttpRequestUriInvalid)
     })?;
-    let head_bytes: u64 = request
-        .headers()
-        .iter()
-        .map(|(name, value)| (name.as_str().len() + value.len()) as u64)
-        .sum();
+    let head_bytes = header_bytes(request.headers());
     if head_bytes > caps.max_request_bytes {
         let message = format!(
             "the request's headers are {head_bytes} bytes; a task may send at most {} in one \
@@ -201,11 +197,7 @@ async fn send(
         }
     };
 
-    let head_bytes: u64 = response
-        .headers()
-        .iter()
-        .map(|(name, value)| (name.as_str().len() + value.len()) as u64)
-        .sum();
+    let head_bytes = header_bytes(response.headers());
     session
         .take_bytes(head_bytes)
         .map_err(|error| (error, Error::HttpResponseHeaderSectionSize(None)))?;
@@ -264,6 +256,14 @@ fn refusal_code(error: &HttpError) -> Error {
         HttpError::BadRequest(_) => Error::HttpRequestUriInvalid,
         HttpError::Failed(message) => Error::InternalError(Some(message.clone())),
     }
+}
+
+/// Bytes of a header set as the caps count them: names and values.
+fn header_bytes(headers: &hyper::HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len()) as u64)
+        .sum()
 }
 
 /// The earlier of the task's deadline and `timeout` from now, if the guest set one.

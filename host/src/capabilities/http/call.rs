@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{HttpError, HttpRequest};
-use crate::capabilities::{CallError, ErrorCode, TaskAccess};
+use crate::capabilities::{CallError, TaskAccess};
 
 pub async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallError> {
     let request: HttpRequest = serde_json::from_value(request).map_err(|error| {
@@ -21,12 +21,6 @@ pub async fn call(access: &TaskAccess, request: Value) -> Result<Value, CallErro
 }
 
 /// The call error a refusal or failure of the HTTP client is to the task.
-pub fn call_error(error: HttpError) -> CallError {
-    let code = match &error {
-        HttpError::NotAllowed { .. } => ErrorCode::NotAllowed,
-        HttpError::Limit(_) => ErrorCode::LimitReached,
-        HttpError::BadRequest(_) => ErrorCode::BadRequest,
-        HttpError::Timeout { .. } | HttpError::Failed(_) => ErrorCode::Failed,
-    };
-    CallError::new(code, error.to_string())
+fn call_error(error: HttpError) -> CallError {
+    CallError::new(error.code(), error.to_string())
 }

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub(super) use call::{call, call_error};
+pub(super) use call::call;
 pub use connect::Stream;
 pub use exchange::MAX_HEAD_BYTES;
 pub use origin::{Allowlist, Origin, OriginHost, Scheme, is_internal};
@@ -95,6 +95,17 @@ impl HttpError {
             HttpError::Timeout { .. } => "timeout",
             HttpError::BadRequest(_) => "bad_request",
             HttpError::Failed(_) => "failed",
+        }
+    }
+
+    /// The code a task's call fails with for this error.
+    pub fn code(&self) -> crate::capabilities::ErrorCode {
+        use crate::capabilities::ErrorCode;
+        match self {
+            HttpError::NotAllowed { .. } => ErrorCode::NotAllowed,
+            HttpError::Limit(_) => ErrorCode::LimitReached,
+            HttpError::BadRequest(_) => ErrorCode::BadRequest,
+            HttpError::Timeout { .. } | HttpError::Failed(_) => ErrorCode::Failed,
         }
     }
 
