@@ -291,7 +291,24 @@ async fn terminals(
     within: Duration,
     quiet: Duration,
 ) -> HashMap<u64, Vec<Value>> {
+    terminals_after(client, ids, Vec::new(), within, quiet).await
+}
+
+/// [`terminals`], counting also the terminal messages in `already`, read before (a task
+/// whose end came while the test was reading something else must not be waited for again).
+async fn terminals_after(
+    client: &mut Client,
+    ids: &[u64],
+    already: Vec<Value>,
+    within: Duration,
+    quiet: Duration,
+) -> HashMap<u64, Vec<Value>> {
     let mut seen: HashMap<u64, Vec<Value>> = HashMap::new();
+    for message in already {
+        seen.entry(message["task_id"].as_u64().unwrap())
+            .or_default()
+            .push(message);
+    }
     let deadline = Instant::now() + within;
     while ids.iter().any(|id| !seen.contains_key(id)) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -484,18 +501,14 @@ async fn broker_restart_under_load() {
         refused >= 1,
         "some tasks were refused while the broker was away"
     );
-    let mut ends = terminals(
+    let ends = terminals_after(
         &mut client,
         &ids,
+        early_ends,
         Duration::from_secs(90),
         Duration::from_secs(3),
     )
     .await;
-    for message in early_ends {
-        ends.entry(message["task_id"].as_u64().unwrap())
-            .or_default()
-            .push(message);
-    }
     for id in &ids {
         assert_eq!(ends[id].len(), 1, "task {id}: {:?}", ends[id]);
         assert_eq!(ends[id][0]["type"], "finished", "{}", ends[id][0]);

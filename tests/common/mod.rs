@@ -251,9 +251,13 @@ impl Client {
         self.recv_within(WAIT).await
     }
 
+    /// The next JSON message within `wait`, counted across the frames it skips (pings, task
+    /// lists, `started`): a server that pings every few seconds must not keep a test that
+    /// waits for a message that never comes alive for ever.
     pub async fn recv_within(&mut self, wait: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = tokio::time::timeout(wait, self.socket.next())
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .unwrap_or_else(|_| panic!("no message within {wait:?}"))
                 .expect("the connection closed")
