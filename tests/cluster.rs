@@ -148,6 +148,25 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Freezes the broker (SIGSTOP): its connections stay open and nothing is answered, as
+    /// with a broker that stalls between taking a message and confirming it.
+    fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(process) = &self.process {
+            // SAFETY: a plain kill(2) on our own child's pid.
+            unsafe { libc::kill(process.0.id() as i32, signal) };
+        }
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         self.process.take();
@@ -669,4 +688,59 @@ async fn a_node_without_the_accepted_module_version_leaves_the_task_to_others() 
     assert!(left >= 1.0, "node b pulled tasks and left them: {left}");
     b.wait_for_log("lacks the module version", Duration::from_secs(5))
         .await;
+}
+
+/// A broker that takes a task and does not confirm it within the node's 5 s wait: a task
+/// without a key is refused with an answer saying it may still run; a keyed one is sent again
+/// under its key, accepted once the broker answers, and runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_the_broker_did_not_confirm_is_refused_truthfully_or_accepted_once_by_its_key() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let folder = tasks();
+    let node = Node::start(&broker, "a", &folder.path, 2).await;
+    let mut client = node.client().await;
+    let warm = client.run("echo", json!("warm")).await;
+    assert_eq!(warm["type"], "finished", "{warm}");
+
+    broker.pause();
+    client
+        .send(json!({"type": "task", "task": "echo", "input": "unkeyed"}))
+        .await;
+    let refused = client.recv_within(Duration::from_secs(20)).await;
+    broker.resume();
+    assert_eq!(refused["type"], "rejected", "{refused}");
+    assert_eq!(refused["error"]["code"], "broker_unavailable", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("did not confirm") && message.contains("may have stored it"),
+        "the refusal says the task may still run: {message}"
+    );
+    // The unkeyed task may run now that the broker is back; let it, before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let finished = r#"taskhost_tasks_total{task="echo",outcome="finished"}"#;
+    let before = metric_sum(&node.metrics().await, finished);
+
+    broker.pause();
+    client
+        .send(json!({"type": "task", "task": "echo", "input": "keyed", "key": "unconfirmed-1"}))
+        .await;
+    // Past the node's 5 s wait for the confirmation: it sends the task again meanwhile.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    broker.resume();
+    let accepted = client.recv_within(Duration::from_secs(20)).await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    let id = accepted["task_id"].as_u64().unwrap();
+    let ends = terminals(
+        &mut client,
+        &[id],
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(ends[&id].len(), 1, "{:?}", ends[&id]);
+    assert_eq!(ends[&id][0]["result"], "keyed", "{}", ends[&id][0]);
+    let after = metric_sum(&node.metrics().await, finished);
+    assert_eq!(after - before, 1.0, "the keyed task ran once");
 }

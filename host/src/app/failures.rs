@@ -3,6 +3,8 @@
 //! and messages that tell a person what happened and what to do (naming the server's flags
 //! and the `limits` a client may ask for). The lower layers know neither.
 
+use std::time::Duration;
+
 use crate::dispatch::{Refusal, Stopped};
 use crate::protocol::{ErrorCode, WireError};
 use crate::registry::LookupError;
@@ -210,6 +212,31 @@ pub(crate) fn broker_unavailable(url: &str, why: &str) -> WireError {
         format!(
             "the task broker ({url}) is unavailable: {why}. Nothing was queued; send it again \
              in a moment (the node reconnects by itself), or to another node"
+        ),
+    )
+}
+
+/// A task without a key the broker did not confirm: it may have stored it.
+pub(crate) fn broker_unconfirmed(url: &str, why: &str) -> WireError {
+    WireError::new(
+        ErrorCode::BrokerUnavailable,
+        format!(
+            "the task broker ({url}) did not confirm the task ({why}): it may have stored it, \
+             and then the task runs once on some node without reporting here. Send tasks with \
+             a `key` to be told for sure: the same key is never run twice"
+        ),
+    )
+}
+
+/// A keyed task the broker did not confirm in `waited`, sent again under its key meanwhile.
+pub(crate) fn broker_unconfirmed_keyed(url: &str, why: &str, waited: Duration) -> WireError {
+    WireError::new(
+        ErrorCode::BrokerUnavailable,
+        format!(
+            "the task broker ({url}) did not confirm the task within {} s ({why}): it may \
+             have stored it. Send it again with the same `key` once the broker is back: it is \
+             accepted as the same task and runs once",
+            waited.as_secs()
         ),
     )
 }

@@ -16,6 +16,7 @@ mod envelope;
 mod fanout;
 mod follow;
 mod link;
+mod publish;
 pub(super) mod submit;
 mod worker;
 

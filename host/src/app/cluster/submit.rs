@@ -1,7 +1,8 @@
 //! A client's task queued in the broker: checked against this node's registry (the module
 //! version accepted is the one that runs), published to the work-queue stream, and answered
 //! with `accepted` carrying the stream sequence as the task's id. Refused with
-//! `broker_unavailable` when the broker cannot take it: never accepted and lost.
+//! `broker_unavailable` when the broker cannot take it: never accepted and lost (and
+//! `publish` says when a refused task may still run).
 
 use async_nats::HeaderMap;
 use serde_json::value::RawValue;
@@ -73,20 +74,12 @@ pub(crate) async fn submit<A: App>(
     if let Some(key) = &task.key {
         headers.insert("Nats-Msg-Id", format!("key:{key}").as_str());
     }
-    let published = async {
-        link.js
-            .publish_with_headers(cluster.subjects.tasks(), headers, payload.into())
-            .await?
-            .await
-    };
+    let published =
+        super::publish::publish_task(cluster, link, headers, payload.into(), task.key.is_some());
     let ack = match published.await {
         Ok(ack) => ack,
         Err(error) => {
-            tracing::warn!(%error, task = %module.name, "the broker did not take a task");
-            let error = failures::broker_unavailable(
-                &cluster.settings.shown_url,
-                &format!("it did not take the task ({error})"),
-            );
+            tracing::warn!(error = %error.message, task = %module.name, "the broker did not take a task");
             return reject(ctx, client, task.reference.as_ref(), error).await;
         }
     };
