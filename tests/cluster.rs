@@ -744,3 +744,38 @@ async fn a_task_the_broker_did_not_confirm_is_refused_truthfully_or_accepted_onc
     let after = metric_sum(&node.metrics().await, finished);
     assert_eq!(after - before, 1.0, "the keyed task ran once");
 }
+
+/// A key is any string of up to 256 bytes: one with a line break or spaces (which a NATS
+/// header cannot carry as is) is accepted, runs, and names its task when sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_key_names_its_task_through_the_broker() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let folder = tasks();
+    let node = Node::start(&broker, "a", &folder.path, 2).await;
+    let mut client = node.client().await;
+    let mut ids = Vec::new();
+    for key in [
+        "line\r\nbreak",
+        "line\r\nbreak",
+        "line break ",
+        "line break",
+    ] {
+        client
+            .send(json!({"type": "task", "task": "echo", "input": key, "key": key}))
+            .await;
+        let accepted = client.recv().await;
+        assert_eq!(accepted["type"], "accepted", "key {key:?}: {accepted}");
+        let id = accepted["task_id"].as_u64().unwrap();
+        let end = client.recv_for(id).await;
+        assert_eq!(end["result"], key, "{end}");
+        ids.push(id);
+    }
+    assert_eq!(ids[0], ids[1], "the same key names the same task");
+    assert_ne!(
+        ids[2], ids[3],
+        "keys that differ by a space are different tasks"
+    );
+    assert_ne!(ids[0], ids[2]);
+}

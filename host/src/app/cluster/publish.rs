@@ -7,6 +7,7 @@
 //! of copies: it ends accepted, never refused while it runs. A task without a key cannot be
 //! told from a new one, so it is refused with an answer that says it may still run.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -37,15 +38,20 @@ enum Sent {
     Unconfirmed(PublishError),
 }
 
-/// Publishes a task and returns the broker's ack, or the wire error to refuse it with.
-/// `keyed`: the headers carry a `Nats-Msg-Id`, so sending again cannot store it twice.
+/// Publishes a task and returns the broker's ack, or the wire error to refuse it with. A
+/// task's idempotency `key` is its `Nats-Msg-Id`, so sending it again cannot store it twice.
 pub(super) async fn publish_task(
     cluster: &Cluster,
     link: &Link,
-    headers: HeaderMap,
-    payload: Bytes,
-    keyed: bool,
+    key: Option<&str>,
+    payload: Vec<u8>,
 ) -> Result<PublishAck, WireError> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert("Nats-Msg-Id", msg_id(key).as_str());
+    }
+    let keyed = key.is_some();
+    let payload = Bytes::from(payload);
     let url = &cluster.settings.shown_url;
     let deadline = Instant::now() + CONFIRM_WITHIN;
     loop {
@@ -113,4 +119,37 @@ async fn reconnected(link: &Link, deadline: Instant) -> bool {
         tokio::time::sleep(RECONNECT_POLL).await;
     }
     false
+}
+
+/// The `Nats-Msg-Id` of a task's key. A key is any string, but a header value must not hold a
+/// line break (async-nats panics on one) and the broker trims its spaces: every byte outside
+/// a plain set is written `%XX`, so distinct keys stay distinct and a plain key reads as is.
+fn msg_id(key: &str) -> String {
+    let mut id = String::with_capacity(4 + key.len());
+    id.push_str("key:");
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~:/@+=".contains(&byte) {
+            id.push(char::from(byte));
+        } else {
+            let _ = write!(id, "%{byte:02X}");
+        }
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::msg_id;
+
+    #[test]
+    fn a_key_becomes_a_header_value_that_names_it_alone() {
+        assert_eq!(msg_id("order-42"), "key:order-42");
+        assert_eq!(
+            msg_id("a\r\nNats-Expected-Stream: x"),
+            "key:a%0D%0ANats-Expected-Stream:%20x"
+        );
+        assert_ne!(msg_id("x "), msg_id("x"));
+        assert_ne!(msg_id("%20"), msg_id(" "));
+        assert_eq!(msg_id("é"), "key:%C3%A9");
+    }
 }

@@ -4,7 +4,6 @@
 //! `broker_unavailable` when the broker cannot take it: never accepted and lost (and
 //! `publish` says when a refused task may still run).
 
-use async_nats::HeaderMap;
 use serde_json::value::RawValue;
 
 use super::super::App;
@@ -70,12 +69,7 @@ pub(crate) async fn submit<A: App>(
             return reject(ctx, client, task.reference.as_ref(), error).await;
         }
     };
-    let mut headers = HeaderMap::new();
-    if let Some(key) = &task.key {
-        headers.insert("Nats-Msg-Id", format!("key:{key}").as_str());
-    }
-    let published =
-        super::publish::publish_task(cluster, link, headers, payload.into(), task.key.is_some());
+    let published = super::publish::publish_task(cluster, link, task.key.as_deref(), payload);
     let ack = match published.await {
         Ok(ack) => ack,
         Err(error) => {
