@@ -779,3 +779,72 @@ async fn any_key_names_its_task_through_the_broker() {
     );
     assert_ne!(ids[0], ids[2]);
 }
+
+/// What the broker cannot carry (nats-server's `max_payload`, 1 MiB by default) gets the
+/// protocol's size answers: a task too large to queue is `rejected` `too_large`; a result too
+/// large to keep ends the task `failed` `output_too_large`, once (it used to go unreported
+/// and run again after every ack wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_broker_cannot_carry_gets_the_size_answers() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let folder = tasks();
+    // Prints a JSON string of 1,048,560 letters: within --max-output (1 MiB), not within the
+    // broker's message size once in its `finished` message.
+    folder.write(
+        "big_result.wat",
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory 32)
+  (export "memory" (memory 0))
+  (func (export "_start")
+    (local $i i32)
+    (i32.store8 (i32.const 1024) (i32.const 34))
+    (local.set $i (i32.const 1025))
+    (block $done (loop $fill
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 1049585)))
+      (i32.store8 (local.get $i) (i32.const 120))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $fill)))
+    (i32.store8 (i32.const 1049585) (i32.const 34))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 1048562))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#,
+    );
+    let node = Node::start(&broker, "a", &folder.path, 2).await;
+    let mut client = node.client().await;
+
+    let input = "x".repeat(1_048_500);
+    client
+        .send(json!({"type": "task", "task": "echo", "input": input}))
+        .await;
+    let refused = client.recv().await;
+    assert_eq!(refused["type"], "rejected", "{refused}");
+    assert_eq!(refused["error"]["code"], "too_large", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_payload"),
+        "{refused}"
+    );
+
+    let accepted = client.submit("big_result", json!(null)).await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    let id = accepted["task_id"].as_u64().unwrap();
+    // Quiet for two ack waits: a result never kept would have been handed out again.
+    let ends = terminals(
+        &mut client,
+        &[id],
+        Duration::from_secs(20),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(ends[&id].len(), 1, "{:?}", ends[&id]);
+    let end = &ends[&id][0];
+    assert_eq!(end["type"], "failed", "{end}");
+    assert_eq!(end["error"]["code"], "output_too_large", "{end}");
+    let redelivered = metric_sum(&node.metrics().await, "taskhost_cluster_redelivered_total");
+    assert_eq!(redelivered, 0.0, "the task was not handed out again");
+}

@@ -241,6 +241,29 @@ pub(crate) fn broker_unconfirmed_keyed(url: &str, why: &str, waited: Duration) -
     )
 }
 
+/// A task over the broker's message size (with `--nats`).
+pub(crate) fn task_over_broker_limit(why: &str) -> WireError {
+    WireError::new(
+        ErrorCode::TooLarge,
+        format!(
+            "the task is larger than the task broker carries ({why}): send a smaller input, \
+             or raise max_payload in nats-server's configuration"
+        ),
+    )
+}
+
+/// A task's end over the broker's message size (with `--nats`): kept as a failure instead.
+pub(crate) fn result_over_broker_limit(bytes: usize, limit: usize) -> WireError {
+    WireError::new(
+        ErrorCode::OutputTooLarge,
+        format!(
+            "the task's result message is {bytes} bytes, over the {limit} bytes the task \
+             broker carries (nats-server's max_payload, less room for headers): return less, \
+             or raise max_payload in nats-server's configuration"
+        ),
+    )
+}
+
 /// An `attach` past the connection's cap.
 pub(crate) fn attach_limit(limit: usize) -> WireError {
     WireError::new(

@@ -64,6 +64,9 @@ pub(super) async fn publish_task(
         .await
         {
             Sent::Stored(ack) => return Ok(ack),
+            Sent::Refused(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                return Err(failures::task_over_broker_limit(&error.to_string()));
+            }
             Sent::Refused(error) => {
                 return Err(failures::broker_unavailable(
                     url,

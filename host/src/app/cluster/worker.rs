@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use super::super::App;
 use super::super::context::Ctx;
+use super::super::failures;
 use super::super::job::Outcome;
 use super::Cluster;
 use super::envelope::{EVENT_HEADER, Envelope, Subjects};
@@ -225,7 +226,7 @@ async fn run<A: App>(
         }
     };
     let heartbeat = cluster.settings.ack_wait / 3;
-    let report = with_heartbeat(&message, heartbeat, ctx.execute_admitted(admitted)).await;
+    let mut report = with_heartbeat(&message, heartbeat, ctx.execute_admitted(admitted)).await;
     if let Outcome::Failed { error, .. } = &report.outcome
         && error.code == ErrorCode::Shutdown
     {
@@ -234,7 +235,17 @@ async fn run<A: App>(
         let _ = message.ack_with(AckKind::Nak(None)).await;
         return;
     }
-    let terminal = report.terminal_text();
+    let mut terminal = report.terminal_text();
+    let largest = largest_terminal(link);
+    if terminal.as_str().len() > largest {
+        // Kept and sent, the task fails; never kept, it would run again and again.
+        let error = failures::result_over_broker_limit(terminal.as_str().len(), largest);
+        tracing::warn!(task_id, task = %envelope.task, "{}", error.message);
+        let fuel_used = report.outcome.fuel_used();
+        report.outcome = Outcome::Failed { error, fuel_used };
+        report.terminal = None;
+        terminal = report.terminal_text();
+    }
     let kept = with_heartbeat(&message, heartbeat, keep(cluster, link, task_id, terminal)).await;
     let Some(kept) = kept else {
         relaying.abort();
@@ -250,6 +261,17 @@ async fn run<A: App>(
         publish_terminal(link, &events, kept.as_str().as_bytes().to_vec()).await;
     }
     ack(&message, task_id).await;
+}
+
+/// Room left in a broker message for the subject and headers of a key-value write.
+const HEADER_ROOM: usize = 256;
+
+/// The longest terminal message the broker carries: its `max_payload`, less header room.
+fn largest_terminal(link: &Link) -> usize {
+    link.client
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADER_ROOM)
 }
 
 /// Keeps a terminal message that needs no run (a task no node can run) and acks.
