@@ -64,8 +64,8 @@ build-c-tasks:
         || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
         sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
         echo "installing clang, lld and wasi-libc for the C tasks (apt)…"
-        $sudo apt-get update -qq || true
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null
+        $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null
     fi
     mkdir -p tasks
     for source in guest-tasks/c/*.c; do
@@ -123,8 +123,8 @@ browser:
     if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then exit 0; fi
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     echo "installing chromium for the browser test (apt)…"
-    $sudo apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null
 
 # Build the guests, then run every test (unit, integration, browser).
 test *ARGS: build-guests build-c-tasks build-py-tasks browser
