@@ -65,30 +65,15 @@ impl<A: App> Server<A> {
         }
         self.ctx.start_background_work();
         let connections = TaskTracker::new();
-        let network = NetworkRuntime::start()?;
         let accept = |accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>| {
             let ctx = self.ctx.clone();
             let edge = std::sync::Arc::clone(&edge);
             let connections = &connections;
-            let network = network.handle();
             async move {
                 match accepted {
-                    // The socket was registered with this runtime's reactor by `accept`:
-                    // it moves to the network's, whose thread then wakes its reader.
-                    Ok((stream, peer)) => match stream.into_std() {
-                        Ok(stream) => {
-                            let serve = async move {
-                                match tokio::net::TcpStream::from_std(stream) {
-                                    Ok(stream) => http::handle(ctx, edge, stream, peer).await,
-                                    Err(error) => {
-                                        tracing::warn!(%error, "could not take a connection");
-                                    }
-                                }
-                            };
-                            connections.spawn_on(serve, &network);
-                        }
-                        Err(error) => tracing::warn!(%error, "could not take a connection"),
-                    },
+                    Ok((stream, peer)) => {
+                        connections.spawn(http::handle(ctx, edge, stream, peer));
+                    }
                     Err(error) => {
                         // Out of file descriptors, say: wait a little rather than spin.
                         tracing::warn!(%error, "could not accept a connection");
@@ -122,7 +107,6 @@ impl<A: App> Server<A> {
         }
         drop(listener);
         self.shut_down(connections).await;
-        drop(network);
         Ok(())
     }
 
@@ -198,45 +182,3 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         }
     }
 }
-
-/// The runtime that serves connections: one thread of its own, beside the runtime tasks run
-/// on. A burst of tasks fills the task runtime's queues with instantiations; on one runtime,
-/// the connections' readers and writers waited behind them, so `accepted` and the answers to
-/// other clients were late by seconds (10,000 sleepers: `accepted` p99 1.1-3.1 s). On a
-/// thread of its own the network gets its turn from the kernel's scheduler. Measured in
-/// docs/PERFORMANCE.md ("The network on a runtime of its own").
-struct NetworkRuntime(Option<tokio::runtime::Runtime>);
-
-impl NetworkRuntime {
-    fn start() -> anyhow::Result<NetworkRuntime> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("taskhost-network")
-            .event_interval(NETWORK_POLL_TICKS)
-            .enable_all()
-            .build()
-            .context("could not start the network's runtime")?;
-        Ok(NetworkRuntime(Some(runtime)))
-    }
-
-    fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(runtime) => runtime.handle().clone(),
-            None => unreachable!("the network's runtime lives until the server is dropped"),
-        }
-    }
-}
-
-impl Drop for NetworkRuntime {
-    /// Without waiting: a runtime dropped in async code (the server's future dropped, or its
-    /// end) would panic if it blocked on its threads.
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-/// Scheduler ticks between two looks at the sockets (tokio's `event_interval`, 61 by
-/// default): the binary's runtime uses the same (see `host/src/main.rs`).
-pub const NETWORK_POLL_TICKS: u32 = 31;
