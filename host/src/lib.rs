@@ -78,4 +78,4 @@ pub use app::{
 pub use capabilities::http as http_capability;
 pub use config::{Config, Options};
 pub use outbox::{Outbox, Outboxes, Text};
-pub use server::{Server, run, shutdown_signal};
+pub use server::{Server, run, runtime_builder, shutdown_signal};

@@ -11,22 +11,11 @@ use taskhost::{NativeTasks, Options, ProtocolApp};
 
 fn main() -> anyhow::Result<()> {
     keep_backtraces_out_of_errors();
-    tokio::runtime::Builder::new_multi_thread()
-        .event_interval(NETWORK_POLL_TICKS)
-        .enable_all()
+    taskhost::runtime_builder()
         .build()
         .context("could not start the async runtime")?
         .block_on(run())
 }
-
-/// Scheduler ticks between two looks at the network (tokio's `event_interval`, 61 by
-/// default). A task burning CPU yields every `FUEL_YIELD_INTERVAL` units of fuel, and each
-/// yield is one tick: with every worker busy with such tasks, a frame that arrived waited up
-/// to 61 of those slices for its connection to be woken. At 31, echo's p99 beside four CPU
-/// hogs on two cores fell from 9.7-11.7 ms to 5.7-6.1 ms, with no change measured in echo's
-/// CPU per task (at 16 and 8 the p99 fell further, but echo cost 5% and 25% more CPU;
-/// docs/PERFORMANCE.md). An embedder building its own runtime sets the same.
-const NETWORK_POLL_TICKS: u32 = 31;
 
 /// Errors (anyhow's, wasmtime's) capture a stack trace when `RUST_BACKTRACE` or
 /// `RUST_LIB_BACKTRACE` asks for one, and WASI streams hand an error's debug text to the

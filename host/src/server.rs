@@ -23,6 +23,25 @@ use crate::http::{self, Edge};
 /// How long connections get to flush their last messages and close at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Scheduler ticks between two looks at the network (tokio's `event_interval`, 61 by
+/// default). A task burning CPU yields every `FUEL_YIELD_INTERVAL` units of fuel, and each
+/// yield is one tick: with every worker busy with such tasks, a frame that arrived waited up
+/// to 61 of those slices for its connection to be woken. At 31, echo's p99 beside four CPU
+/// hogs on two cores fell from 9.7-11.7 ms to 5.7-6.1 ms, with no change measured in echo's
+/// CPU per task (at 16 and 8 the p99 fell further, but echo cost 5% and 25% more CPU;
+/// docs/PERFORMANCE.md).
+pub const NETWORK_POLL_TICKS: u32 = 31;
+
+/// The runtime a server should run on, as the binary builds it: tokio's multi-threaded
+/// runtime with every driver, looking at the network every [`NETWORK_POLL_TICKS`] ticks.
+/// An embedder calls this instead of `#[tokio::main]` so that its connections are heard
+/// beside CPU-bound tasks as the binary's are.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.event_interval(NETWORK_POLL_TICKS).enable_all();
+    builder
+}
+
 /// A server ready to serve: its tasks are loaded and its application is set.
 pub struct Server<A> {
     ctx: Ctx<A>,
