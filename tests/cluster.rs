@@ -119,9 +119,9 @@ impl Broker {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the broker (SIGTERM, as a restart would), waits `down`, and starts it again on
-    /// the same port and store.
-    fn restart(&mut self, down: Duration) {
+    /// Stops the broker (SIGTERM, as a restart would); `run` starts it again on the same port
+    /// and store.
+    fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             // SAFETY: a plain kill(2) on our own child's pid.
             unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
@@ -143,8 +143,6 @@ impl Broker {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        std::thread::sleep(down);
-        self.run();
     }
 }
 
@@ -485,41 +483,40 @@ async fn broker_restart_under_load() {
     let mut client = a.client().await;
     let mut ids = submit_all(&mut client, 24, "slow", json!({"seconds": 1})).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut stopped = Some(
+        tokio::task::spawn_blocking(move || {
+            broker.stop();
+            broker
+        })
+        .await
+        .unwrap(),
+    );
+    // Tasks sent once the node has seen the broker go are refused at once with a clear code;
+    // sent before, a task would wait for the broker's ack, and the order of the two is the
+    // kernel's to choose.
+    let seen_gone = Instant::now();
+    while metric_sum(&a.metrics().await, "taskhost_cluster_broker_connected") != 0.0 {
+        assert!(
+            seen_gone.elapsed() < Duration::from_secs(10),
+            "the node did not notice the broker's absence within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // While it is away: every task is refused with a clear code, at once.
+    let mut early_ends = Vec::new();
+    let refused = answers(&mut client, 5, &mut ids, &mut early_ends).await;
+    assert_eq!(
+        refused, 5,
+        "the tasks sent while the broker was away were refused"
+    );
+    // While it comes back: every task is accepted or refused with a clear code, none lost.
+    let mut broker = stopped.take().expect("the broker, stopped");
     let restart = tokio::task::spawn_blocking(move || {
-        broker.restart(Duration::from_secs(2));
+        broker.run();
         broker
     });
-    // While it is away: every task is accepted or refused with a clear code, none lost.
-    let mut refused = 0;
-    for _ in 0..10 {
-        client
-            .send(json!({"type": "task", "task": "echo", "input": "meanwhile"}))
-            .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let mut answers = 0;
-    let mut early_ends = Vec::new();
-    while answers < 10 {
-        let message = client.recv_within(Duration::from_secs(20)).await;
-        match message["type"].as_str() {
-            Some("accepted") => {
-                ids.push(message["task_id"].as_u64().unwrap());
-                answers += 1;
-            }
-            Some("rejected") => {
-                assert_eq!(message["error"]["code"], "broker_unavailable", "{message}");
-                refused += 1;
-                answers += 1;
-            }
-            Some("finished") | Some("failed") => early_ends.push(message),
-            _ => {}
-        }
-    }
+    answers(&mut client, 5, &mut ids, &mut early_ends).await;
     let _broker = restart.await.unwrap();
-    assert!(
-        refused >= 1,
-        "some tasks were refused while the broker was away"
-    );
     let ends = terminals_after(
         &mut client,
         &ids,
@@ -532,6 +529,42 @@ async fn broker_restart_under_load() {
         assert_eq!(ends[id].len(), 1, "task {id}: {:?}", ends[id]);
         assert_eq!(ends[id][0]["type"], "finished", "{}", ends[id][0]);
     }
+}
+
+/// Sends `count` echo tasks 200 ms apart, reads their answers and returns how many were
+/// refused (each must be `broker_unavailable`): the accepted ones' ids go to `ids`, ends of
+/// earlier tasks read meanwhile to `early_ends`.
+async fn answers(
+    client: &mut Client,
+    count: usize,
+    ids: &mut Vec<u64>,
+    early_ends: &mut Vec<Value>,
+) -> usize {
+    for _ in 0..count {
+        client
+            .send(json!({"type": "task", "task": "echo", "input": "meanwhile"}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut refused = 0;
+    let mut answered = 0;
+    while answered < count {
+        let message = client.recv_within(Duration::from_secs(20)).await;
+        match message["type"].as_str() {
+            Some("accepted") => {
+                ids.push(message["task_id"].as_u64().unwrap());
+                answered += 1;
+            }
+            Some("rejected") => {
+                assert_eq!(message["error"]["code"], "broker_unavailable", "{message}");
+                refused += 1;
+                answered += 1;
+            }
+            Some("finished") | Some("failed") => early_ends.push(message),
+            _ => {}
+        }
+    }
+    refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,12 @@
 //! 4. let their finish callbacks deliver, then close every connection with 1001.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Ctx};
@@ -23,19 +25,22 @@ use crate::http::{self, Edge};
 /// How long connections get to flush their last messages and close at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Scheduler ticks between two looks at the network (tokio's `event_interval`, 61 by
+/// Scheduler ticks between two looks at the sockets (tokio's `event_interval`, 61 by
 /// default). A task burning CPU yields every `FUEL_YIELD_INTERVAL` units of fuel, and each
-/// yield is one tick: with every worker busy with such tasks, a frame that arrived waited up
-/// to 61 of those slices for its connection to be woken. At 31, echo's p99 beside four CPU
-/// hogs on two cores fell from 9.7-11.7 ms to 5.7-6.1 ms, with no change measured in echo's
-/// CPU per task (at 16 and 8 the p99 fell further, but echo cost 5% and 25% more CPU;
-/// docs/PERFORMANCE.md).
+/// yield is one tick: with every worker busy with such tasks, a socket event waited up to 61
+/// of those slices. At 31, echo's p99 beside four CPU hogs on two cores fell from 9.7-11.7 ms
+/// to 5.7-6.1 ms, with no change measured in echo's CPU per task (at 16 and 8 the p99 fell
+/// further, but echo cost 5% and 25% more CPU; docs/PERFORMANCE.md). That was measured with
+/// connections on the tasks' runtime; they have a runtime of their own now
+/// (`NetworkRuntime`), and the tasks' runtime keeps the setting for the sockets tasks use
+/// (a capability's HTTP response, the broker's messages).
 pub const NETWORK_POLL_TICKS: u32 = 31;
 
 /// The runtime a server should run on, as the binary builds it: tokio's multi-threaded
 /// runtime with every driver, looking at the network every [`NETWORK_POLL_TICKS`] ticks.
-/// An embedder calls this instead of `#[tokio::main]` so that its connections are heard
-/// beside CPU-bound tasks as the binary's are.
+/// An embedder calls this instead of `#[tokio::main]` so that the sockets its tasks use are
+/// heard beside CPU-bound tasks as the binary's are (connections are served by a runtime the
+/// server starts for them).
 pub fn runtime_builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.event_interval(NETWORK_POLL_TICKS).enable_all();
@@ -67,7 +72,7 @@ impl<A: App> Server<A> {
         let address = listener
             .local_addr()
             .context("the listener has no local address")?;
-        let edge = std::sync::Arc::new(Edge::new(self.ctx.config())?);
+        let edge = Arc::new(Edge::new(self.ctx.config())?);
         let scheme = if edge.is_tls() { "wss" } else { "ws" };
         tracing::info!(%address, scheme, tasks = ?self.ctx.task_names(), "taskhost listening");
         if self
@@ -84,48 +89,34 @@ impl<A: App> Server<A> {
         }
         self.ctx.start_background_work();
         let connections = TaskTracker::new();
-        let accept = |accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>| {
-            let ctx = self.ctx.clone();
-            let edge = std::sync::Arc::clone(&edge);
-            let connections = &connections;
-            async move {
-                match accepted {
-                    Ok((stream, peer)) => {
-                        connections.spawn(http::handle(ctx, edge, stream, peer));
-                    }
-                    Err(error) => {
-                        // Out of file descriptors, say: wait a little rather than spin.
-                        tracing::warn!(%error, "could not accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        };
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => accept(accepted).await,
-            }
-        }
+        let network = NetworkRuntime::start()?;
+        // The listener moves to the network's reactor, so every connection it accepts is
+        // registered there and served by the network's thread from its first byte.
+        let listener = listener
+            .into_std()
+            .context("could not hand the listener to the network's runtime")?;
+        let stop_accepting = CancellationToken::new();
+        let accepting = network.spawn(accept_loop(
+            listener,
+            self.ctx.clone(),
+            edge,
+            connections.clone(),
+            stop_accepting.clone(),
+        ));
+        shutdown.await;
         let drain = self.ctx.config().drain;
         tracing::info!(
             drain_ms = drain.as_millis() as u64,
             "shutting down: draining"
         );
         self.ctx.begin_drain();
-        let drained = tokio::time::sleep(drain);
-        tokio::pin!(drained);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut drained => break,
-                accepted = listener.accept() => accept(accepted).await,
-            }
+        tokio::time::sleep(drain).await;
+        stop_accepting.cancel();
+        if let Err(error) = accepting.await {
+            tracing::error!(%error, "the accept loop ended abnormally");
         }
-        drop(listener);
         self.shut_down(connections).await;
+        drop(network);
         Ok(())
     }
 
@@ -155,6 +146,41 @@ impl<A: App> Server<A> {
             tracing::warn!("some connections did not close in time");
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Accepts connections and serves each on the network's runtime (the one this runs on) until
+/// `stop` is cancelled; the listener is closed when it returns.
+async fn accept_loop<A: App>(
+    listener: std::net::TcpListener,
+    ctx: Ctx<A>,
+    edge: Arc<Edge>,
+    connections: TaskTracker,
+    stop: CancellationToken,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "could not listen on the network's runtime; no connections are taken");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(http::handle(ctx.clone(), Arc::clone(&edge), stream, peer));
+            }
+            Err(error) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                tracing::warn!(%error, "could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
@@ -198,6 +224,48 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The runtime that serves connections: one thread of its own, beside the runtime tasks run
+/// on. A burst of tasks fills the task runtime's queues with instantiations; on one runtime,
+/// the connections' readers and writers waited behind them, so `accepted` and the answers to
+/// other clients were late by seconds (10,000 sleepers: `accepted` p99 1.1-3.1 s). On a
+/// thread of its own the network gets its turn from the kernel's scheduler. Measured in
+/// docs/PERFORMANCE.md ("The network on a runtime of its own").
+struct NetworkRuntime(Option<tokio::runtime::Runtime>);
+
+impl NetworkRuntime {
+    fn start() -> anyhow::Result<NetworkRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("taskhost-network")
+            .event_interval(NETWORK_POLL_TICKS)
+            .enable_all()
+            .build()
+            .context("could not start the network's runtime")?;
+        Ok(NetworkRuntime(Some(runtime)))
+    }
+
+    fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(runtime) => runtime.spawn(work),
+            None => unreachable!("the network's runtime lives until the server is dropped"),
+        }
+    }
+}
+
+impl Drop for NetworkRuntime {
+    /// Without waiting: a runtime dropped in async code (the server's future dropped, or its
+    /// end) would panic if it blocked on its threads.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -95,6 +95,9 @@ struct Shared<A> {
     started: Instant,
     /// Every started task's run and finish callback, awaited at shutdown.
     tasks: TaskTracker,
+    /// The runtime tasks run on: the one the server was built in (connections may be served
+    /// by another, see `Server::serve`).
+    task_runtime: Option<tokio::runtime::Handle>,
     /// Cancelled when the shutdown begins: /healthz turns 503, background work stops.
     stopping: CancellationToken,
     /// Cancelled once tasks are done at shutdown: connections close.
@@ -188,6 +191,7 @@ impl<A: App> Ctx<A> {
                 publisher,
                 started: Instant::now(),
                 tasks: TaskTracker::new(),
+                task_runtime: tokio::runtime::Handle::try_current().ok(),
                 stopping: CancellationToken::new(),
                 close_connections: CancellationToken::new(),
             }),
@@ -507,7 +511,10 @@ impl<A: App> Ctx<A> {
             ctx.finish(report, task_id, &name).await;
         }
         .instrument(span);
-        self.shared.tasks.spawn(Box::pin(fut));
+        match &self.shared.task_runtime {
+            Some(runtime) => self.shared.tasks.spawn_on(Box::pin(fut), runtime),
+            None => self.shared.tasks.spawn(Box::pin(fut)),
+        };
     }
 
     /// Hands a task's report to the application's `finish` callback; a panic there is
