@@ -483,14 +483,12 @@ async fn broker_restart_under_load() {
     let mut client = a.client().await;
     let mut ids = submit_all(&mut client, 24, "slow", json!({"seconds": 1})).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let mut stopped = Some(
-        tokio::task::spawn_blocking(move || {
-            broker.stop();
-            broker
-        })
-        .await
-        .unwrap(),
-    );
+    let mut broker = tokio::task::spawn_blocking(move || {
+        broker.stop();
+        broker
+    })
+    .await
+    .unwrap();
     // Tasks sent once the node has seen the broker go are refused at once with a clear code;
     // sent before, a task would wait for the broker's ack, and the order of the two is the
     // kernel's to choose.
@@ -510,7 +508,6 @@ async fn broker_restart_under_load() {
         "the tasks sent while the broker was away were refused"
     );
     // While it comes back: every task is accepted or refused with a clear code, none lost.
-    let mut broker = stopped.take().expect("the broker, stopped");
     let restart = tokio::task::spawn_blocking(move || {
         broker.run();
         broker

@@ -92,9 +92,7 @@ impl<A: App> Server<A> {
         let network = NetworkRuntime::start()?;
         // The listener moves to the network's reactor, so every connection it accepts is
         // registered there and served by the network's thread from its first byte.
-        let listener = listener
-            .into_std()
-            .context("could not hand the listener to the network's runtime")?;
+        let listener = network.adopt(listener)?;
         let stop_accepting = CancellationToken::new();
         let accepting = network.spawn(accept_loop(
             listener,
@@ -152,19 +150,12 @@ impl<A: App> Server<A> {
 /// Accepts connections and serves each on the network's runtime (the one this runs on) until
 /// `stop` is cancelled; the listener is closed when it returns.
 async fn accept_loop<A: App>(
-    listener: std::net::TcpListener,
+    listener: TcpListener,
     ctx: Ctx<A>,
     edge: Arc<Edge>,
     connections: TaskTracker,
     stop: CancellationToken,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "could not listen on the network's runtime; no connections are taken");
-            return;
-        }
-    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -238,14 +229,22 @@ struct NetworkRuntime(Option<tokio::runtime::Runtime>);
 
 impl NetworkRuntime {
     fn start() -> anyhow::Result<NetworkRuntime> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let runtime = runtime_builder()
             .worker_threads(1)
             .thread_name("taskhost-network")
-            .event_interval(NETWORK_POLL_TICKS)
-            .enable_all()
             .build()
             .context("could not start the network's runtime")?;
         Ok(NetworkRuntime(Some(runtime)))
+    }
+
+    /// Moves `listener` from the reactor it was registered with to this runtime's, so that a
+    /// failure to move it fails the server's start rather than leaving it deaf.
+    fn adopt(&self, listener: TcpListener) -> anyhow::Result<TcpListener> {
+        let listener = listener
+            .into_std()
+            .context("could not take the listener from the caller's runtime")?;
+        let _inside = self.runtime().enter();
+        TcpListener::from_std(listener).context("could not listen on the network's runtime")
     }
 
     fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
@@ -253,8 +252,12 @@ impl NetworkRuntime {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        self.runtime().spawn(work)
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
         match &self.0 {
-            Some(runtime) => runtime.spawn(work),
+            Some(runtime) => runtime,
             None => unreachable!("the network's runtime lives until the server is dropped"),
         }
     }
