@@ -14,13 +14,13 @@
 //! The bound is in bytes ([`Outboxes`]' budget, `--outbox-bytes`), each frame costing its
 //! length plus [`FRAME_OVERHEAD`], so that many small frames are bounded too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What one queued frame costs beyond its bytes: the queue entry and the frame header.
@@ -74,50 +74,127 @@ pub(crate) struct Queued {
     pub cost: u32,
 }
 
+/// A queue that held more frames than this, once empty, gives its memory back: a burst
+/// (thousands of progress reports, say) must not leave every idle connection holding room
+/// for it.
+const SHRINK_ABOVE: usize = 32;
+
+/// One connection's queue, shared by its outbox handles and its writer. A plain deque under
+/// a mutex, rather than a channel: it allocates nothing until a frame is queued, where
+/// tokio's unbounded channel allocated 1.8 KiB per connection up front (docs/PERFORMANCE.md,
+/// "An idle connection's memory").
+#[derive(Debug)]
+struct Queue {
+    frames: Mutex<Frames>,
+    /// Wakes the writer when a frame is queued, or the last handle is gone.
+    ready: Notify,
+    /// Outbox handles alive: the writer stops once there are none and the queue is empty.
+    handles: AtomicUsize,
+    /// Bytes the queue may still take; the writer gives them back as it writes.
+    room: Semaphore,
+}
+
+#[derive(Debug, Default)]
+struct Frames {
+    queued: VecDeque<Queued>,
+    /// The writer is gone: frames are refused.
+    closed: bool,
+}
+
+impl Queue {
+    fn frames(&self) -> MutexGuard<'_, Frames> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pop(&self) -> Option<Queued> {
+        let mut frames = self.frames();
+        let queued = frames.queued.pop_front();
+        if frames.queued.is_empty() && frames.queued.capacity() > SHRINK_ABOVE {
+            frames.queued = VecDeque::new();
+        }
+        queued
+    }
+}
+
 /// The receiving end of an outbox, for the connection's writer.
 #[derive(Debug)]
 pub(crate) struct Drain {
-    queued: mpsc::UnboundedReceiver<Queued>,
-    room: Arc<Semaphore>,
+    queue: Arc<Queue>,
 }
 
 impl Drain {
-    /// The next frame, once one is queued; `None` once every outbox handle is gone.
+    /// The next frame, once one is queued; `None` once every outbox handle is gone. Safe to
+    /// cancel: a frame is taken only when it is returned.
     pub async fn next(&mut self) -> Option<Queued> {
-        self.queued.recv().await
+        loop {
+            if let Some(queued) = self.queue.pop() {
+                return Some(queued);
+            }
+            if self.queue.handles.load(Ordering::Acquire) == 0 {
+                return self.queue.pop();
+            }
+            // A frame queued (or the last handle dropped) since the look left a permit: this
+            // returns at once then.
+            self.queue.ready.notified().await;
+        }
     }
 
     /// The next frame if one is queued now.
     pub fn try_next(&mut self) -> Option<Queued> {
-        self.queued.try_recv().ok()
+        self.queue.pop()
     }
 
     /// Gives back the room of a frame that was written (or thrown away).
     pub fn written(&self, cost: u32) {
-        self.room.add_permits(cost as usize);
+        self.queue.room.add_permits(cost as usize);
     }
 }
 
 impl Drop for Drain {
-    /// The connection is over: sends waiting for room fail now, instead of for ever.
+    /// The connection is over: frames are refused, what was queued is freed, and sends
+    /// waiting for room fail now, instead of for ever.
     fn drop(&mut self) {
-        self.room.close();
+        let mut frames = self.queue.frames();
+        frames.closed = true;
+        frames.queued = VecDeque::new();
+        drop(frames);
+        self.queue.room.close();
     }
 }
 
 /// A handle to one connection's outgoing queue. Cheap to clone; it outlives the connection
 /// harmlessly (sends then report `false`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbox {
     id: u64,
     peer: SocketAddr,
     address: IpAddr,
-    /// The connection's writer holds the receiving end; it is gone once the connection closed.
-    queue: mpsc::UnboundedSender<Queued>,
-    /// Bytes the queue may still take; the writer gives them back as it writes.
-    room: Arc<Semaphore>,
+    /// The queue the connection's writer drains; closed once the connection is.
+    queue: Arc<Queue>,
     /// The whole budget: a frame larger than it costs this much, so it can still go alone.
     budget: usize,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        self.queue.handles.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            id: self.id,
+            peer: self.peer,
+            address: self.address,
+            queue: Arc::clone(&self.queue),
+            budget: self.budget,
+        }
+    }
+}
+
+impl Drop for Outbox {
+    /// The last handle gone, the writer ends once it has written what is queued.
+    fn drop(&mut self) {
+        if self.queue.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.queue.ready.notify_one();
+        }
+    }
 }
 
 impl Outbox {
@@ -151,11 +228,11 @@ impl Outbox {
     pub async fn send_text(&self, text: Text) -> bool {
         let cost = self.cost(&text);
         // Room is there nearly always: take it without making a waiting future.
-        if let Ok(permit) = self.room.try_acquire_many(cost) {
+        if let Ok(permit) = self.queue.room.try_acquire_many(cost) {
             permit.forget();
             return self.enqueue(Frame::Text(text), cost);
         }
-        match self.room.acquire_many(cost).await {
+        match self.queue.room.acquire_many(cost).await {
             Ok(permit) => {
                 permit.forget();
                 self.enqueue(Frame::Text(text), cost)
@@ -179,11 +256,11 @@ impl Outbox {
 
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
-        self.queue.is_closed()
+        self.queue.frames().closed
     }
 
     fn offer_frame(&self, frame: Frame, cost: u32) -> bool {
-        match self.room.try_acquire_many(cost) {
+        match self.queue.room.try_acquire_many(cost) {
             Ok(permit) => {
                 permit.forget();
                 self.enqueue(frame, cost)
@@ -193,8 +270,15 @@ impl Outbox {
     }
 
     fn enqueue(&self, frame: Frame, cost: u32) -> bool {
+        let mut frames = self.queue.frames();
         // Refused once the writer is gone: the room no longer matters then.
-        self.queue.send(Queued { frame, cost }).is_ok()
+        if frames.closed {
+            return false;
+        }
+        frames.queued.push_back(Queued { frame, cost });
+        drop(frames);
+        self.queue.ready.notify_one();
+        true
     }
 
     fn cost(&self, text: &Text) -> u32 {
@@ -235,18 +319,21 @@ impl Outboxes {
     /// A new connection's outbox, and the receiving end its writer drains. It is not yet
     /// among the open ones (broadcasts do not reach it) until [`Outboxes::list`].
     pub(crate) fn open(&self, peer: SocketAddr, address: IpAddr) -> (Outbox, Drain) {
-        let (queue, queued) = mpsc::unbounded_channel();
-        let room = Arc::new(Semaphore::new(self.budget));
+        let queue = Arc::new(Queue {
+            frames: Mutex::default(),
+            ready: Notify::new(),
+            handles: AtomicUsize::new(1),
+            room: Semaphore::new(self.budget),
+        });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let outbox = Outbox {
             id,
             peer,
             address,
-            queue,
-            room: Arc::clone(&room),
+            queue: Arc::clone(&queue),
             budget: self.budget,
         };
-        (outbox, Drain { queued, room })
+        (outbox, Drain { queue })
     }
 
     /// Counts `outbox` among the open connections, for broadcasts, `stats` and sending by id:
@@ -339,6 +426,57 @@ mod tests {
         assert!(!waiting.await.unwrap());
         let huge = Text::from("y".repeat(10_000));
         assert!(!outbox.offer(huge), "closed");
+    }
+
+    /// Senders on other threads, the writer waiting: every frame arrives once, in each
+    /// sender's order, and the drain ends once every handle is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_from_many_threads_all_arrive_and_the_end_is_seen() {
+        let (outboxes, outbox, mut drain) = outboxes(64 * (8 + FRAME_OVERHEAD));
+        outboxes.close(outbox.id());
+        let senders: Vec<_> = (0..4)
+            .map(|sender| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move {
+                    for n in 0..2_000 {
+                        assert!(outbox.send_text(Text::from(format!("{sender} {n}"))).await);
+                    }
+                })
+            })
+            .collect();
+        drop(outbox);
+        let mut next = [0; 4];
+        while let Some(queued) = drain.next().await {
+            drain.written(queued.cost);
+            let Frame::Text(text) = queued.frame else {
+                panic!("only texts were sent")
+            };
+            let (sender, n) = text.as_str().split_once(' ').unwrap();
+            let sender: usize = sender.parse().unwrap();
+            assert_eq!(
+                n.parse::<usize>().unwrap(),
+                next[sender],
+                "sender {sender}'s order"
+            );
+            next[sender] += 1;
+        }
+        assert_eq!(next, [2_000; 4]);
+        for sender in senders {
+            sender.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_emptied_queue_gives_a_burst_s_memory_back() {
+        let (_outboxes, outbox, mut drain) = outboxes(1 << 20);
+        for _ in 0..1_000 {
+            assert!(outbox.offer(Text::from("x".to_owned())));
+        }
+        assert!(drain.queue.frames().queued.capacity() >= 1_000);
+        while let Some(queued) = drain.try_next() {
+            drain.written(queued.cost);
+        }
+        assert_eq!(drain.queue.frames().queued.capacity(), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Ctx};
 use crate::config::Config;
-use crate::http::{self, Edge};
+use crate::http::Edge;
 
 /// How long connections get to flush their last messages and close at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,7 +72,8 @@ impl<A: App> Server<A> {
         let address = listener
             .local_addr()
             .context("the listener has no local address")?;
-        let edge = Arc::new(Edge::new(self.ctx.config())?);
+        let connections = TaskTracker::new();
+        let edge = Arc::new(Edge::new(self.ctx.config(), connections.clone())?);
         let scheme = if edge.is_tls() { "wss" } else { "ws" };
         tracing::info!(%address, scheme, tasks = ?self.ctx.task_names(), "taskhost listening");
         if self
@@ -88,7 +89,6 @@ impl<A: App> Server<A> {
             );
         }
         self.ctx.start_background_work();
-        let connections = TaskTracker::new();
         let network = NetworkRuntime::start()?;
         // The listener moves to the network's reactor, so every connection it accepts is
         // registered there and served by the network's thread from its first byte.
@@ -98,7 +98,6 @@ impl<A: App> Server<A> {
             listener,
             self.ctx.clone(),
             edge,
-            connections.clone(),
             stop_accepting.clone(),
         ));
         shutdown.await;
@@ -153,7 +152,6 @@ async fn accept_loop<A: App>(
     listener: TcpListener,
     ctx: Ctx<A>,
     edge: Arc<Edge>,
-    connections: TaskTracker,
     stop: CancellationToken,
 ) {
     loop {
@@ -164,7 +162,7 @@ async fn accept_loop<A: App>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(http::handle(ctx.clone(), Arc::clone(&edge), stream, peer));
+                edge.serve(ctx.clone(), stream, peer);
             }
             Err(error) => {
                 // Out of file descriptors, say: wait a little rather than spin.

@@ -74,7 +74,7 @@ impl Plan {
                 hogs: 4,
                 sleepers: 10_000,
                 sleeper_connections: 100,
-                idle_connections: 1_000,
+                idle_connections: 4_000,
                 starts: 6,
             }
         }

@@ -15,12 +15,14 @@ mod dashboard;
 pub(crate) mod request;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Ctx};
 use crate::clip::clip;
@@ -40,14 +42,24 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Edge {
     peers: Peers,
     tls: Option<TlsAcceptor>,
+    /// Every connection's tasks, its handshake's and its session's: the shutdown waits for
+    /// them.
+    connections: TaskTracker,
 }
 
 impl Edge {
-    pub fn new(config: &Config) -> anyhow::Result<Edge> {
+    pub fn new(config: &Config, connections: TaskTracker) -> anyhow::Result<Edge> {
         Ok(Edge {
             peers: Peers::new(config),
             tls: config.tls.as_ref().map(tls::acceptor).transpose()?,
+            connections,
         })
+    }
+
+    /// Serves an accepted connection in a task of its own, tracked for the shutdown.
+    pub fn serve<A: App>(self: &Arc<Edge>, ctx: Ctx<A>, tcp: TcpStream, peer: SocketAddr) {
+        self.connections
+            .spawn(handle(ctx, Arc::clone(self), tcp, peer));
     }
 
     /// Whether the port serves TLS (`wss://`, `https://`).
@@ -63,12 +75,7 @@ struct Places {
 }
 
 /// Serves one TCP connection: one HTTP request, or a WebSocket session.
-pub async fn handle<A: App>(
-    ctx: Ctx<A>,
-    edge: std::sync::Arc<Edge>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) {
+async fn handle<A: App>(ctx: Ctx<A>, edge: Arc<Edge>, tcp: TcpStream, peer: SocketAddr) {
     let Some(open) = edge.peers.admit() else {
         ctx.metrics().refused("max_connections");
         tracing::warn!(%peer, max = ctx.config().max_connections, "connection refused: --max-connections are open");
@@ -139,7 +146,7 @@ pub async fn handle<A: App>(
                 // lasts: freed now, they cost an idle connection nothing.
                 drop(request);
                 drop(head);
-                upgrade(ctx, stream, peer, client, accept, leftover, places).await;
+                upgrade(&edge, ctx, stream, peer, client, accept, leftover, places).await;
             }
             Err((status, reason, why)) => {
                 ctx.metrics().refused(reason);
@@ -259,8 +266,13 @@ fn upgrade_refusal<A: App>(
     })
 }
 
-/// Completes the WebSocket handshake and serves the connection.
+/// Completes the WebSocket handshake and starts the connection's session, as a task of its
+/// own: this one, which holds the handshake's state (the TLS handshake, the head being read:
+/// about 1 KiB), ends, rather than staying allocated and unused while the connection lasts
+/// (docs/PERFORMANCE.md, "An idle connection's memory").
+#[allow(clippy::too_many_arguments)]
 async fn upgrade<A: App>(
+    edge: &Edge,
     ctx: Ctx<A>,
     mut stream: Stream,
     peer: SocketAddr,
@@ -278,8 +290,10 @@ async fn upgrade<A: App>(
     if written.is_err() {
         return;
     }
-    connection::run(ctx, stream, leftover, peer, client).await;
-    drop(places);
+    edge.connections.spawn(async move {
+        connection::run(ctx, stream, leftover, peer, client).await;
+        drop(places);
+    });
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
