@@ -146,7 +146,17 @@ async fn handle<A: App>(ctx: Ctx<A>, edge: Arc<Edge>, tcp: TcpStream, peer: Sock
                 // lasts: freed now, they cost an idle connection nothing.
                 drop(request);
                 drop(head);
-                upgrade(&edge, ctx, stream, peer, client, accept, leftover, places).await;
+                if switch_protocols(&mut stream, &accept).await.is_err() {
+                    return;
+                }
+                // The session runs as a task of its own, and this one ends: it holds the
+                // handshake's states (the TLS handshake, the head being read: about 1 KiB),
+                // which would stay allocated, unused, while the connection lasts
+                // (docs/PERFORMANCE.md, "An idle connection's memory").
+                edge.connections.spawn(async move {
+                    connection::run(ctx, stream, leftover, peer, client).await;
+                    drop(places);
+                });
             }
             Err((status, reason, why)) => {
                 ctx.metrics().refused(reason);
@@ -266,34 +276,13 @@ fn upgrade_refusal<A: App>(
     })
 }
 
-/// Completes the WebSocket handshake and starts the connection's session, as a task of its
-/// own: this one, which holds the handshake's state (the TLS handshake, the head being read:
-/// about 1 KiB), ends, rather than staying allocated and unused while the connection lasts
-/// (docs/PERFORMANCE.md, "An idle connection's memory").
-#[allow(clippy::too_many_arguments)]
-async fn upgrade<A: App>(
-    edge: &Edge,
-    ctx: Ctx<A>,
-    mut stream: Stream,
-    peer: SocketAddr,
-    client: IpAddr,
-    accept: String,
-    leftover: Vec<u8>,
-    places: Places,
-) {
+/// Completes the WebSocket handshake: the `101` answer.
+async fn switch_protocols(stream: &mut Stream, accept: &str) -> std::io::Result<()> {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    let written = stream.write_all(response.as_bytes()).await;
-    drop((response, accept));
-    if written.is_err() {
-        return;
-    }
-    edge.connections.spawn(async move {
-        connection::run(ctx, stream, leftover, peer, client).await;
-        drop(places);
-    });
+    stream.write_all(response.as_bytes()).await
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
