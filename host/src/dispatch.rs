@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::workers::{Permit, Place, Workers};
+use crate::workers::{Permit, Place, Ticket, Workers};
 
 /// How much longer than its wall-clock limit a task may run before the dispatcher ends it,
 /// for `task` callbacks that do not enforce the limit themselves.
@@ -118,6 +118,27 @@ pub struct Admission {
     /// Who submitted the task: its address's line is where it waits for a permit.
     owner: Owner,
     token: CancellationToken,
+    /// Its turn for a worker, once taken ([`Admission::take_turn`]) and until it runs.
+    turn: Option<Ticket>,
+}
+
+impl Admission {
+    /// Takes the task's turn for a worker now: a free permit, or its place in its
+    /// connection's line. Called where a connection's tasks are started, one after another,
+    /// so that they start in the order it sent them: taken in each task's own future, the
+    /// turn went to whichever future a thread polled first.
+    pub fn take_turn(&mut self) {
+        if self.turn.is_none() {
+            self.turn = Some(self.dispatcher.workers.join(self.place()));
+        }
+    }
+
+    fn place(&self) -> Place {
+        Place {
+            address: self.owner.address,
+            connection: self.owner.connection,
+        }
+    }
 }
 
 impl std::fmt::Debug for Admission {
@@ -280,6 +301,7 @@ impl Dispatcher {
             task_id,
             owner,
             token,
+            turn: None,
         })
     }
 
@@ -323,26 +345,25 @@ impl Dispatcher {
     /// do not.
     ///
     /// The admission is only borrowed: a task that runs again (a retry) keeps its place and
-    /// runs through here once per attempt.
+    /// runs through here once per attempt, with the turn taken at its start
+    /// ([`Admission::take_turn`]) the first time, and a new one each retry.
     pub async fn run<F: Future>(
         &self,
-        admission: &Admission,
+        admission: &mut Admission,
         timeout: Duration,
         task: F,
     ) -> (Result<F::Output, Stopped>, Duration) {
-        let _permit = match self.workers.try_take() {
-            Some(permit) => permit,
-            None => {
+        let turn = admission.turn.take();
+        let _permit = match turn.unwrap_or_else(|| self.workers.join(admission.place())) {
+            Ticket::Now(permit) => permit,
+            Ticket::InLine(waiting) => {
                 // Busy: whatever background work borrowed permits gives them back now.
                 self.reclaim.cancel();
                 tokio::select! {
                     biased;
                     () = admission.token.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
                     () = self.stop_starting.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
-                    permit = self.workers.take(Place {
-                        address: admission.owner.address,
-                        connection: admission.owner.connection,
-                    }) => permit,
+                    permit = waiting.permit() => permit,
                 }
             }
         };
@@ -555,12 +576,12 @@ mod tests {
         assert_eq!(dispatcher.load().running, 0, "a loan is not a running task");
         let reclaimed = dispatcher.reclaimed();
         assert!(dispatcher.lend().is_none(), "only one permit exists");
-        let admission = dispatcher.admit(local(1), 0).unwrap();
+        let mut admission = dispatcher.admit(local(1), 0).unwrap();
         let give_back = async {
             reclaimed.cancelled().await;
             drop(loan);
         };
-        let run = dispatcher.run(&admission, Duration::from_secs(5), async { "ran" });
+        let run = dispatcher.run(&mut admission, Duration::from_secs(5), async { "ran" });
         let ((output, _), ()) = tokio::join!(run, give_back);
         assert_eq!(output, Ok("ran"));
         assert!(dispatcher.lend().is_none(), "no loans once reclaimed");

@@ -122,43 +122,39 @@ impl Workers {
         Some(self.permit())
     }
 
-    /// A permit for a task at `place`: at once if one is free, else when its turn comes.
-    /// Dropping the future gives up the place in line at once.
-    pub async fn take(&self, place: Place) -> Permit {
-        let (handed, mut waiter) = {
-            let mut inner = lock(&self.inner);
-            if inner.free > 0 {
-                inner.free -= 1;
-                return self.permit();
-            }
-            let (give, handed) = oneshot::channel();
-            inner.next_waiter += 1;
-            let id = inner.next_waiter;
-            if !inner.addresses.contains_key(&place.address) {
-                inner.turns.push_back(place.address);
-            }
-            let line = inner.addresses.entry(place.address).or_default();
-            if !line.lines.contains_key(&place.connection) {
-                line.turns.push_back(place.connection);
-            }
-            line.lines
-                .entry(place.connection)
-                .or_default()
-                .push_back((id, give));
-            let waiter = Waiter {
-                workers: &self.inner,
+    /// A task's turn at `place`, taken now: a free permit, or its place at the end of its
+    /// connection's line. Taking it where tasks are started, rather than in each task's own
+    /// future, keeps a connection's tasks in the order it sent them whichever thread polls
+    /// them first. Dropping the ticket gives up the place (or the permit).
+    pub fn join(&self, place: Place) -> Ticket {
+        let mut inner = lock(&self.inner);
+        if inner.free > 0 {
+            inner.free -= 1;
+            return Ticket::Now(self.permit());
+        }
+        let (give, handed) = oneshot::channel();
+        inner.next_waiter += 1;
+        let id = inner.next_waiter;
+        if !inner.addresses.contains_key(&place.address) {
+            inner.turns.push_back(place.address);
+        }
+        let line = inner.addresses.entry(place.address).or_default();
+        if !line.lines.contains_key(&place.connection) {
+            line.turns.push_back(place.connection);
+        }
+        line.lines
+            .entry(place.connection)
+            .or_default()
+            .push_back((id, give));
+        Ticket::InLine(Waiting {
+            handed,
+            waiter: Waiter {
+                workers: Arc::clone(&self.inner),
                 place,
                 id,
                 served: false,
-            };
-            (handed, waiter)
-        };
-        let permit = handed
-            .await
-            .expect("a waiting task's sender is only dropped once it has sent");
-        // Served: its entry is gone already.
-        waiter.served = true;
-        permit
+            },
+        })
     }
 
     fn permit(&self) -> Permit {
@@ -168,18 +164,44 @@ impl Workers {
     }
 }
 
+/// A task's turn for a worker (see [`Workers::join`]).
+pub enum Ticket {
+    /// A permit was free.
+    Now(Permit),
+    /// In line: the permit comes when the task's turn does.
+    InLine(Waiting),
+}
+
+/// A task waiting in its line for a permit.
+pub struct Waiting {
+    handed: oneshot::Receiver<Permit>,
+    waiter: Waiter,
+}
+
+impl Waiting {
+    /// The permit, once the task's turn comes. Dropping the future gives up the place.
+    pub async fn permit(mut self) -> Permit {
+        let permit = (&mut self.handed)
+            .await
+            .expect("a waiting task's sender is only dropped once it has sent");
+        // Served: its entry is gone already.
+        self.waiter.served = true;
+        permit
+    }
+}
+
 /// A task's place in its line; dropped unserved (the task was cancelled), it leaves the line.
-struct Waiter<'a> {
-    workers: &'a Mutex<Inner>,
+struct Waiter {
+    workers: Arc<Mutex<Inner>>,
     place: Place,
     id: u64,
     served: bool,
 }
 
-impl Drop for Waiter<'_> {
+impl Drop for Waiter {
     fn drop(&mut self) {
         if !self.served {
-            lock(self.workers).leave(self.place, self.id);
+            lock(&self.workers).leave(self.place, self.id);
         }
     }
 }
@@ -220,11 +242,42 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A permit for a task at `place`: at once if one is free, else when its turn comes.
+    async fn take(workers: &Workers, place: Place) -> Permit {
+        match workers.join(place) {
+            Ticket::Now(permit) => permit,
+            Ticket::InLine(waiting) => waiting.permit().await,
+        }
+    }
+
     fn place(address: &str, connection: u64) -> Place {
         Place {
             address: address.parse().unwrap(),
             connection,
         }
+    }
+
+    /// Turns taken in a connection's order are served in that order, whichever task's
+    /// future is polled first (as two runtime threads may).
+    #[tokio::test]
+    async fn turns_are_served_in_the_order_they_were_taken() {
+        let workers = Workers::new(1);
+        let held = workers.try_take().unwrap();
+        let first = workers.join(place("10.0.0.1", 1));
+        let second = workers.join(place("10.0.0.1", 1));
+        let (Ticket::InLine(first), Ticket::InLine(second)) = (first, second) else {
+            panic!("no permit was free");
+        };
+        let second = tokio::spawn(second.permit());
+        tokio::task::yield_now().await;
+        drop(held);
+        let first = tokio::time::timeout(Duration::from_secs(5), first.permit())
+            .await
+            .expect("the first turn is served first");
+        assert!(!second.is_finished(), "the second waits for the first");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), second).await;
+        assert!(second.is_ok(), "then the second is served");
     }
 
     /// Queues tasks at `places` behind one held permit, frees it, and returns the order in
@@ -236,7 +289,7 @@ mod tests {
         for &(place, task) in places {
             let (workers, order) = (Arc::clone(&workers), order.clone());
             tokio::spawn(async move {
-                let permit = workers.take(place).await;
+                let permit = take(&workers, place).await;
                 order.send(task).unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 drop(permit);
@@ -297,7 +350,7 @@ mod tests {
         let held = workers.try_take().unwrap();
         let waiting = tokio::spawn({
             let workers = Arc::clone(&workers);
-            async move { workers.take(place("192.0.2.1", 1)).await }
+            async move { take(&workers, place("192.0.2.1", 1)).await }
         });
         tokio::task::yield_now().await;
         waiting.abort();

@@ -505,7 +505,10 @@ impl<A: App> Ctx<A> {
         // The future is boxed before it is spawned: spawning moves it through three
         // wrappers into tokio's task cell, a copy at each; boxed, they move a pointer
         // (a fifth of the server's memmove time per echo task). docs/PERFORMANCE.md has both.
-        let admitted = Box::new(admitted);
+        let mut admitted = Box::new(admitted);
+        // Its turn for a worker is taken here, in the order the connection sent its tasks,
+        // not in the spawned future: the task runtime's threads may poll them in any order.
+        admitted.admission.take_turn();
         let fut = async move {
             let report = ctx.execute(admitted).await;
             ctx.finish(report, task_id, &name).await;
@@ -610,13 +613,13 @@ impl<A: App> Ctx<A> {
     /// Runs an admitted task to its end through the dispatcher, and logs and counts the end.
     async fn execute(&self, admitted: Box<Admitted>) -> super::Report {
         let Admitted {
-            admission,
+            mut admission,
             job,
             mut tracked,
         } = *admitted;
         let policy = RetryPolicy::of(&job.module.manifest);
         let admitted_at = Instant::now();
-        let (outcome, elapsed, attempts) = self.attempts(&admission, &job, &policy).await;
+        let (outcome, elapsed, attempts) = self.attempts(&mut admission, &job, &policy).await;
         // Time not spent running the last attempt: the queue, and with retries the earlier
         // attempts and their backoffs.
         let queue_wait = admitted_at.elapsed().saturating_sub(elapsed);
@@ -662,7 +665,7 @@ impl<A: App> Ctx<A> {
     /// worker). Returns the last attempt's outcome and time, and the number of attempts.
     async fn attempts(
         &self,
-        admission: &Admission,
+        admission: &mut Admission,
         job: &Job,
         policy: &RetryPolicy,
     ) -> (Outcome, Duration, u32) {

@@ -239,8 +239,8 @@ impl Sandbox {
         match &module.entry {
             Entry::Module(pre) => {
                 let stdio = Stdio::new(spec.name.clone(), spec.input.clone(), capture.clone());
-                let state = ModuleState::new(stdio, controls);
-                self.metered(state, &spec, &capture, pre).await
+                let store = self.store(ModuleState::new(stdio, controls));
+                self.metered(store, &spec, &capture, pre).await
             }
             Entry::Component(pre) => {
                 let state = ComponentState {
@@ -265,22 +265,32 @@ impl Sandbox {
                     http_hooks: TaskHttp::new(controls.capabilities.clone()),
                     controls,
                 };
-                self.metered(state, &spec, &capture, pre).await
+                let store = self.store(state);
+                // Boxed: a component's run is the larger future, and every module's run would
+                // otherwise be as large.
+                Box::pin(self.metered(store, &spec, &capture, pre)).await
             }
         }
     }
 
-    /// Runs `start` in a new store under the task's limits and classifies how it ended.
+    /// A new store holding `state`, its memory limited. Made before the run's future is
+    /// awaited, so that the state moves into the store's allocation and is not also held,
+    /// spent, in the future's (sleeping tasks hold both while they sleep).
+    fn store<T: Controlled>(&self, state: T) -> Store<T> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.controls().memory);
+        T::prepare(&mut store);
+        store
+    }
+
+    /// Runs `start` in `store` under the task's limits and classifies how it ended.
     async fn metered<T: Controlled>(
         &self,
-        state: T,
+        mut store: Store<T>,
         spec: &RunSpec,
         capture: &OutputCapture,
         entry: &impl Start<T>,
     ) -> RunEnd {
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.controls().memory);
-        T::prepare(&mut store);
         // A new store starts with no fuel: without this, the first instruction would trap.
         if let Err(error) = store
             .set_fuel(spec.limits.fuel)
@@ -412,6 +422,21 @@ impl Start<ComponentState> for CommandPre<ComponentState> {
 
 #[cfg(test)]
 mod tests {
+    /// A sleeping task holds its run's future and its store for as long as it sleeps: 10,000
+    /// sleepers hold 10,000 of each. Measured with Rust 1.95: the future 1,632 bytes (2,480
+    /// with the store's state also in it and a component's run inline), a module's state 304
+    /// (688 with wasmtime-wasi's context inline).
+    #[test]
+    fn a_sleeping_task_s_future_and_state_stay_small() {
+        fn future_size<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
+            size_of::<F>()
+        }
+        let run = future_size(super::Sandbox::run);
+        let state = size_of::<super::ModuleState>();
+        assert!(run <= 1792, "a run's future is {run} bytes");
+        assert!(state <= 384, "a module's state is {state} bytes");
+    }
+
     #[test]
     fn a_component_s_poll_list_is_bounded() {
         // wasmtime charges a lifted list of handles at the host size of each.
