@@ -149,8 +149,21 @@ impl Broker {
 impl Broker {
     /// Freezes the broker (SIGSTOP): its connections stay open and nothing is answered, as
     /// with a broker that stalls between taking a message and confirming it.
+    /// Returns once every thread of the broker has stopped: `kill` only asks, and a thread
+    /// that has not stopped yet still answers (under CPU load the broker confirmed a task
+    /// sent a millisecond after the signal).
     fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(process) = &self.process else { return };
+        let threads = PathBuf::from(format!("/proc/{}/task", process.0.id()));
+        let started = Instant::now();
+        while !all_stopped(&threads) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn resume(&self) {
@@ -163,6 +176,20 @@ impl Broker {
             unsafe { libc::kill(process.0.id() as i32, signal) };
         }
     }
+}
+
+/// Whether every thread listed in `threads` (a `/proc/PID/task` folder) is stopped: state
+/// `T` in its `stat`, which follows the command name's closing parenthesis.
+fn all_stopped(threads: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(threads) else {
+        return false;
+    };
+    entries.flatten().all(|thread| {
+        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+    })
 }
 
 impl Drop for Broker {
@@ -576,7 +603,18 @@ async fn attach_works_on_any_node_after_the_submitter_left() {
     let mut submitter = a.client().await;
     let running = submitter.submit("slow", json!({"seconds": 2})).await;
     let running = running["task_id"].as_u64().unwrap();
-    let ended = submitter.run("echo", json!({"x": 1})).await;
+    // The slow task's progress may come before the echo's `accepted` (through the broker,
+    // on a loaded machine): skipped.
+    submitter
+        .send(json!({"type": "task", "task": "echo", "input": {"x": 1}}))
+        .await;
+    let accepted = submitter
+        .recv_until(Duration::from_secs(30), "accepted", |_| true)
+        .await;
+    let ended = submitter
+        .recv_for(accepted["task_id"].as_u64().unwrap())
+        .await;
+    assert_eq!(ended["type"], "finished", "{ended}");
     let ended_id = ended["task_id"].as_u64().unwrap();
     drop(submitter);
 
