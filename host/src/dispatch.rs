@@ -2,12 +2,13 @@
 //! cancel handles and the shutdown of tasks.
 //!
 //! Design: a task is first *admitted* ([`Dispatcher::admit`]), which takes a place in the queue and
-//! an id and registers its cancel token; the caller then announces it (`accepted`) and hands
-//! it to [`Dispatcher::run`], which waits for one of `task_workers` permits ([`crate::workers`]:
-//! each connection's tasks start in order, and connections take turns), runs it, and races
-//! it against its cancel token. The
-//! token is a child of `stop_running`, cancelled when the shutdown grace period ends, so one
-//! `select!` serves both a client's cancel and the shutdown. Queued tasks also watch
+//! an id and registers its cancel token; the caller then announces it (`accepted`), takes its
+//! turn for a worker ([`Admission::take_turn`], in the order the connection sent its tasks)
+//! and hands it to [`Dispatcher::run`], which waits for one of `task_workers` permits
+//! ([`crate::workers`]: each connection's tasks start in order, and connections take turns),
+//! runs it, and races it against its cancel token. The token is a child of `stop_running`,
+//! cancelled when the shutdown grace period ends, so one `select!` serves both a client's
+//! cancel and the shutdown. Queued tasks also watch
 //! `stop_starting`, cancelled when the shutdown begins, so they fail at once.
 //!
 //! Background work that needs a worker permit (warming the sandbox pool) borrows one with
@@ -128,16 +129,18 @@ impl Admission {
     /// so that they start in the order it sent them: taken in each task's own future, the
     /// turn went to whichever future a thread polled first.
     pub fn take_turn(&mut self) {
-        if self.turn.is_none() {
-            self.turn = Some(self.dispatcher.workers.join(self.place()));
-        }
+        let turn = self.turn();
+        self.turn = Some(turn);
     }
 
-    fn place(&self) -> Place {
-        Place {
-            address: self.owner.address,
-            connection: self.owner.connection,
-        }
+    /// The turn taken before, or a new one: a free permit, or the end of the line.
+    fn turn(&mut self) -> Ticket {
+        self.turn.take().unwrap_or_else(|| {
+            self.dispatcher.workers.join(Place {
+                address: self.owner.address,
+                connection: self.owner.connection,
+            })
+        })
     }
 }
 
@@ -353,8 +356,7 @@ impl Dispatcher {
         timeout: Duration,
         task: F,
     ) -> (Result<F::Output, Stopped>, Duration) {
-        let turn = admission.turn.take();
-        let _permit = match turn.unwrap_or_else(|| self.workers.join(admission.place())) {
+        let _permit = match admission.turn() {
             Ticket::Now(permit) => permit,
             Ticket::InLine(waiting) => {
                 // Busy: whatever background work borrowed permits gives them back now.
@@ -567,6 +569,36 @@ mod tests {
             Refusal::ShuttingDown
         );
         assert!(!queued.token.is_cancelled());
+    }
+
+    /// A connection's tasks run in the order their turns were taken, though their futures
+    /// are polled the other way round (as two runtime threads may poll them).
+    #[tokio::test]
+    async fn tasks_run_in_the_order_their_turns_were_taken() {
+        let dispatcher = dispatcher(1, 3, 0);
+        let mut running = dispatcher.admit(local(1), 0).unwrap();
+        running.take_turn();
+        let (mut first, mut second) = (
+            dispatcher.admit(local(1), 0).unwrap(),
+            dispatcher.admit(local(1), 0).unwrap(),
+        );
+        first.take_turn();
+        second.take_turn();
+        let order = std::sync::Mutex::new(Vec::new());
+        let record = |task: &'static str| {
+            let order = &order;
+            async move { order.lock().unwrap().push(task) }
+        };
+        let timeout = Duration::from_secs(5);
+        let second = dispatcher.run(&mut second, timeout, record("second"));
+        let first = dispatcher.run(&mut first, timeout, record("first"));
+        let free = async {
+            tokio::task::yield_now().await;
+            drop(running);
+        };
+        let ((second, _), (first, _), ()) = tokio::join!(second, first, free);
+        assert_eq!((first, second), (Ok(()), Ok(())));
+        assert_eq!(*order.lock().unwrap(), ["first", "second"]);
     }
 
     #[tokio::test]
