@@ -9,7 +9,10 @@
 
 # --- build: the binary and the bundled tasks --------------------------------------------
 FROM rust:1.95-slim-bookworm AS build
-RUN rustup target add wasm32-wasip1 wasm32-wasip2 \
+# make: the server's allocator (jemalloc) is built from source by its crate.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup target add wasm32-wasip1 wasm32-wasip2 \
  && cargo install just --locked
 WORKDIR /src
 COPY . .

@@ -29,6 +29,18 @@ wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+# Install make if this machine lacks it: building the server runs it, for its allocator
+# (jemalloc, which the tikv-jemalloc-sys crate builds from source with the C compiler that
+# linking any Rust program already needs).
+build-tools:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v make >/dev/null; then exit 0; fi
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing make, which building the server's allocator runs (apt)…"
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq make >/dev/null
+
 # Build the bundled task modules and components into tasks/, with the .wat tasks and
 # the manifests (guest-tasks/manifests/NAME.toml). They build with the `guest` profile
 # (the root Cargo.toml: release without DWARF).
@@ -113,7 +125,7 @@ build-py-tasks:
 # Start the server on 127.0.0.1:9501 (pass flags after: just run --task-workers 64). It allows
 # pages opened from a file (--allow-origin null), as the original example opens its page; the
 # binary on its own refuses them.
-run *FLAGS:
+run *FLAGS: build-tools
     cargo run --release -p taskhost -- --allow-origin null {{ FLAGS }}
 
 # Install Debian's Chromium for the browser test, if it is missing.
@@ -127,31 +139,31 @@ browser:
     DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null
 
 # Build the guests, then run every test (unit, integration, browser).
-test *ARGS: build-guests build-c-tasks build-py-tasks browser
+test *ARGS: build-tools build-guests build-c-tasks build-py-tasks browser
     cargo test --release {{ host_packages }} {{ ARGS }}
 
 # Formatting and lints, as CI would have them.
-check:
+check: build-tools
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
 # Benchmark sandbox against native, and against Swoole when `just swoole` has built it: a
 # table, target/bench/latest.{json,svg} (in CARGO_TARGET_DIR when set; --quick: seconds).
-bench *ARGS: build-guests
+bench *ARGS: build-tools build-guests
     cargo build --release --all-targets {{ host_packages }}
     "$({{ target_dir }})/release/loadgen" {{ ARGS }}
 
 # The cost of a task through NATS JetStream (--nats) against the embedded queue: per-task CPU
 # of the node and of a nats-server it starts, and latency (docs/SCALING.md). Needs nats-server
 # and python3-websockets (apt-get install nats-server python3-websockets).
-bench-cluster TASKS="2000": build-guests
+bench-cluster TASKS="2000": build-tools build-guests
     cargo build --release --all-targets {{ host_packages }}
     CARGO_TARGET_DIR="$({{ target_dir }})" python3 bench/cluster_cost.py {{ TASKS }}
 
 # Needs python3-websockets. Flags after `--` go to the server (`just bench-sleepers 10000 --
 # --warm-slots 0`).
 # Where a sleeping task's memory goes: N `slow` tasks asleep at once, the server's RSS, PSS and smaps by mapping, per sleeper (docs/PERFORMANCE.md).
-bench-sleepers N="10000" *ARGS: build-guests
+bench-sleepers N="10000" *ARGS: build-tools build-guests
     cargo build --release --all-targets {{ host_packages }}
     CARGO_TARGET_DIR="$({{ target_dir }})" python3 bench/sleeper_memory.py {{ N }} {{ ARGS }}
 
@@ -166,12 +178,12 @@ swoole SRC:
 # the failure tasks, clients leaving mid-task, a slow reader, module reloads. Samples the
 # server's memory, open files, queue depth and echo p99 every 10 s, and fails if one trends
 # upward (docs/RELIABILITY.md has the rule); writes soak/latest.json in the target directory.
-soak MINUTES="60": build-guests
+soak MINUTES="60": build-tools build-guests
     cargo build --release --all-targets {{ host_packages }}
     "$({{ target_dir }})/release/loadgen" soak --minutes {{ MINUTES }}
 
 # Fuzz the parsers (text frames, HTTP request heads, task manifests) with their property
 # tests: CASES inputs per property (default 1,000,000), one property at a time on one thread;
 # each prints how many inputs it tried. `just test` runs the same properties briefly.
-fuzz CASES="1000000":
+fuzz CASES="1000000": build-tools
     PROPTEST_CASES={{ CASES }} cargo test --release -p taskhost --lib fuzz_tests -- --test-threads 1 --nocapture
