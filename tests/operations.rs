@@ -524,6 +524,30 @@ fn printing_into_a_closed_pipe_ends_quietly() {
     }
 }
 
+/// The binary allocates with jemalloc and has it return freed memory after a second
+/// (host/src/main.rs). The settings are a symbol jemalloc looks up by its name: a jemalloc
+/// crate that renamed it would drop them without a word, and a burst's memory would then stay
+/// for ten seconds. Asked to, jemalloc prints the options it runs with when the process ends.
+#[test]
+fn the_binary_allocates_with_jemalloc_returning_memory_after_a_second() {
+    let output = taskhost_command()
+        .arg("--version")
+        .env(
+            "_RJEM_MALLOC_CONF",
+            "stats_print:true,stats_print_opts:mdablxe",
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let statistics = String::from_utf8_lossy(&output.stderr);
+    for option in ["opt.dirty_decay_ms: 1000 ", "opt.muzzy_decay_ms: 0 "] {
+        assert!(
+            statistics.contains(option),
+            "`{option}` is not in jemalloc's statistics: {statistics}"
+        );
+    }
+}
+
 /// The unit with its binary at `binary`, and the man page its Documentation= names, in a
 /// folder of their own: `systemd-analyze verify` checks that both exist.
 fn unit_for_verify(dir: &Path, binary: &Path) -> (PathBuf, PathBuf) {
