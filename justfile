@@ -20,6 +20,9 @@ host_packages := "-p taskhost -p taskhost-bench -p taskhost-guest -p broadcast -
 # as many Rust users do globally. A shell command for the recipes; plain sed, no jq.
 target_dir := '''cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p' '''
 
+# The private recipe `apt-install`, run from a recipe's shell line.
+apt_install := quote(just_executable()) + " --justfile " + quote(justfile()) + " apt-install"
+
 # List the recipes.
 default:
     @just --list
@@ -33,13 +36,18 @@ wasm-target:
 # (jemalloc, which the tikv-jemalloc-sys crate builds from source with the C compiler that
 # linking any Rust program already needs).
 build-tools:
+    @command -v make >/dev/null || {{ apt_install }} "building the server's allocator" make
+
+# Installs Debian packages with apt, as root or through sudo, waiting up to 10 minutes for
+# another apt run to let go of dpkg's lock; the recipes that need a package call it.
+[private]
+apt-install WHY +PACKAGES:
     #!/usr/bin/env bash
     set -euo pipefail
-    if command -v make >/dev/null; then exit 0; fi
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    echo "installing make, which building the server's allocator runs (apt)…"
+    echo "installing {{ PACKAGES }} for {{ WHY }} (apt)…"
     $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq || true
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq make >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq {{ PACKAGES }} >/dev/null
 
 # Build the bundled task modules and components into tasks/, with the .wat tasks and
 # the manifests (guest-tasks/manifests/NAME.toml). They build with the `guest` profile
@@ -74,10 +82,7 @@ build-c-tasks:
     set -euo pipefail
     if ! command -v clang >/dev/null || [ ! -d /usr/include/wasm32-wasi ] \
         || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
-        sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-        echo "installing clang, lld and wasi-libc for the C tasks (apt)…"
-        $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq || true
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null
+        {{ apt_install }} "the C tasks" clang lld wasi-libc libclang-rt-14-dev-wasm32
     fi
     mkdir -p tasks
     for source in guest-tasks/c/*.c; do
@@ -133,10 +138,7 @@ browser:
     #!/usr/bin/env bash
     set -euo pipefail
     if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then exit 0; fi
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    echo "installing chromium for the browser test (apt)…"
-    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq || true
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null
+    {{ apt_install }} "the browser test" chromium
 
 # Build the guests, then run every test (unit, integration, browser).
 test *ARGS: build-tools build-guests build-c-tasks build-py-tasks browser
