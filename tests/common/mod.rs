@@ -232,11 +232,18 @@ impl Client {
         self.socket.send(message).await.expect("send a frame");
     }
 
-    /// Submits a task and returns its `accepted` (or `rejected`) answer.
+    /// Submits a task and returns its `accepted` (or `rejected`) answer. Progress reports
+    /// that arrive first are skipped: they are about tasks submitted before, since a task
+    /// reports nothing before its `accepted`.
     pub async fn submit(&mut self, task: &str, input: Value) -> Value {
         self.send(json!({"type": "task", "task": task, "input": input}))
             .await;
-        self.recv().await
+        loop {
+            let answer = self.recv().await;
+            if answer["type"] != "progress" {
+                return answer;
+            }
+        }
     }
 
     /// Submits a task and waits for its terminal message.
