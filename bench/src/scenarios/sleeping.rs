@@ -48,7 +48,8 @@ pub struct Sleepers {
     pub server_cpu_us_per_task: f64,
     /// Where the cores went meanwhile.
     pub cpu: CpuShare,
-    /// `progress` messages per task: the bundled `slow` reports ten, the native one none.
+    /// `progress` messages per task that reached the client: the bundled `slow` and the native
+    /// one both report ten, which the server's rate limit (one per 100 ms a task) thins out.
     pub progress_per_task: f64,
     pub unexpected: Unexpected,
     pub note: Option<String>,
