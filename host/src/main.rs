@@ -21,7 +21,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's settings, read when it starts (the environment's `_RJEM_MALLOC_CONF` is applied
 /// after these). Freed memory goes back to the system after a second instead of ten, so a
 /// burst's memory is returned about as soon as glibc returns it, and in one step (no "muzzy"
-/// stage kept for another ten seconds). A C string: jemalloc reads a `const char *`.
+/// stage kept for another ten seconds). The decay advances as the process allocates, so an
+/// idle server keeps what it freed last. jemalloc's own purging thread would return it, but
+/// raised the sleepers' peak by about 4 MiB and made echo's CPU less steady (docs/PERFORMANCE.md,
+/// "An idle server keeps what it freed last"). A C string: jemalloc reads a `const char *`.
 #[cfg(not(target_env = "msvc"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_SETTINGS: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
