@@ -126,11 +126,11 @@ async fn start(
 
 async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result<Sleepers> {
     // The pool's size is one of the engine's settings, which compiled code depends on, and no
-    // other scenario's server runs with this one's: its first start compiles every module, and
-    // the compiler's code pages (some 20 MiB of the binary) stay resident through the burst
-    // (peak RSS 618-624 MiB against 594-601; docs/PERFORMANCE.md). A server restarted with the
-    // same settings finds its code in the compile cache, as every other scenario's server
-    // does; so does this one: started once and stopped, then started for the measurement.
+    // other scenario's server runs with this one's: its first start would compile every module,
+    // and what compiling leaves resident stays through the burst (peak RSS 618-624 MiB against
+    // 594-601 from the cache; docs/PERFORMANCE.md). A server restarted with the same settings
+    // finds its code in the compile cache, as every other scenario's server does; so does this
+    // one: started once and stopped, then started for the measurement.
     if mode == Mode::Sandbox {
         let (server, _, _) = start(launcher, mode, plan.sleepers).await?;
         server.stop().await?;
