@@ -309,6 +309,12 @@ impl Server {
             .with_context(|| format!("server {} is gone", self.label))
     }
 
+    /// How many modules the server compiled at start rather than loading them from the compile
+    /// cache: the `compiled=N` of its "tasks loaded" log line (`None` if there is none yet).
+    pub fn compiled_at_start(&self) -> Option<usize> {
+        compiled_count(&std::fs::read_to_string(&self.log).ok()?)
+    }
+
     /// The server's `/metrics` text now; `None` if it did not answer within a second.
     pub async fn metrics(&self) -> Option<String> {
         get(self.addr, "/metrics").await
@@ -511,9 +517,37 @@ async fn get(addr: SocketAddr, path: &str) -> Option<String> {
         .ok()
 }
 
+/// The `compiled=N` of a server log's "tasks loaded" line.
+fn compiled_count(log: &str) -> Option<usize> {
+    let line = log.lines().find(|line| line.contains("tasks loaded"))?;
+    let count = line.split("compiled=").nth(1)?;
+    count
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The last lines of a server log, for an error message.
 pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compiled_count;
+
+    #[test]
+    fn the_compiled_count_is_read_from_the_tasks_loaded_line() {
+        let log = "2026-12-01T16:24:56.197616Z  INFO taskhost::registry: task loaded task=echo\n\
+                   2026-12-01T16:24:56.212576Z  INFO taskhost::app::context: tasks loaded tasks=23 \
+                   large_tasks_loading_after_start=0 from_cache=1 compiled=23 elapsed_ms=1800\n";
+        assert_eq!(compiled_count(log), Some(23));
+        assert_eq!(
+            compiled_count("INFO taskhost::registry: task loaded task=echo"),
+            None
+        );
+    }
 }
