@@ -7,7 +7,9 @@
 
 use serde::Serialize;
 
-use super::{Plan, Rate, measure_rate};
+use anyhow::Context;
+
+use super::{Plan, Rate, Unexpected, measure_rate};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
 
@@ -17,12 +19,31 @@ const IN_FLIGHT: usize = 10;
 /// A small JSON object, as a typical request would carry.
 pub const ECHO_INPUT: &str = r#"{"text":"hello, taskhost"}"#;
 
+/// Windows per server in full mode, taken in turns (taskhost, native, Swoole, then again).
+/// One window each swung the taskhost-to-Swoole ratio by a tenth between runs of the same
+/// binaries on one VM: the host's speed drifts over tens of seconds, so each server's
+/// window fell in a different stretch of it. In turns, every server sees each stretch, and
+/// the median window per server drops one slow or fast stretch (docs/PERFORMANCE.md).
+const FULL_ROUNDS: usize = 3;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EchoThroughput {
+    /// Each server's median window by server CPU per task, with the unexpected answers of
+    /// all its windows.
     pub sandbox: Rate,
     pub native: Option<Rate>,
     /// Swoole, when it runs (the peer column).
     pub peer: Option<Rate>,
+    /// Server CPU per task (µs) of every window, in the order they ran.
+    pub rounds: Rounds,
+}
+
+/// Every window's server CPU per task, per server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rounds {
+    pub sandbox: Vec<f64>,
+    pub native: Vec<f64>,
+    pub peer: Vec<f64>,
 }
 
 pub async fn run(
@@ -31,28 +52,90 @@ pub async fn run(
     peer: Option<&Server>,
     plan: &Plan,
 ) -> anyhow::Result<EchoThroughput> {
-    let sandbox_rate =
-        measure_rate(sandbox, plan, CONNECTIONS, IN_FLIGHT, "echo", ECHO_INPUT).await?;
-    let native_rate = match native {
-        Some(native) => {
-            Some(measure_rate(native, plan, CONNECTIONS, IN_FLIGHT, "echo", ECHO_INPUT).await?)
+    let rounds = if plan.quick { 1 } else { FULL_ROUNDS };
+    let mut windows: [Vec<Rate>; 3] = Default::default();
+    for _ in 0..rounds {
+        let servers = [Some(sandbox), native, peer];
+        for (server, windows) in servers.into_iter().zip(windows.iter_mut()) {
+            if let Some(server) = server {
+                windows.push(
+                    measure_rate(server, plan, CONNECTIONS, IN_FLIGHT, "echo", ECHO_INPUT).await?,
+                );
+            }
         }
-        None => None,
+    }
+    let [sandbox_windows, native_windows, peer_windows] = windows;
+    let cpu = |windows: &[Rate]| -> Vec<f64> {
+        windows.iter().map(|w| w.server_cpu_us_per_task).collect()
     };
-    let peer_rate = match peer {
-        Some(peer) => {
-            Some(measure_rate(peer, plan, CONNECTIONS, IN_FLIGHT, "echo", ECHO_INPUT).await?)
-        }
-        None => None,
+    let rounds = Rounds {
+        sandbox: cpu(&sandbox_windows),
+        native: cpu(&native_windows),
+        peer: cpu(&peer_windows),
     };
     Ok(EchoThroughput {
-        sandbox: sandbox_rate,
-        native: native_rate,
-        peer: peer_rate,
+        sandbox: median_window(sandbox_windows).context("no window of the sandbox ran")?,
+        native: median_window(native_windows),
+        peer: median_window(peer_windows),
+        rounds,
     })
 }
 
+/// The window with the median server CPU per task (of an even number, the lower middle), its
+/// unexpected answers replaced by those of every window: none is lost by the choice.
+fn median_window(mut windows: Vec<Rate>) -> Option<Rate> {
+    let mut unexpected = Unexpected::new();
+    for window in &windows {
+        for (what, count) in &window.unexpected {
+            *unexpected.entry(what.clone()).or_default() += count;
+        }
+    }
+    windows.sort_by(|a, b| {
+        a.server_cpu_us_per_task
+            .total_cmp(&b.server_cpu_us_per_task)
+    });
+    let middle = windows.len().checked_sub(1)? / 2;
+    let mut median = windows.swap_remove(middle);
+    median.unexpected = unexpected;
+    Some(median)
+}
+
+/// `16.2, 15.8, 17.0 µs`: every window, in the order they ran.
+fn windows_text(cpu: &[f64]) -> String {
+    let each: Vec<String> = cpu.iter().map(|us| format!("{us:.1}")).collect();
+    format!("{} µs", each.join(", "))
+}
+
 impl EchoThroughput {
+    /// Where the cores went in the windows reported, and with more than one window per
+    /// server, every window's figure.
+    fn cpu_note(&self) -> String {
+        let native = self.native.as_ref();
+        let peer = self.peer.as_ref();
+        let mut text = format!(
+            "cores used by server / loadgen / other processes: sandbox {}, native {}, {} {}",
+            super::cores_text(&self.sandbox.cpu),
+            native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
+            super::PEER,
+            peer.map_or("n/a".to_owned(), |p| super::cores_text(&p.cpu)),
+        );
+        if self.rounds.sandbox.len() < 2 {
+            return text;
+        }
+        text += &format!(
+            "; the median of {} windows each, taken in turns: sandbox {}",
+            self.rounds.sandbox.len(),
+            windows_text(&self.rounds.sandbox)
+        );
+        if !self.rounds.native.is_empty() {
+            text += &format!(", native {}", windows_text(&self.rounds.native));
+        }
+        if !self.rounds.peer.is_empty() {
+            text += &format!(", {} {}", super::PEER, windows_text(&self.rounds.peer));
+        }
+        text
+    }
+
     pub fn rows(&self) -> Vec<Row> {
         let native = self.native.as_ref();
         let peer = self.peer.as_ref();
@@ -76,13 +159,7 @@ impl EchoThroughput {
             .target(Target::ExcessAtMostBaseline)
             .peer(super::PEER, peer.map(|p| p.server_cpu_us_per_task))
             .peer_target(Target::RatioAtMost { ratio: 0.5 })
-            .note(format!(
-                "cores used by server / loadgen / other processes: sandbox {}, native {}, {} {}",
-                super::cores_text(&self.sandbox.cpu),
-                native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
-                super::PEER,
-                peer.map_or("n/a".to_owned(), |p| super::cores_text(&p.cpu)),
-            )),
+            .note(self.cpu_note()),
             Row::new(
                 NAME,
                 "finished p50 under load",
@@ -92,5 +169,78 @@ impl EchoThroughput {
             .baseline("native", native.map(|n| n.latency.p50_us))
             .peer(super::PEER, peer.map(|p| p.latency.p50_us)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::CpuShare;
+    use crate::stats::Percentiles;
+
+    fn window(cpu_us: f64, unexpected: &[(&str, u64)]) -> Rate {
+        Rate {
+            connections: CONNECTIONS,
+            in_flight_per_connection: IN_FLIGHT,
+            tasks: 1_000,
+            window_s: 1.0,
+            tasks_per_s: 1_000.0,
+            server_cpu_us_per_task: cpu_us,
+            loadgen_cpu_us_per_task: 1.0,
+            cpu: CpuShare::default(),
+            latency: Percentiles::default(),
+            fuel_per_task: 0.0,
+            unexpected: unexpected
+                .iter()
+                .map(|(what, count)| ((*what).to_owned(), *count))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_median_window_is_reported_with_every_windows_unexpected_answers() {
+        let windows = vec![
+            window(18.0, &[("rejected", 2)]),
+            window(15.0, &[]),
+            window(16.5, &[("rejected", 1), ("failed", 3)]),
+        ];
+        let median = median_window(windows).unwrap();
+        assert_eq!(median.server_cpu_us_per_task, 16.5);
+        assert_eq!(median.unexpected.get("rejected"), Some(&3));
+        assert_eq!(median.unexpected.get("failed"), Some(&3));
+
+        let two = median_window(vec![window(20.0, &[]), window(10.0, &[])]).unwrap();
+        assert_eq!(
+            two.server_cpu_us_per_task, 10.0,
+            "the lower middle of an even count"
+        );
+        assert!(median_window(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_note_lists_every_window_only_when_there_were_several() {
+        let one = EchoThroughput {
+            sandbox: window(16.0, &[]),
+            native: None,
+            peer: None,
+            rounds: Rounds {
+                sandbox: vec![16.0],
+                ..Rounds::default()
+            },
+        };
+        assert!(!one.cpu_note().contains("windows"), "{}", one.cpu_note());
+        let three = EchoThroughput {
+            rounds: Rounds {
+                sandbox: vec![16.04, 15.0, 18.0],
+                native: vec![9.0, 9.5, 10.0],
+                peer: vec![],
+            },
+            ..one
+        };
+        let note = three.cpu_note();
+        assert!(
+            note.contains("the median of 3 windows each, taken in turns: sandbox 16.0, 15.0, 18.0 µs, native 9.0, 9.5, 10.0 µs"),
+            "{note}"
+        );
     }
 }
