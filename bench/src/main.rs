@@ -721,13 +721,7 @@ async fn background_load() -> anyhow::Result<f64> {
 fn busy_windows(results: &Results) -> Vec<String> {
     let mut windows: Vec<(&str, &CpuShare)> = Vec::new();
     if let Some(r) = &results.echo_throughput {
-        windows.push(("1 echo throughput, sandbox", &r.sandbox.cpu));
-        r.native
-            .iter()
-            .for_each(|n| windows.push(("1 echo throughput, native", &n.cpu)));
-        r.peer
-            .iter()
-            .for_each(|p| windows.push(("1 echo throughput, swoole", &p.cpu)));
+        windows.extend(r.cpu_shares());
     }
     if let Some(r) = &results.jetstream {
         windows.push(("8 jetstream, embedded", &r.embedded.rate.cpu));

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use anyhow::Context;
 
-use super::{Plan, Rate, Unexpected, measure_rate};
+use super::{CpuShare, Plan, Rate, Unexpected, measure_rate};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
 
@@ -34,16 +34,34 @@ pub struct EchoThroughput {
     pub native: Option<Rate>,
     /// Swoole, when it runs (the peer column).
     pub peer: Option<Rate>,
-    /// Server CPU per task (µs) of every window, in the order they ran.
+    /// Every window, in the order they ran.
     pub rounds: Rounds,
 }
 
-/// Every window's server CPU per task, per server.
+/// Every window's figures, per server: the median one is reported in full above, and a
+/// window that other processes disturbed is warned of whichever it was.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Rounds {
-    pub sandbox: Vec<f64>,
-    pub native: Vec<f64>,
-    pub peer: Vec<f64>,
+    pub sandbox: Vec<Window>,
+    pub native: Vec<Window>,
+    pub peer: Vec<Window>,
+}
+
+/// One window of one server.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Window {
+    pub server_cpu_us_per_task: f64,
+    /// Where the cores went during it.
+    pub cpu: CpuShare,
+}
+
+impl From<&Rate> for Window {
+    fn from(rate: &Rate) -> Window {
+        Window {
+            server_cpu_us_per_task: rate.server_cpu_us_per_task,
+            cpu: rate.cpu,
+        }
+    }
 }
 
 pub async fn run(
@@ -65,13 +83,11 @@ pub async fn run(
         }
     }
     let [sandbox_windows, native_windows, peer_windows] = windows;
-    let cpu = |windows: &[Rate]| -> Vec<f64> {
-        windows.iter().map(|w| w.server_cpu_us_per_task).collect()
-    };
+    let each = |windows: &[Rate]| -> Vec<Window> { windows.iter().map(Window::from).collect() };
     let rounds = Rounds {
-        sandbox: cpu(&sandbox_windows),
-        native: cpu(&native_windows),
-        peer: cpu(&peer_windows),
+        sandbox: each(&sandbox_windows),
+        native: each(&native_windows),
+        peer: each(&peer_windows),
     };
     Ok(EchoThroughput {
         sandbox: median_window(sandbox_windows).context("no window of the sandbox ran")?,
@@ -100,13 +116,30 @@ fn median_window(mut windows: Vec<Rate>) -> Option<Rate> {
     Some(median)
 }
 
-/// `16.2, 15.8, 17.0 µs`: every window, in the order they ran.
-fn windows_text(cpu: &[f64]) -> String {
-    let each: Vec<String> = cpu.iter().map(|us| format!("{us:.1}")).collect();
+/// `16.2, 15.8, 17.0 µs`: every window's CPU per task, in the order they ran.
+fn windows_text(windows: &[Window]) -> String {
+    let each: Vec<String> = windows
+        .iter()
+        .map(|window| format!("{:.1}", window.server_cpu_us_per_task))
+        .collect();
     format!("{} µs", each.join(", "))
 }
 
 impl EchoThroughput {
+    /// Where the cores went in every window, labelled by server, for the warning about
+    /// windows that other processes disturbed: all of them, not only the ones reported.
+    pub fn cpu_shares(&self) -> impl Iterator<Item = (&'static str, &CpuShare)> {
+        let rounds = &self.rounds;
+        let servers = [
+            ("1 echo throughput, sandbox", &rounds.sandbox),
+            ("1 echo throughput, native", &rounds.native),
+            ("1 echo throughput, swoole", &rounds.peer),
+        ];
+        servers
+            .into_iter()
+            .flat_map(|(label, windows)| windows.iter().map(move |window| (label, &window.cpu)))
+    }
+
     /// Where the cores went in the windows reported, and with more than one window per
     /// server, every window's figure.
     fn cpu_note(&self) -> String {
@@ -175,8 +208,14 @@ impl EchoThroughput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenarios::CpuShare;
     use crate::stats::Percentiles;
+
+    fn windows(cpu_us: &[f64]) -> Vec<Window> {
+        cpu_us
+            .iter()
+            .map(|&us| Window::from(&window(us, &[])))
+            .collect()
+    }
 
     fn window(cpu_us: f64, unexpected: &[(&str, u64)]) -> Rate {
         Rate {
@@ -224,16 +263,16 @@ mod tests {
             native: None,
             peer: None,
             rounds: Rounds {
-                sandbox: vec![16.0],
+                sandbox: windows(&[16.0]),
                 ..Rounds::default()
             },
         };
         assert!(!one.cpu_note().contains("windows"), "{}", one.cpu_note());
         let three = EchoThroughput {
             rounds: Rounds {
-                sandbox: vec![16.04, 15.0, 18.0],
-                native: vec![9.0, 9.5, 10.0],
-                peer: vec![],
+                sandbox: windows(&[16.04, 15.0, 18.0]),
+                native: windows(&[9.0, 9.5, 10.0]),
+                peer: Vec::new(),
             },
             ..one
         };
@@ -241,6 +280,30 @@ mod tests {
         assert!(
             note.contains("the median of 3 windows each, taken in turns: sandbox 16.0, 15.0, 18.0 µs, native 9.0, 9.5, 10.0 µs"),
             "{note}"
+        );
+    }
+
+    #[test]
+    fn every_window_is_looked_at_for_other_processes_not_only_the_median() {
+        let mut sandbox = windows(&[16.0, 15.0, 18.0]);
+        // The slowest window, not the one reported, was disturbed.
+        sandbox[2].cpu.other_cores = 0.9;
+        let echo = EchoThroughput {
+            sandbox: window(16.0, &[]),
+            native: None,
+            peer: None,
+            rounds: Rounds {
+                sandbox,
+                native: windows(&[9.0, 9.5, 10.0]),
+                peer: Vec::new(),
+            },
+        };
+        let shares: Vec<_> = echo.cpu_shares().collect();
+        assert_eq!(shares.len(), 6);
+        assert!(
+            shares.iter().any(
+                |(label, cpu)| *label == "1 echo throughput, sandbox" && cpu.other_cores == 0.9
+            )
         );
     }
 }

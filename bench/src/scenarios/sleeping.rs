@@ -52,7 +52,9 @@ pub struct Sleepers {
     /// one both report ten, which the server's rate limit (one per 100 ms a task) thins out.
     pub progress_per_task: f64,
     pub unexpected: Unexpected,
-    pub note: Option<String>,
+    /// What the figures need said beside them: a pool smaller than asked, a compile cache
+    /// that missed.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,7 +84,7 @@ pub async fn run(
             let server = peer
                 .start(launcher, "sleeping-swoole", &[("TASK_COROUTINE", "1")])
                 .await?;
-            Some(burst(server, 0, None, plan).await?)
+            Some(burst(server, 0, Vec::new(), plan).await?)
         }
         None => None,
     };
@@ -99,9 +101,7 @@ async fn start(
     mode: Mode,
     wanted: usize,
 ) -> anyhow::Result<(Server, usize, Option<String>)> {
-    let label = format!("sleeping-{}", mode.name());
-    let args = |workers: usize| vec!["--task-workers".to_owned(), workers.to_string()];
-    match launcher.start(&label, mode, &args(wanted)).await {
+    match launch(launcher, mode, wanted).await {
         Ok(server) => Ok((server, wanted, None)),
         Err(error) => {
             // The server names the most it accepts: "use at most --task-workers N".
@@ -114,7 +114,7 @@ async fn start(
             else {
                 return Err(error);
             };
-            let server = launcher.start(&label, mode, &args(fits)).await?;
+            let server = launch(launcher, mode, fits).await?;
             let note = format!(
                 "the server refused --task-workers {wanted} (vm.max_map_count); ran with {fits}, so {} tasks queued",
                 wanted.saturating_sub(fits)
@@ -124,6 +124,13 @@ async fn start(
     }
 }
 
+/// Starts this scenario's server with `--task-workers workers`.
+async fn launch(launcher: &Launcher, mode: Mode, workers: usize) -> anyhow::Result<Server> {
+    let label = format!("sleeping-{}", mode.name());
+    let args = ["--task-workers".to_owned(), workers.to_string()];
+    launcher.start(&label, mode, &args).await
+}
+
 async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result<Sleepers> {
     // The pool's size is one of the engine's settings, which compiled code depends on, and no
     // other scenario's server runs with this one's: its first start would compile every module,
@@ -131,28 +138,26 @@ async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result
     // 594-601 from the cache; docs/PERFORMANCE.md). A server restarted with the same settings
     // finds its code in the compile cache, as every other scenario's server does; so does this
     // one: started once and stopped, then started for the measurement. Should the cache miss
-    // all the same, the note says so.
-    let (server, _, _) = start(launcher, mode, plan.sleepers).await?;
+    // all the same, the note says so. The first start finds the pool size the machine allows;
+    // the measured one starts with it.
+    let (server, task_workers, capped) = start(launcher, mode, plan.sleepers).await?;
     server.stop().await?;
-    let (server, task_workers, mut note) = start(launcher, mode, plan.sleepers).await?;
-    if let Some(compiled) = server.compiled_at_start().filter(|&count| count > 0) {
-        let missed = format!(
+    let server = launch(launcher, mode, task_workers).await?;
+    let missed = server.compiled_at_start().filter(|&count| count > 0).map(|compiled| {
+        format!(
             "the measured server compiled {compiled} modules at start (the compile cache missed): \
              its memory includes what compiling leaves"
-        );
-        note = Some(match note {
-            Some(note) => format!("{note}; {missed}"),
-            None => missed,
-        });
-    }
-    burst(server, task_workers, note, plan).await
+        )
+    });
+    let notes = capped.into_iter().chain(missed).collect();
+    burst(server, task_workers, notes, plan).await
 }
 
 /// The burst itself, on a started server (which it stops).
 async fn burst(
     server: Server,
     task_workers: usize,
-    note: Option<String>,
+    notes: Vec<String>,
     plan: &Plan,
 ) -> anyhow::Result<Sleepers> {
     let warming_s = (server.warm_after - server.ready_after).as_secs_f64();
@@ -201,7 +206,7 @@ async fn burst(
         cpu,
         progress_per_task: tally.progress as f64 / tally.samples.len().max(1) as f64,
         unexpected: tally.unexpected,
-        note,
+        notes,
     })
 }
 
@@ -249,7 +254,7 @@ impl Sleeping {
             native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
             sandbox.warming_s,
         )];
-        notes.extend(sandbox.note.clone());
+        notes.extend(sandbox.notes.iter().cloned());
         wall = wall.note(notes.join("; "));
         vec![
             wall,
