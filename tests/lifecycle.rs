@@ -404,8 +404,8 @@ async fn the_wall_clock_limit_holds_for_any_task_callback() {
     );
 }
 
-/// An application with bugs: its `task` callback panics on the input "boom", and its
-/// `message` callback on messages of type "boom".
+/// An application with bugs: its `task` callback panics on the input "boom", its `finish`
+/// callback on the input "late boom", and its `message` callback on messages of type "boom".
 struct Buggy;
 
 impl App for Buggy {
@@ -427,6 +427,15 @@ impl App for Buggy {
         assert_ne!(&job.input[..], b"\"boom\"", "a bug in on_task");
         ctx.run_in_sandbox(job).await
     }
+
+    async fn on_finish(&self, ctx: &Ctx<Self>, report: Report) {
+        assert_ne!(
+            &report.job.input[..],
+            b"\"late boom\"",
+            "a bug in on_finish"
+        );
+        taskhost::app::protocol_app::deliver(ctx, report).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,6 +449,19 @@ async fn a_panicking_callback_fails_its_task_or_message_and_the_server_serves_on
     assert_eq!(error["error"]["code"], "internal", "{error}");
     let finished = client.run("echo", json!("fine")).await;
     assert_eq!(finished["result"], "fine", "the same connection serves on");
+    // A panic in the finish callback loses the submitter's terminal message (the callback is
+    // what delivers it), and nothing else: the task ran, its result is kept for `attach`, and
+    // the connection serves on.
+    let accepted = client.submit("echo", json!("late boom")).await;
+    let task_id = accepted["task_id"].as_u64().unwrap();
+    let finished = client.run("echo", json!("after")).await;
+    assert_eq!(finished["result"], "after", "{finished}");
+    let mut other = server.client().await;
+    other
+        .send(json!({"type": "attach", "task_id": task_id}))
+        .await;
+    let kept = other.recv_for(task_id).await;
+    assert_eq!(kept["result"], "late boom", "{kept}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
