@@ -11,11 +11,11 @@
 //! answer (`attached` or `accepted`) is queued for the client before anything about the
 //! task can reach it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 // Task ids are the server's own counter, never a client's choice: a fast hash of them cannot
-// be steered into collisions, and the maps hold every task kept (hundreds of thousands
-// under load).
+// be steered into collisions. The live tasks' map uses it; the kept results' index is
+// ordered instead (`Kept::places`).
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -157,14 +157,19 @@ struct Live {
 ///
 /// Results leave only from the front (expiry and eviction both take the oldest), so they
 /// live in one queue, in order: the oldest is read without a lookup, and the index holds
-/// 16 bytes a task rather than the whole entry. Under load it holds hundreds of thousands:
-/// with the entries in a hash map, the lookups of every task's end missed the cache (the
-/// store was 7% of the echo server's CPU, docs/PERFORMANCE.md).
+/// an id and a place a task rather than the whole entry. Under load it holds hundreds of
+/// thousands: with the entries in a hash map, the lookups of every task's end missed the
+/// cache (the store was 7% of the echo server's CPU, docs/PERFORMANCE.md).
 #[derive(Default)]
 struct Kept {
     queue: VecDeque<(u64, Ended)>,
-    /// Task id -> its place, counted from the first result ever kept.
-    places: FxHashMap<u64, u64>,
+    /// Task id -> its place, counted from the first result ever kept. Ordered by id, not
+    /// hashed: ids are handed out in order and tasks mostly end in it, so a new result's id
+    /// goes in at the map's high end and the oldest one's comes out near its low end, both
+    /// on paths of the tree that the last task's insert and removal left in the cache. In a
+    /// hash map of hundreds of thousands, each of them was a cache miss (over half of `end`'s
+    /// own time, docs/PERFORMANCE.md).
+    places: BTreeMap<u64, u64>,
     /// The place of the queue's front.
     first: u64,
 }
