@@ -144,7 +144,9 @@ async fn explain_refusal(browser: &mut Browser, ws_url: &str) -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread")]
 async fn page_with_the_token_connects_to_a_server_that_needs_one() -> anyhow::Result<()> {
     let mut config = test_config();
-    config.token = Some("correct horse battery staple".to_owned());
+    config.token = Some(taskhost::config::Secret::token(
+        "correct horse battery staple",
+    ));
     let server = start_server_with(config, ProtocolApp).await;
     let mut browser = Browser::launch().await?;
     let outcome = connect_with_token(&mut browser, &server.addr.to_string()).await;

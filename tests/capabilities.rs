@@ -550,7 +550,10 @@ async fn postgres_notes_injection_cancel_and_timeout() {
     folder.write("query.toml", "[capabilities]\nsql = \"notes\"\n");
     let mut config = folder.config();
     config.capabilities.data_dir = data.0.clone();
-    config.capabilities.databases = vec![("notes".to_owned(), postgres.url())];
+    config.capabilities.databases = vec![(
+        "notes".to_owned(),
+        taskhost::config::Secret::url(postgres.url()),
+    )];
     let server = start_server_with(config, taskhost::ProtocolApp).await;
     let mut client = server.client().await;
     notes_keep_sql_as_data(&mut client).await;

@@ -109,7 +109,7 @@ Origin: http://evil.example";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_the_task_channel_and_metrics_need_it() {
     let mut config = test_config();
-    config.token = Some(TOKEN.to_owned());
+    config.token = Some(taskhost::config::Secret::token(TOKEN));
     let server = start_server_with(config, ProtocolApp).await;
     let addr = server.addr;
 

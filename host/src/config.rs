@@ -14,13 +14,17 @@ use serde::{Serialize, Serializer};
 
 use crate::capabilities::http::HttpCaps;
 use crate::limits::Limits;
+pub use crate::secret::Secret;
+use crate::secret::without_password;
 
 /// A WebAssembly-sandboxed task runner behind a WebSocket server.
 ///
 /// Clients connect to ws://LISTEN/ and send tasks (docs/PROTOCOL.md); each task runs in a fresh
 /// wasmtime sandbox loaded from the tasks folder. The same port serves the page at GET /,
 /// /healthz and /metrics.
-#[derive(Debug, Clone, Parser, Serialize)]
+// Not `Debug`: it holds the token and the URLs with their passwords as they were given
+// (`Config` holds them as `Secret`s); `--print-config` shows it without them.
+#[derive(Clone, Parser, Serialize)]
 #[command(name = "taskhost", version)]
 pub struct Options {
     /// A TOML file of options, its keys the long flags (`task-workers = 64`, or
@@ -432,7 +436,7 @@ pub struct Config {
     /// Host names the server answers to beyond loopback names and its listening address.
     pub allowed_hosts: Vec<String>,
     /// The secret clients must present for the task channel and /metrics, if any.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Certificate and key files, when the port serves TLS.
     pub tls: Option<TlsFiles>,
     /// Most connections open at once.
@@ -475,7 +479,7 @@ pub struct Config {
 /// How this node joins the others through NATS JetStream (`--nats` and its companions).
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
-    pub url: String,
+    pub url: Secret,
     /// The URL without its password, for logs and clients' messages.
     pub shown_url: String,
     /// The stream's name: also the prefix of every subject, the consumer and the bucket.
@@ -550,7 +554,7 @@ impl Options {
             );
         }
         Ok(Some(NatsSettings {
-            url: url.clone(),
+            url: Secret::url(url),
             shown_url: without_password(url),
             stream: self.nats_stream.clone(),
             ack_wait: self.nats_ack_wait,
@@ -744,7 +748,7 @@ impl Options {
             capabilities: crate::capabilities::Settings {
                 data_dir: self.data_dir.clone(),
                 databases: parse_databases(&self.databases)?,
-                smtp: self.smtp.clone(),
+                smtp: self.smtp.as_deref().map(Secret::url),
                 smtp_ca: self.smtp_ca.clone(),
                 mail_from: self.mail_from.clone(),
                 kv_bytes: self.kv_bytes,
@@ -759,7 +763,7 @@ impl Options {
     }
 
     /// The token from --token, TASKHOST_TOKEN or --token-file.
-    fn read_token(&self) -> anyhow::Result<Option<String>> {
+    fn read_token(&self) -> anyhow::Result<Option<Secret>> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => token.clone(),
             (None, Some(file)) => std::fs::read_to_string(file)
@@ -777,7 +781,7 @@ impl Options {
         if token.len() < 16 {
             bail!("the token is shorter than 16 characters: too easy to guess");
         }
-        Ok(Some(token.to_owned()))
+        Ok(Some(Secret::token(token)))
     }
 }
 
@@ -826,21 +830,6 @@ pub fn raise_open_files_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// A URL with its password (`user:password@`) left out, for `--print-config`.
-fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:REDACTED@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 fn redacted_url<S: Serializer>(url: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
     match url {
         Some(url) => serializer.serialize_str(&without_password(url)),
@@ -853,12 +842,12 @@ fn redacted_urls<S: Serializer>(urls: &[String], serializer: S) -> Result<S::Ok,
 }
 
 /// `--database NAME=URL` values as pairs.
-fn parse_databases(databases: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+fn parse_databases(databases: &[String]) -> anyhow::Result<Vec<(String, Secret)>> {
     databases
         .iter()
         .map(|entry| match entry.split_once('=') {
             Some((name, url)) if !name.is_empty() && !url.is_empty() => {
-                Ok((name.to_owned(), url.to_owned()))
+                Ok((name.to_owned(), Secret::url(url)))
             }
             _ => bail!(
                 "--database {:?} is not NAME=URL (e.g. notes=postgres://app@localhost/notes)",
@@ -912,4 +901,45 @@ fn default_node_name() -> String {
         })
         .collect();
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings print without their secrets, however they are printed: a log line with
+    /// `?config`, a failed assertion.
+    #[test]
+    fn the_settings_debug_output_holds_no_secret() {
+        let args = [
+            "taskhost",
+            "--token",
+            "0123456789abcdef-token",
+            "--database",
+            "notes=postgres://app:hunter2@db.example/notes",
+            "--smtp",
+            "smtp://me:relay-password@relay.example:25",
+            "--nats",
+            "nats://node:nats-password@broker.example:4222",
+        ];
+        let options = Options::load_from(args.map(OsString::from).to_vec()).unwrap();
+        let config = options.validate().unwrap();
+        let shown = format!("{config:?}");
+        for secret in [
+            "0123456789abcdef-token",
+            "hunter2",
+            "relay-password",
+            "nats-password",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:REDACTED@db.example/notes"),
+            "{shown}"
+        );
+        assert_eq!(
+            config.token.as_ref().map(Secret::expose),
+            Some("0123456789abcdef-token")
+        );
+    }
 }

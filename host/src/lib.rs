@@ -35,8 +35,8 @@
 //!      mail, publish, HTTP), behind one call that the sandbox's imports make; it holds
 //!      the stores, pools and relay, and publishes through a trait the application
 //!      provides.
-//!    - [`limits`], [`config`], `metrics`, `clip`: plain data, counters and the cutting of
-//!      client text for logs, used by all.
+//!    - [`limits`], [`config`], `metrics`, `clip`, `secret`: plain data, counters, the
+//!      cutting of client text for logs and the settings kept out of it, used by all.
 //!
 //! Beside them, [`calibrate`]: `taskhost --host-index`, the sandbox's fixed price per task and
 //! a native micro-benchmark, for the benchmark to tell hosts apart.
@@ -66,6 +66,7 @@ mod process_metrics;
 pub mod protocol;
 mod registry;
 mod sandbox;
+mod secret;
 pub mod server;
 mod task_stats;
 mod tls;

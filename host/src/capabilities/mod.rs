@@ -34,6 +34,7 @@ pub use grants::{Grants, check_topic};
 pub use publish::{Fanout, Publisher};
 
 use crate::metrics::CapabilityCounters;
+use crate::secret::Secret;
 
 /// Longest capability name a call may give, in bytes.
 pub const MAX_CALL_NAME_BYTES: usize = 64;
@@ -55,9 +56,9 @@ pub struct Settings {
     /// Where the key-value stores and the embedded databases live.
     pub data_dir: PathBuf,
     /// Databases named by the operator: name → URL (`sqlite://…` or `postgres://…`).
-    pub databases: Vec<(String, String)>,
+    pub databases: Vec<(String, Secret)>,
     /// The SMTP relay (`smtp://`, `smtps://`, with `?tls=required`), if mail is sent for real.
-    pub smtp: Option<String>,
+    pub smtp: Option<Secret>,
     /// Certificates (PEM) trusted for the relay's TLS beside the public roots (`--smtp-ca`).
     pub smtp_ca: Option<PathBuf>,
     /// The sender of every mail.
@@ -92,7 +93,7 @@ impl Capabilities {
             kv: kv::Stores::new(settings.data_dir.join("kv"), settings.kv_bytes),
             sql: sql::Databases::new(&settings.data_dir, &settings.databases)?,
             mail: mail::Mailer::new(
-                settings.smtp.as_deref(),
+                settings.smtp.as_ref().map(Secret::expose),
                 &settings.mail_from,
                 settings.smtp_ca.as_deref(),
             )?,

@@ -33,6 +33,8 @@ use tokio::sync::OnceCell;
 
 use super::{CallError, ErrorCode, TaskAccess};
 
+use crate::secret::Secret;
+
 /// Most rows one statement returns.
 pub const MAX_ROWS: usize = 1000;
 
@@ -57,7 +59,7 @@ pub struct Databases {
     /// Where embedded databases live (`DATA_DIR/sql`).
     dir: PathBuf,
     /// The operator's `--database` URLs by name.
-    urls: HashMap<String, String>,
+    urls: HashMap<String, Secret>,
     open: Mutex<HashMap<String, Arc<OnceCell<Pool>>>>,
 }
 
@@ -69,9 +71,10 @@ enum Pool {
 
 impl Databases {
     /// Checks the `--database` URLs; connects to nothing yet.
-    pub fn new(data_dir: &Path, databases: &[(String, String)]) -> anyhow::Result<Databases> {
+    pub fn new(data_dir: &Path, databases: &[(String, Secret)]) -> anyhow::Result<Databases> {
         let mut urls = HashMap::new();
-        for (name, url) in databases {
+        for (name, secret) in databases {
+            let url = secret.expose();
             super::grants::check_store_name(name).map_err(|why| {
                 anyhow::anyhow!("--database {name}=…: the name is not valid: {why}")
             })?;
@@ -83,7 +86,7 @@ impl Databases {
                     "--database {name}=…: the URL must start with postgres://, postgresql:// or sqlite:"
                 );
             }
-            urls.insert(name.clone(), url.clone());
+            urls.insert(name.clone(), secret.clone());
         }
         Ok(Databases {
             dir: data_dir.join("sql"),
@@ -104,7 +107,7 @@ impl Databases {
     }
 
     async fn connect(&self, name: &str) -> Result<Pool, CallError> {
-        match self.urls.get(name) {
+        match self.urls.get(name).map(Secret::expose) {
             Some(url) if url.starts_with("sqlite:") => {
                 let options = SqliteConnectOptions::from_str(url)
                     .map_err(|error| unavailable(name, &error))?

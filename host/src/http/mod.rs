@@ -220,7 +220,7 @@ fn token_presented<A: App>(ctx: &Ctx<A>, request: &Request) -> bool {
         return true;
     };
     access::presented_token(request.authorization.as_deref(), request.query.as_deref())
-        .is_some_and(|presented| access::token_matches(&presented, token))
+        .is_some_and(|presented| access::token_matches(&presented, token.expose()))
 }
 
 /// Why a WebSocket upgrade is refused (status, a metrics label and a message), if it is; else

@@ -64,7 +64,7 @@ pub(super) async fn connect(
             async move { log_event(&event, &counters) }
         });
     let client = loop {
-        match options.clone().connect(&settings.url).await {
+        match options.clone().connect(settings.url.expose()).await {
             Ok(client) => break client,
             Err(error) => {
                 // Only a malformed address gets here (retry_on_initial_connect): say so often.
