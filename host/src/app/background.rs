@@ -80,16 +80,25 @@ impl<A: App> Ctx<A> {
         let started = Instant::now();
         let dispatcher = self.dispatcher();
         let release = dispatcher.reclaimed().child_token();
+        // The default task's image goes into the warmed slots: plain-text frames run it, so
+        // it is the task most likely to come in a burst first (see `sandbox/warm.rs`).
+        let default_task = self.registry().get(&self.config().default_task).ok();
         match self
             .sandbox()
-            .warm_pool(slots, || dispatcher.lend(), release)
+            .warm_pool(
+                slots,
+                || dispatcher.lend(),
+                release,
+                default_task.as_ref().map(|task| &task.wasm),
+            )
             .await
         {
             Ok(warmed) => {
-                self.metrics().pool_warmed_slots.set(warmed as i64);
+                self.metrics().pool_warmed_slots.set(warmed.slots as i64);
                 tracing::info!(
-                    warmed,
+                    warmed = warmed.slots,
                     of = slots,
+                    default_task_image = warmed.image,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "sandbox pool warmed"
                 );

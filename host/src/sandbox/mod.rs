@@ -50,6 +50,7 @@ use outcome::{Ending, RunError, classify};
 use output::OutputCapture;
 use state::{ComponentState, Controlled, Controls, HostSlice, ModuleState};
 use stdio::Stdio;
+pub use warm::Warmed;
 use warm::Warmer;
 use wasi_http::TaskHttp;
 
@@ -216,15 +217,21 @@ impl Sandbox {
     }
 
     /// Warms up to `slots` slots of the instance pool (see `sandbox/warm.rs`), each held with a permit
-    /// from `lend`; stops early when `lend` has none or `release` is cancelled. Returns how
-    /// many slots were warmed.
+    /// from `lend`; stops early when `lend` has none or `release` is cancelled. With `image`,
+    /// a preview 1 module, its data image is mapped into a memory slot for each warmed slot,
+    /// ready for its first tasks. Says how many slots were warmed, and whether with the image.
     pub async fn warm_pool<P: Send + 'static>(
         &self,
         slots: usize,
         lend: impl FnMut() -> Option<P>,
         release: tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<usize> {
-        self.warmer.warm(slots, lend, release).await
+        image: Option<&WasmModule>,
+    ) -> anyhow::Result<Warmed> {
+        let image = image.and_then(|module| match &module.entry {
+            Entry::Module(pre) => Some(pre.module()),
+            Entry::Component(_) => None,
+        });
+        self.warmer.warm(slots, lend, release, image).await
     }
 
     /// Runs one task in a fresh instance and says how it ended. Never panics on a guest's
@@ -461,6 +468,66 @@ mod tests {
         let state = size_of::<super::ModuleState>();
         assert!(run <= 1280, "a run's future is {run} bytes");
         assert!(state <= 384, "a module's state is {state} bytes");
+    }
+
+    /// Warming maps the default task's image into the slots it warms without calling the
+    /// module (its imports are traps: a call of `_start` would fail the warming); a module
+    /// whose start function calls an import cannot be instantiated so, and the pool is
+    /// warmed the plain way instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn warming_takes_the_default_task_s_image_or_warms_without_it() {
+        let settings = super::EngineSettings {
+            instances: 8,
+            max_memory_bytes: 64 << 20,
+            memory_budget_bytes: 1 << 30,
+            cache_dir: None,
+        };
+        let sandbox = super::Sandbox::new(&settings, 1 << 16).unwrap();
+        let plain = sandbox
+            .compile(
+                br#"(module
+                  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                  (memory 1)
+                  (data (i32.const 16) "an image")
+                  (func (export "_start") (call $exit (i32.const 3))))"#,
+            )
+            .unwrap();
+        let starter = sandbox
+            .compile(
+                br#"(module
+                  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                  (memory 1)
+                  (func $init (call $exit (i32.const 3)))
+                  (start $init)
+                  (func (export "_start")))"#,
+            )
+            .unwrap();
+        let permits = |count: usize| {
+            let mut left = count;
+            move || {
+                (left > 0).then(|| {
+                    left -= 1;
+                })
+            }
+        };
+        for (module, image) in [(&plain, true), (&starter, false)] {
+            let warmed = sandbox
+                .warm_pool(8, permits(8), Default::default(), Some(module))
+                .await
+                .unwrap();
+            assert_eq!(warmed, super::Warmed { slots: 8, image });
+        }
+        let warmed = sandbox
+            .warm_pool(8, permits(8), Default::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            warmed,
+            super::Warmed {
+                slots: 8,
+                image: false
+            }
+        );
     }
 
     #[test]

@@ -9,6 +9,19 @@
 //! (its mappings, page tables and stack); having the module also write to its memory and
 //! stack pages made no difference but cost resident memory, so it does not.
 //!
+//! When the default task (`--default-task`) is a preview 1 module, each warming store
+//! instantiates that module instead, without calling it. The pool keeps the module's data
+//! image mapped in the slot when the store goes (a slot remembers its last module), so the
+//! default task's first burst finds its image in place. Mapping an image into a fresh slot
+//! takes the process's address-space lock for writing and holds up the other threads' page
+//! faults meanwhile: 10,000 `slow` from a pool warmed this way took 1.74-2.37 s, against
+//! 2.75-2.82 s without it (docs/PERFORMANCE.md). Nothing is called, so the fiber stacks are
+//! not warmed: measured, that made no difference to the burst, and it kept 50 MiB less
+//! resident at 10,000 slots than warming the stacks beside the image. The module's imports
+//! are traps and nothing of it is called, so no task code runs; only a start function, if the
+//! module has one, would, and any import it called would trap. If the module cannot be
+//! instantiated so, the pool is warmed without it.
+//!
 //! The slots come from the caller's `lend`, so warming never takes a slot a task needs: the
 //! dispatcher lends only free permits and reclaims them (cancelling `release`) as soon as a
 //! task waits.
@@ -33,6 +46,15 @@ const WARM_FUEL: u64 = 100_000;
 
 /// Slots started between two yields to the scheduler, so that warming shares the threads.
 const BATCH: usize = 64;
+
+/// What warming did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Warmed {
+    /// Slots warmed.
+    pub slots: usize,
+    /// Whether they hold the default task's image (else the built-in module warmed them).
+    pub image: bool,
+}
 
 /// A warming instance's store.
 struct Holding {
@@ -71,7 +93,8 @@ impl Warmer {
 
     /// Warms up to `slots` slots, each held with a permit from `lend`, until all are held or
     /// `lend` has none left, then frees them all (at once if `release` is cancelled first).
-    /// Returns how many were warmed.
+    /// With `image`, each slot's store also maps that module's image into a memory slot
+    /// (see the module docs). Says how many were warmed, and whether with the image.
     ///
     /// Each slot is held by a task of its own, so that the scheduler spreads them over its
     /// worker threads: the pool keeps a shard of slots per thread, and a task takes its
@@ -81,7 +104,22 @@ impl Warmer {
         slots: usize,
         mut lend: impl FnMut() -> Option<P>,
         release: CancellationToken,
-    ) -> anyhow::Result<usize> {
+        image: Option<&Module>,
+    ) -> anyhow::Result<Warmed> {
+        let image = match image {
+            Some(module) => match image_holder(module).await {
+                Ok(pre) => Some(pre),
+                Err(error) => {
+                    tracing::info!(
+                        error = format!("{error:#}"),
+                        "the pool is warmed without the default task's image"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let with_image = image.is_some();
         let mut held = JoinSet::new();
         let (holding_tx, mut holding) = mpsc::unbounded_channel();
         let mut warmed = 0;
@@ -92,10 +130,14 @@ impl Warmer {
                 let Some(permit) = lend() else {
                     break 'fill;
                 };
-                let (pre, release, holding) =
-                    (self.pre.clone(), release.clone(), holding_tx.clone());
+                let (pre, image, release, holding) = (
+                    self.pre.clone(),
+                    image.clone(),
+                    release.clone(),
+                    holding_tx.clone(),
+                );
                 held.spawn(async move {
-                    let held = hold_slot(pre, release, holding).await;
+                    let held = hold_slot(pre, image, release, holding).await;
                     drop(permit);
                     held
                 });
@@ -114,15 +156,47 @@ impl Warmer {
         while held.join_next().await.is_some() {}
         match failure {
             Some(error) => Err(error),
-            None => Ok(warmed),
+            None => Ok(Warmed {
+                slots: warmed,
+                image: with_image,
+            }),
         }
     }
 }
 
-/// Instantiates the warming module in a fresh store and runs it until released. Says on
-/// `holding` when it holds its slot, or that it could not.
+/// `module` linked with every import a trap, for warming its image into slots; checked by
+/// instantiating it once (which fails if it imports anything but functions, or if a start
+/// function of its traps).
+async fn image_holder(module: &Module) -> anyhow::Result<InstancePre<Holding>> {
+    let mut linker = Linker::<Holding>::new(module.engine());
+    linker
+        .define_unknown_imports_as_traps(module)
+        .map_err(anyhow::Error::from)?;
+    let pre = linker
+        .instantiate_pre(module)
+        .map_err(anyhow::Error::from)?;
+    let (holding, _) = mpsc::unbounded_channel();
+    let mut store = Store::new(
+        module.engine(),
+        Holding {
+            release: CancellationToken::new(),
+            holding,
+        },
+    );
+    store.set_fuel(WARM_FUEL).map_err(anyhow::Error::from)?;
+    pre.instantiate_async(&mut store)
+        .await
+        .map_err(anyhow::Error::from)
+        .context("it could not be instantiated with its imports as traps")?;
+    Ok(pre)
+}
+
+/// Instantiates the warming module `pre` in a fresh store and runs it until released, or,
+/// given `image` (the default task's module), instantiates that instead and holds it without
+/// calling it. Says on `holding` when it holds its slot, or that it could not.
 async fn hold_slot(
     pre: InstancePre<Holding>,
+    image: Option<InstancePre<Holding>>,
     release: CancellationToken,
     holding: mpsc::UnboundedSender<anyhow::Result<()>>,
 ) {
@@ -135,6 +209,16 @@ async fn hold_slot(
     );
     let started = async {
         store.set_fuel(WARM_FUEL).map_err(anyhow::Error::from)?;
+        if let Some(image) = image {
+            image
+                .instantiate_async(&mut store)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("could not instantiate the default task's module to warm its image")?;
+            let _ = store.data().holding.send(Ok(()));
+            store.data().release.clone().cancelled().await;
+            return Ok(());
+        }
         let instance = pre
             .instantiate_async(&mut store)
             .await
