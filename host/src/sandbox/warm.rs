@@ -14,8 +14,8 @@
 //! image mapped in the slot when the store goes (a slot remembers its last module), so the
 //! default task's first burst finds its image in place. Mapping an image into a fresh slot
 //! takes the process's address-space lock for writing and holds up the other threads' page
-//! faults meanwhile: 10,000 `slow` from a pool warmed this way took 1.74-2.37 s, against
-//! 2.75-2.82 s without it (docs/PERFORMANCE.md). Nothing is called, so the fiber stacks are
+//! faults meanwhile: 10,000 `slow` from a pool warmed this way took 1.55-1.60 s, against
+//! 2.06-2.56 s without it (docs/PERFORMANCE.md). Nothing is called, so the fiber stacks are
 //! not warmed: measured, that made no difference to the burst, and it kept 50 MiB less
 //! resident at 10,000 slots than warming the stacks beside the image. The module's imports
 //! are traps and nothing of it is called, so no task code runs; only a start function, if the
