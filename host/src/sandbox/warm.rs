@@ -15,12 +15,12 @@
 //! default task's first burst finds its image in place. Mapping an image into a fresh slot
 //! takes the process's address-space lock for writing and holds up the other threads' page
 //! faults meanwhile: 10,000 `slow` from a pool warmed this way took 1.55-1.60 s, against
-//! 2.06-2.56 s without it (docs/PERFORMANCE.md). Nothing is called, so the fiber stacks are
-//! not warmed: measured, that made no difference to the burst, and it kept 50 MiB less
-//! resident at 10,000 slots than warming the stacks beside the image. The module's imports
-//! are traps and nothing of it is called, so no task code runs; only a start function, if the
-//! module has one, would, and any import it called would trap. If the module cannot be
-//! instantiated so, the pool is warmed without it.
+//! 2.06-2.56 s without it (docs/PERFORMANCE.md). Its imports are traps, so no task code can
+//! do anything: only a start function, if the module has one, runs (within [`WARM_FUEL`]),
+//! and any import it calls traps; a module that cannot be instantiated so is left out, and
+//! the built-in module warms the slots. With nothing called, the fiber stacks are not
+//! warmed: measured, warming them beside the image made the burst no shorter and kept 50 MiB
+//! more resident at 10,000 slots.
 //!
 //! The slots come from the caller's `lend`, so warming never takes a slot a task needs: the
 //! dispatcher lends only free permits and reclaims them (cancelling `release`) as soon as a
@@ -93,8 +93,9 @@ impl Warmer {
 
     /// Warms up to `slots` slots, each held with a permit from `lend`, until all are held or
     /// `lend` has none left, then frees them all (at once if `release` is cancelled first).
-    /// With `image`, each slot's store also maps that module's image into a memory slot
-    /// (see the module docs). Says how many were warmed, and whether with the image.
+    /// With `image`, each slot's store instantiates that module instead of the built-in one,
+    /// mapping its image into the slot (see the module docs). Says how many were warmed, and
+    /// whether with the image.
     ///
     /// Each slot is held by a task of its own, so that the scheduler spreads them over its
     /// worker threads: the pool keeps a shard of slots per thread, and a task takes its
