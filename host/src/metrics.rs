@@ -9,9 +9,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -380,6 +381,21 @@ impl Metrics {
         metrics
     }
 
+    /// Reports `taskhost_module_loads_total{from="cache"|"compiler"}` from `read`, at each
+    /// scrape: the modules and components loaded since start (the built-in pool-warming
+    /// module among them), by where their compiled code came from. `read` gives `None`
+    /// without a compile cache (`--no-cache`), and the series are then left out. An operator
+    /// sees whether a restart found its code (a container whose cache volume is missing
+    /// compiles everything again, and starts seconds later).
+    pub fn count_module_loads(
+        &mut self,
+        read: impl Fn() -> Option<(usize, usize)> + Send + Sync + 'static,
+    ) {
+        self.registry
+            .sub_registry_with_prefix("taskhost")
+            .register_collector(Box::new(ModuleLoads(Box::new(read))));
+    }
+
     /// Counts an `attach` (or a repeated `key`) by outcome: the task's state, `same_key`,
     /// `not_found` or `refused`.
     pub fn attach(&self, outcome: &'static str) {
@@ -554,4 +570,34 @@ impl Durable {
 /// A task duration histogram: 100 µs to about 100 s.
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+}
+
+/// The collector of [`Metrics::count_module_loads`]: modules loaded from the compile cache
+/// and compiled afresh, as the sandbox counts them.
+struct ModuleLoads(Box<dyn Fn() -> Option<(usize, usize)> + Send + Sync>);
+
+impl std::fmt::Debug for ModuleLoads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModuleLoads")
+    }
+}
+
+impl Collector for ModuleLoads {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some((from_cache, compiled)) = (self.0)() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "module_loads",
+            "Modules and components loaded since start (the built-in pool-warming module \
+             among them), by where their compiled code came from: the compile cache \
+             (--cache-dir) or the compiler",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (from, count) in [("cache", from_cache), ("compiler", compiled)] {
+            ConstCounter::new(count as u64).encode(family.encode_family(&[("from", from)])?)?;
+        }
+        Ok(())
+    }
 }

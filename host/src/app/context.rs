@@ -118,7 +118,9 @@ impl<A: App> Ctx<A> {
             },
             config.max_output,
         )?);
-        let metrics = Metrics::new();
+        let mut metrics = Metrics::new();
+        let loads = Arc::clone(&sandbox);
+        metrics.count_module_loads(move || loads.cache_counts());
         let registry = Arc::new(
             Registry::new(Arc::clone(&sandbox), &config.tasks_dir, config.limits)
                 .counting_load_failures(metrics.module_load_failures.clone()),
