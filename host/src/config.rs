@@ -479,9 +479,9 @@ pub struct Config {
 /// How this node joins the others through NATS JetStream (`--nats` and its companions).
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
+    /// The broker's URL; `url.shown()` is the one for logs and clients' messages, without its
+    /// password.
     pub url: Secret,
-    /// The URL without its password, for logs and clients' messages.
-    pub shown_url: String,
     /// The stream's name: also the prefix of every subject, the consumer and the bucket.
     pub stream: String,
     pub ack_wait: Duration,
@@ -555,7 +555,6 @@ impl Options {
         }
         Ok(Some(NatsSettings {
             url: Secret::url(url),
-            shown_url: without_password(url),
             stream: self.nats_stream.clone(),
             ack_wait: self.nats_ack_wait,
             node,

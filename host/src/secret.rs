@@ -12,31 +12,26 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     value: String,
-    kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Shown as `<redacted>`: all of it is secret.
-    Token,
-    /// Shown without its password: the rest says where it points.
-    Url,
+    /// What may be shown of it, made once: logs and clients' messages name a broker's URL
+    /// on every failure.
+    shown: String,
 }
 
 impl Secret {
-    /// A value that is secret as a whole (`--token`).
+    /// A value that is secret as a whole (`--token`), shown as `<redacted>`.
     pub fn token(value: impl Into<String>) -> Secret {
         Secret {
             value: value.into(),
-            kind: Kind::Token,
+            shown: "<redacted>".to_owned(),
         }
     }
 
-    /// A URL that may carry a password (`scheme://USER:PASSWORD@HOST/...`).
+    /// A URL that may carry a password (`scheme://USER:PASSWORD@HOST/...`), shown without it.
     pub fn url(value: impl Into<String>) -> Secret {
+        let value = value.into();
         Secret {
-            value: value.into(),
-            kind: Kind::Url,
+            shown: without_password(&value),
+            value,
         }
     }
 
@@ -46,17 +41,14 @@ impl Secret {
     }
 
     /// What may be shown of it: `<redacted>` for a token, a URL without its password.
-    pub fn shown(&self) -> String {
-        match self.kind {
-            Kind::Token => "<redacted>".to_owned(),
-            Kind::Url => without_password(&self.value),
-        }
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({:?})", self.shown())
+        write!(f, "Secret({:?})", self.shown)
     }
 }
 

@@ -510,24 +510,13 @@ mod tests {
                 })
             }
         };
-        for (module, image) in [(&plain, true), (&starter, false)] {
+        for (module, image) in [(Some(&plain), true), (Some(&starter), false), (None, false)] {
             let warmed = sandbox
-                .warm_pool(8, permits(8), Default::default(), Some(module))
+                .warm_pool(8, permits(8), Default::default(), module)
                 .await
                 .unwrap();
             assert_eq!(warmed, super::Warmed { slots: 8, image });
         }
-        let warmed = sandbox
-            .warm_pool(8, permits(8), Default::default(), None)
-            .await
-            .unwrap();
-        assert_eq!(
-            warmed,
-            super::Warmed {
-                slots: 8,
-                image: false
-            }
-        );
     }
 
     #[test]

@@ -56,6 +56,15 @@ pub struct Warmed {
     pub image: bool,
 }
 
+/// What a warming store holds its slot with.
+#[derive(Clone)]
+enum Occupant {
+    /// The built-in module, called: it waits in `hold` until released.
+    BuiltIn(InstancePre<Holding>),
+    /// The default task's module, instantiated and not called.
+    Image(InstancePre<Holding>),
+}
+
 /// A warming instance's store.
 struct Holding {
     release: CancellationToken,
@@ -107,20 +116,19 @@ impl Warmer {
         release: CancellationToken,
         image: Option<&Module>,
     ) -> anyhow::Result<Warmed> {
-        let image = match image {
+        let occupant = match image {
             Some(module) => match image_holder(module).await {
-                Ok(pre) => Some(pre),
+                Ok(pre) => Occupant::Image(pre),
                 Err(error) => {
                     tracing::info!(
                         error = format!("{error:#}"),
                         "the pool is warmed without the default task's image"
                     );
-                    None
+                    Occupant::BuiltIn(self.pre.clone())
                 }
             },
-            None => None,
+            None => Occupant::BuiltIn(self.pre.clone()),
         };
-        let with_image = image.is_some();
         let mut held = JoinSet::new();
         let (holding_tx, mut holding) = mpsc::unbounded_channel();
         let mut warmed = 0;
@@ -131,14 +139,10 @@ impl Warmer {
                 let Some(permit) = lend() else {
                     break 'fill;
                 };
-                let (pre, image, release, holding) = (
-                    self.pre.clone(),
-                    image.clone(),
-                    release.clone(),
-                    holding_tx.clone(),
-                );
+                let (occupant, release, holding) =
+                    (occupant.clone(), release.clone(), holding_tx.clone());
                 held.spawn(async move {
-                    let held = hold_slot(pre, image, release, holding).await;
+                    let held = hold_slot(occupant, release, holding).await;
                     drop(permit);
                     held
                 });
@@ -159,7 +163,7 @@ impl Warmer {
             Some(error) => Err(error),
             None => Ok(Warmed {
                 slots: warmed,
-                image: with_image,
+                image: matches!(occupant, Occupant::Image(_)),
             }),
         }
     }
@@ -176,15 +180,11 @@ async fn image_holder(module: &Module) -> anyhow::Result<InstancePre<Holding>> {
     let pre = linker
         .instantiate_pre(module)
         .map_err(anyhow::Error::from)?;
-    let (holding, _) = mpsc::unbounded_channel();
-    let mut store = Store::new(
+    let mut store = warming_store(
         module.engine(),
-        Holding {
-            release: CancellationToken::new(),
-            holding,
-        },
-    );
-    store.set_fuel(WARM_FUEL).map_err(anyhow::Error::from)?;
+        CancellationToken::new(),
+        mpsc::unbounded_channel().0,
+    )?;
     pre.instantiate_async(&mut store)
         .await
         .map_err(anyhow::Error::from)
@@ -192,47 +192,56 @@ async fn image_holder(module: &Module) -> anyhow::Result<InstancePre<Holding>> {
     Ok(pre)
 }
 
-/// Instantiates the warming module `pre` in a fresh store and runs it until released, or,
-/// given `image` (the default task's module), instantiates that instead and holds it without
-/// calling it. Says on `holding` when it holds its slot, or that it could not.
+/// A store for one warming instance, with its fuel.
+fn warming_store(
+    engine: &Engine,
+    release: CancellationToken,
+    holding: mpsc::UnboundedSender<anyhow::Result<()>>,
+) -> anyhow::Result<Store<Holding>> {
+    let mut store = Store::new(engine, Holding { release, holding });
+    store.set_fuel(WARM_FUEL).map_err(anyhow::Error::from)?;
+    Ok(store)
+}
+
+/// Holds a slot in a fresh store with `occupant` until released: the built-in module runs
+/// and waits in `hold`; the default task's module is instantiated and not called. Says on
+/// `holding` when it holds its slot, or that it could not.
 async fn hold_slot(
-    pre: InstancePre<Holding>,
-    image: Option<InstancePre<Holding>>,
+    occupant: Occupant,
     release: CancellationToken,
     holding: mpsc::UnboundedSender<anyhow::Result<()>>,
 ) {
-    let mut store = Store::new(
-        pre.module().engine(),
-        Holding {
-            release,
-            holding: holding.clone(),
-        },
-    );
+    let (Occupant::BuiltIn(either) | Occupant::Image(either)) = &occupant;
+    let engine = either.module().engine();
     let started = async {
-        store.set_fuel(WARM_FUEL).map_err(anyhow::Error::from)?;
-        if let Some(image) = image {
-            image
-                .instantiate_async(&mut store)
-                .await
-                .map_err(anyhow::Error::from)
-                .context("could not instantiate the default task's module to warm its image")?;
-            let _ = store.data().holding.send(Ok(()));
-            store.data().release.clone().cancelled().await;
-            return Ok(());
+        let mut store = warming_store(engine, release, holding.clone())?;
+        match &occupant {
+            Occupant::Image(image) => {
+                image
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .context("could not instantiate the default task's module to warm its image")?;
+                let _ = store.data().holding.send(Ok(()));
+                store.data().release.clone().cancelled().await;
+                Ok(())
+            }
+            Occupant::BuiltIn(pre) => {
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .context("could not instantiate the pool-warming module")?;
+                let start = instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")
+                    .map_err(anyhow::Error::from)?;
+                start
+                    .call_async(&mut store, ())
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .context("the pool-warming module failed")
+            }
         }
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(anyhow::Error::from)
-            .context("could not instantiate the pool-warming module")?;
-        let start = instance
-            .get_typed_func::<(), ()>(&mut store, "_start")
-            .map_err(anyhow::Error::from)?;
-        start
-            .call_async(&mut store, ())
-            .await
-            .map_err(anyhow::Error::from)
-            .context("the pool-warming module failed")
     };
     if let Err(error) = started.await {
         let _ = holding.send(Err(error));

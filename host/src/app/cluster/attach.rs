@@ -65,7 +65,7 @@ async fn follow<A: App>(
         .subscribe(cluster.subjects.any_events(task_id))
         .await
         .map_err(|error| {
-            failures::broker_unavailable(&cluster.settings.shown_url, &error.to_string())
+            failures::broker_unavailable(cluster.settings.url.shown(), &error.to_string())
         })?;
     if let Some(text) = kept_result(cluster, link, task_id).await? {
         return ended(ctx, client, task_id, text, announce).await;
@@ -171,7 +171,7 @@ async fn kept_result(
         .get(Subjects::result_key(task_id))
         .await
         .map_err(|error| {
-            failures::broker_unavailable(&cluster.settings.shown_url, &error.to_string())
+            failures::broker_unavailable(cluster.settings.url.shown(), &error.to_string())
         })?;
     Ok(value.as_deref().and_then(text_of))
 }

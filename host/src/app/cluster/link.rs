@@ -68,7 +68,7 @@ pub(super) async fn connect(
             Ok(client) => break client,
             Err(error) => {
                 // Only a malformed address gets here (retry_on_initial_connect): say so often.
-                tracing::error!(url = %settings.shown_url, %error, "cannot use --nats; retrying");
+                tracing::error!(url = %settings.url.shown(), %error, "cannot use --nats; retrying");
                 tokio::time::sleep(SETUP_RETRY * 10).await;
             }
         }
@@ -79,7 +79,7 @@ pub(super) async fn connect(
     loop {
         match set_up(&js, settings, subjects, bounds).await {
             Ok((tasks, consumer, results)) => {
-                tracing::info!(url = %settings.shown_url, stream = %subjects.stream, node = %subjects.node, "joined the broker");
+                tracing::info!(url = %settings.url.shown(), stream = %subjects.stream, node = %subjects.node, "joined the broker");
                 return Link {
                     client,
                     js,
@@ -91,7 +91,7 @@ pub(super) async fn connect(
             Err(error) => {
                 if failures.is_multiple_of(10) {
                     tracing::warn!(
-                        url = %settings.shown_url,
+                        url = %settings.url.shown(),
                         error = format!("{error:#}"),
                         "the NATS broker is unreachable or refused the stream setup; tasks are \
                          refused (broker_unavailable) until it works; retrying"

@@ -73,11 +73,11 @@ impl Cluster {
         match self.link.get() {
             Some(link) if link.is_connected() => Ok(link),
             Some(_) => Err(failures::broker_unavailable(
-                &self.settings.shown_url,
+                self.settings.url.shown(),
                 "the connection is down; the node is reconnecting",
             )),
             None => Err(failures::broker_unavailable(
-                &self.settings.shown_url,
+                self.settings.url.shown(),
                 "the node has not joined it yet",
             )),
         }

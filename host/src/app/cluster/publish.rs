@@ -52,7 +52,7 @@ pub(super) async fn publish_task(
     }
     let keyed = key.is_some();
     let payload = Bytes::from(payload);
-    let url = &cluster.settings.shown_url;
+    let url = cluster.settings.url.shown();
     let deadline = Instant::now() + CONFIRM_WITHIN;
     loop {
         match publish_once(
