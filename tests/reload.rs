@@ -256,6 +256,50 @@ async fn progress_arrives_between_accepted_and_finished() {
     }
 }
 
+/// `slow`'s `reports`: none sleeps once and sends no progress (the benchmark's like-for-like
+/// sleeper); a few come evenly; too many is refused with a message that says the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reports_as_often_as_asked() {
+    let server = start_server_with(test_config(), taskhost::ProtocolApp).await;
+    let mut client = server.client().await;
+    for (reports, expected) in [(0, vec![]), (3, vec![1.0 / 3.0, 2.0 / 3.0, 1.0])] {
+        let input = json!({"seconds": 0.6, "reports": reports});
+        let accepted = client.submit("slow", input).await;
+        let task_id = accepted["task_id"].as_u64().unwrap();
+        let mut fractions = Vec::new();
+        let finished = loop {
+            let message = client.recv().await;
+            assert_eq!(message["task_id"], task_id, "{message}");
+            match message["type"].as_str().unwrap() {
+                "progress" => fractions.push(message["progress"].as_f64().unwrap()),
+                "finished" => break message,
+                other => panic!("unexpected {other}: {message}"),
+            }
+        };
+        assert_eq!(finished["result"], "success", "{finished}");
+        assert_eq!(
+            fractions.len(),
+            expected.len(),
+            "reports {reports}: {fractions:?}"
+        );
+        for (got, want) in fractions.iter().zip(&expected) {
+            assert!(
+                (got - want).abs() < 1e-9,
+                "reports {reports}: {fractions:?}"
+            );
+        }
+    }
+    let refused = client
+        .run("slow", json!({"seconds": 1, "reports": 101}))
+        .await;
+    assert_eq!(refused["type"], "failed", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`reports` must be from 0 to 100") && message.contains("101"),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_warm_cache_compiles_nothing() {
     let folder = TaskFolder::with(&["echo.wasm", "fib.wasm", "upper.wat"]);

@@ -646,6 +646,10 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
     }
     if let Some(r) = &results.sleeping {
         add("4 sleeping, sandbox", &r.sandbox.unexpected);
+        add(
+            "4 sleeping with progress, sandbox",
+            &r.sandbox_reporting.unexpected,
+        );
         r.native
             .iter()
             .for_each(|n| add("4 sleeping, native", &n.unexpected));
@@ -744,6 +748,10 @@ fn busy_windows(results: &Results) -> Vec<String> {
     }
     if let Some(r) = &results.sleeping {
         windows.push(("4 sleeping, sandbox", &r.sandbox.cpu));
+        windows.push((
+            "4 sleeping with progress, sandbox",
+            &r.sandbox_reporting.cpu,
+        ));
         r.native
             .iter()
             .for_each(|n| windows.push(("4 sleeping, native", &n.cpu)));

@@ -17,6 +17,8 @@ use crate::stats::Percentiles;
 
 pub const NAME: &str = "4 sleeping";
 const SLEEP_SECONDS: f64 = 1.0;
+/// Progress reports per sleeper in the second sandbox burst: `slow`'s default.
+const DEFAULT_REPORTS: u32 = 10;
 /// The whole scenario, per mode, is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// How often the server's PSS is read during the burst (it has no high-water mark).
@@ -59,8 +61,13 @@ pub struct Sleepers {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Sleeping {
+    /// `slow` asked for no progress (`"reports": 0`): one sleep a task, the work Swoole's
+    /// `slow` does, so the three columns compare the same job.
     pub sandbox: Sleepers,
     pub native: Option<Sleepers>,
+    /// The sandbox again with `slow`'s default of ten progress reports a task (ten wake-ups,
+    /// ten `progress` messages), which the bundled page shows.
+    pub sandbox_reporting: Sleepers,
     /// Swoole with coroutine task workers (`TASK_COROUTINE=1`: its `slow` sleeps with
     /// `Coroutine::sleep`, so a task worker holds many sleepers; with plain task workers two
     /// workers would sleep through 10,000 seconds one task at a time).
@@ -73,24 +80,26 @@ pub async fn run(
     with_native: bool,
     peer: Option<&SwoolePeer>,
 ) -> anyhow::Result<Sleeping> {
-    let sandbox = measure(launcher, Mode::Sandbox, plan).await?;
+    let sandbox = measure(launcher, Mode::Sandbox, plan, 0).await?;
     let native = if with_native {
-        Some(measure(launcher, Mode::Native, plan).await?)
+        Some(measure(launcher, Mode::Native, plan, 0).await?)
     } else {
         None
     };
+    let sandbox_reporting = measure(launcher, Mode::Sandbox, plan, DEFAULT_REPORTS).await?;
     let peer = match peer {
         Some(peer) => {
             let server = peer
                 .start(launcher, "sleeping-swoole", &[("TASK_COROUTINE", "1")])
                 .await?;
-            Some(burst(server, 0, Vec::new(), plan).await?)
+            Some(burst(server, 0, Vec::new(), plan, 0).await?)
         }
         None => None,
     };
     Ok(Sleeping {
         sandbox,
         native,
+        sandbox_reporting,
         peer,
     })
 }
@@ -131,7 +140,13 @@ async fn launch(launcher: &Launcher, mode: Mode, workers: usize) -> anyhow::Resu
     launcher.start(&label, mode, &args).await
 }
 
-async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result<Sleepers> {
+/// `reports`: the progress reports each `slow` is asked for.
+async fn measure(
+    launcher: &Launcher,
+    mode: Mode,
+    plan: &Plan,
+    reports: u32,
+) -> anyhow::Result<Sleepers> {
     // The pool's size is one of the engine's settings, which compiled code depends on, and no
     // other scenario's server runs with this one's: its first start would compile every module,
     // and what compiling leaves resident stays through the burst (peak RSS 618-624 MiB against
@@ -150,7 +165,7 @@ async fn measure(launcher: &Launcher, mode: Mode, plan: &Plan) -> anyhow::Result
         )
     });
     let notes = capped.into_iter().chain(missed).collect();
-    burst(server, task_workers, notes, plan).await
+    burst(server, task_workers, notes, plan, reports).await
 }
 
 /// The burst itself, on a started server (which it stops).
@@ -159,6 +174,7 @@ async fn burst(
     task_workers: usize,
     notes: Vec<String>,
     plan: &Plan,
+    reports: u32,
 ) -> anyhow::Result<Sleepers> {
     let warming_s = (server.warm_after - server.ready_after).as_secs_f64();
     let idle_rss_bytes = server.memory()?.rss_bytes;
@@ -168,7 +184,7 @@ async fn burst(
     let begin = Instant::now();
     let load = Load {
         task: "slow".to_owned(),
-        input: format!(r#"{{"seconds":{SLEEP_SECONDS}}}"#),
+        input: format!(r#"{{"seconds":{SLEEP_SECONDS},"reports":{reports}}}"#),
         limits: None,
         in_flight: per_connection,
         max_tasks: per_connection as u64,
@@ -230,12 +246,13 @@ async fn peak_pss_during<T>(
 impl Sleeping {
     pub fn rows(&self) -> Vec<Row> {
         let sandbox = &self.sandbox;
+        let reporting = &self.sandbox_reporting;
         let native = self.native.as_ref();
         let peer = self.peer.as_ref();
         let count = Unit::Count.format(sandbox.tasks as f64);
         let mut wall = Row::new(
             NAME,
-            format!("wall time, {count} × 1 s"),
+            format!("wall time, {count} × 1 s, no progress"),
             Unit::Seconds,
             sandbox.wall_s,
         )
@@ -243,9 +260,10 @@ impl Sleeping {
         .peer(super::PEER, peer.map(|p| p.wall_s))
         .target(Target::AtMost { value: 1.2 });
         let mut notes = vec![format!(
-            "{} of {} finished; progress messages per task: sandbox {:.1}, native {}; \
-             cores used by server / loadgen / other: sandbox {}, native {}; the sandbox \
-             server warmed its pool in {:.2} s before the burst",
+            "each `slow` asked for no progress reports (`\"reports\": 0`): one sleep, as \
+             Swoole's `slow` does; {} of {} finished; progress messages per task: sandbox \
+             {:.1}, native {}; cores used by server / loadgen / other: sandbox {}, native {}; \
+             the sandbox server warmed its pool in {:.2} s before the burst",
             sandbox.finished,
             sandbox.tasks,
             sandbox.progress_per_task,
@@ -287,6 +305,30 @@ impl Sleeping {
             )
             .baseline("native", native.map(|n| n.server_cpu_us_per_task))
             .peer(super::PEER, peer.map(|p| p.server_cpu_us_per_task)),
+            Row::new(
+                NAME,
+                "with progress: wall time",
+                Unit::Seconds,
+                reporting.wall_s,
+            )
+            .note(format!(
+                "the sandbox again, each `slow` with its default ten progress reports (ten \
+                 wake-ups, the page's progress bar): {} of {} finished, {:.1} progress messages \
+                 per task reached the client",
+                reporting.finished, reporting.tasks, reporting.progress_per_task
+            )),
+            Row::new(
+                NAME,
+                "with progress: peak RSS",
+                Unit::Bytes,
+                reporting.peak_rss_bytes as f64,
+            ),
+            Row::new(
+                NAME,
+                "with progress: server CPU per task",
+                Unit::Micros,
+                reporting.server_cpu_us_per_task,
+            ),
         ]
     }
 }

@@ -6,10 +6,13 @@
 //! like the original. The sleep is `std::thread::sleep`, which is WASI `poll_oneoff`
 //! on a clock: the module blocks in the host and burns no fuel while it waits.
 //!
-//! It sleeps in [`STEPS`] equal parts and reports progress after each one ("slept 2.0
-//! of 5.0 s"), the last report being 1.0. Each part sleeps until its share of the
-//! whole is due, measured from the start, so the steps do not add up to more than the
-//! time asked for.
+//! It sleeps in `input.reports` equal parts ([`DEFAULT_REPORTS`] unless the input is an
+//! object that says otherwise) and reports progress after each one ("slept 2.0 of 5.0
+//! s"), the last report being 1.0. Each part sleeps until its share of the whole is due,
+//! measured from the start, so the parts do not add up to more than the time asked for.
+//! `"reports": 0` sleeps once and reports nothing: the same work as a plain `sleep`,
+//! which is what the benchmark's peer (Swoole's task worker) does, and what a client
+//! that does not show progress needs.
 //!
 //! It formats no floats: core's float formatting brings about 3 KiB of tables into the
 //! module's data image, which the kernel maps whole into every running instance, so
@@ -20,18 +23,24 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use taskhost_guest::{Value, input_number, progress, run};
+use taskhost_guest::{Value, input_number, input_u64, progress, run};
 
 /// The example's job took five seconds.
 const DEFAULT_SECONDS: f64 = 5.0;
 
-/// Progress reports per sleep: one every tenth of it.
-const STEPS: u32 = 10;
+/// Progress reports per sleep unless the input asks otherwise: one every tenth of it.
+const DEFAULT_REPORTS: u64 = 10;
+
+/// The most reports a sleep may ask for. The server passes on at most one progress
+/// message per 100 ms of a task anyway; this keeps a client from making the module wake
+/// up millions of times for nothing.
+const MAX_REPORTS: u64 = 100;
 
 fn main() {
     run(|input| {
         let total = sleep_seconds(&input)?;
-        sleep_reporting(total);
+        let reports = progress_reports(&input)?;
+        sleep_reporting(total, reports);
         Ok(Value::from("success"))
     });
 }
@@ -46,11 +55,31 @@ fn sleep_seconds(input: &Value) -> Result<Duration, String> {
     })
 }
 
-/// Sleeps `total` in [`STEPS`] parts, reporting progress after each.
-fn sleep_reporting(total: Duration) {
+/// How many progress reports: `input.reports` when the input is an object (a bare
+/// number is the seconds, not this), else [`DEFAULT_REPORTS`].
+fn progress_reports(input: &Value) -> Result<u32, String> {
+    let asked = match input {
+        Value::Object(_) => input_u64(input, "reports")?,
+        _ => None,
+    };
+    match asked.unwrap_or(DEFAULT_REPORTS) {
+        reports @ 0..=MAX_REPORTS => Ok(reports as u32),
+        reports => Err(format!(
+            "`reports` must be from 0 to {MAX_REPORTS} progress reports; got {reports}"
+        )),
+    }
+}
+
+/// Sleeps `total` in `reports` parts, reporting progress after each; with none, sleeps
+/// once.
+fn sleep_reporting(total: Duration, reports: u32) {
+    if reports == 0 {
+        thread::sleep(total);
+        return;
+    }
     let started = Instant::now();
-    for step in 1..=STEPS {
-        let fraction = f64::from(step) / f64::from(STEPS);
+    for step in 1..=reports {
+        let fraction = f64::from(step) / f64::from(reports);
         // Never past `total` (float rounding aside), so it cannot overflow.
         let due = Duration::try_from_secs_f64(total.as_secs_f64() * fraction)
             .map_or(total, |due| due.min(total));
@@ -83,6 +112,24 @@ impl std::fmt::Display for Tenths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_come_from_an_object_only_and_are_capped() {
+        let reports =
+            |text: &str| progress_reports(&taskhost_guest::serde_json::from_str(text).unwrap());
+        assert_eq!(reports("2"), Ok(10), "a bare number is the seconds");
+        assert_eq!(reports(r#""666""#), Ok(10));
+        assert_eq!(reports(r#"{"seconds": 1}"#), Ok(10));
+        assert_eq!(reports(r#"{"seconds": 1, "reports": 0}"#), Ok(0));
+        assert_eq!(reports(r#"{"reports": 100}"#), Ok(100));
+        let too_many = reports(r#"{"reports": 101}"#).unwrap_err();
+        assert!(
+            too_many.contains("from 0 to 100") && too_many.contains("101"),
+            "{too_many}"
+        );
+        let not_whole = reports(r#"{"reports": 2.5}"#).unwrap_err();
+        assert!(not_whole.contains("non-negative integer"), "{not_whole}");
+    }
 
     #[test]
     fn tenths_print_like_one_decimal_of_the_seconds() {

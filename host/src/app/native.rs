@@ -86,8 +86,8 @@ fn fib_task(input: &[u8]) -> Outcome {
 }
 
 /// `{"seconds": S}` or a bare S; anything else is the default 5 seconds. Like the guest, it
-/// sleeps in [`SLOW_STEPS`] parts and reports progress after each, so that the benchmark
-/// compares like with like.
+/// sleeps in `input.reports` parts (default [`SLOW_REPORTS`], 0 for one sleep and no
+/// progress) and reports progress after each, so that the benchmark compares like with like.
 async fn slow(job: &Job) -> Outcome {
     let value: Value = serde_json::from_slice(&job.input).unwrap_or(Value::Null);
     let seconds = value
@@ -96,13 +96,21 @@ async fn slow(job: &Job) -> Outcome {
         .as_f64()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .unwrap_or(5.0);
+    // The guest refuses more than 100; the baseline is not a place for a second message.
+    let reports = value
+        .get("reports")
+        .and_then(Value::as_u64)
+        .map_or(SLOW_REPORTS, |reports| reports.min(100) as u32);
     // Longer than the task's wall-clock limit is the same as that limit: the dispatcher ends
     // it there. Clamped first, since a huge number of seconds is no Duration.
     let limit = Duration::from_millis(job.limits.timeout_ms).saturating_add(Duration::from_secs(1));
     let total = Duration::try_from_secs_f64(seconds).map_or(limit, |total| total.min(limit));
     let started = tokio::time::Instant::now();
-    for step in 1..=SLOW_STEPS {
-        let fraction = f64::from(step) / f64::from(SLOW_STEPS);
+    if reports == 0 {
+        tokio::time::sleep_until(started + total).await;
+    }
+    for step in 1..=reports {
+        let fraction = f64::from(step) / f64::from(reports);
         tokio::time::sleep_until(started + total.mul_f64(fraction)).await;
         let message = format!("slept {:.1} of {seconds:.1} s", seconds * fraction);
         job.report_progress(fraction, &message);
@@ -110,8 +118,8 @@ async fn slow(job: &Job) -> Outcome {
     finished("\"success\"".to_owned())
 }
 
-/// Progress reports per native `slow`, as many as the guest's.
-const SLOW_STEPS: u32 = 10;
+/// Progress reports per native `slow` unless the input says otherwise, as many as the guest's.
+const SLOW_REPORTS: u32 = 10;
 
 /// Busy forever; the dispatcher's wall-clock limit or a cancel ends it.
 async fn spin() -> Outcome {
