@@ -16,6 +16,7 @@ mod component_calls;
 mod differential_tests;
 mod engine;
 mod guest_memory;
+mod image_layout;
 mod imports;
 mod limiter;
 mod outcome;
@@ -78,6 +79,9 @@ pub(crate) const COMPONENT_MAX_CALL_BYTES: usize = 256 << 10;
 /// A task's code, compiled and linked once, ready to be instantiated for every task.
 pub struct WasmModule {
     entry: Entry,
+    /// Where a preview 1 module's data image ends in its memory (`image_layout`), for
+    /// warming its pool slots.
+    image_end: Option<u64>,
 }
 
 enum Entry {
@@ -195,6 +199,7 @@ impl Sandbox {
         )?;
         Ok(WasmModule {
             entry: Entry::Module(pre),
+            image_end: image_layout::image_end(binary),
         })
     }
 
@@ -213,6 +218,7 @@ impl Sandbox {
             .context("it is a component but not a WASI command: it must export wasi:cli/run")?;
         Ok(WasmModule {
             entry: Entry::Component(command),
+            image_end: None,
         })
     }
 
@@ -228,7 +234,10 @@ impl Sandbox {
         image: Option<&WasmModule>,
     ) -> anyhow::Result<Warmed> {
         let image = image.and_then(|module| match &module.entry {
-            Entry::Module(pre) => Some(pre.module()),
+            Entry::Module(pre) => Some(warm::Image {
+                module: pre.module(),
+                end: module.image_end,
+            }),
             Entry::Component(_) => None,
         });
         self.warmer.warm(slots, lend, release, image).await
