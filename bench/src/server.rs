@@ -309,9 +309,14 @@ impl Server {
             .with_context(|| format!("server {} is gone", self.label))
     }
 
-    /// How many modules the server compiled at start rather than loading them from the compile
-    /// cache: the `compiled=N` of its "tasks loaded" log line (`None` if there is none yet).
-    pub fn compiled_at_start(&self) -> Option<usize> {
+    /// How many modules the server compiled rather than loading them from its compile cache:
+    /// `taskhost_module_loads_total{from="compiler"}` from `/metrics`, or, from a server older
+    /// than that metric (A/B runs against earlier builds), the `compiled=N` of its "tasks
+    /// loaded" log line. `None` if neither says.
+    pub async fn compiled_modules(&self) -> Option<usize> {
+        if let Some(count) = self.metrics().await.as_deref().and_then(compiled_metric) {
+            return Some(count);
+        }
         compiled_count(&std::fs::read_to_string(&self.log).ok()?)
     }
 
@@ -517,6 +522,16 @@ async fn get(addr: SocketAddr, path: &str) -> Option<String> {
         .ok()
 }
 
+/// The modules a `/metrics` response says were compiled rather than loaded from the cache.
+fn compiled_metric(metrics: &str) -> Option<usize> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"taskhost_module_loads_total{from="compiler"} "#))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The `compiled=N` of a server log's "tasks loaded" line.
 fn compiled_count(log: &str) -> Option<usize> {
     let line = log.lines().find(|line| line.contains("tasks loaded"))?;
@@ -537,7 +552,16 @@ pub fn log_tail(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::compiled_count;
+    use super::{compiled_count, compiled_metric};
+
+    #[test]
+    fn the_compiled_count_is_read_from_the_metric() {
+        let metrics = "HTTP/1.1 200 OK\r\n\r\n# TYPE taskhost_module_loads counter\n\
+                       taskhost_module_loads_total{from=\"cache\"} 24\n\
+                       taskhost_module_loads_total{from=\"compiler\"} 2\n";
+        assert_eq!(compiled_metric(metrics), Some(2));
+        assert_eq!(compiled_metric("taskhost_pool_warming 0\n"), None);
+    }
 
     #[test]
     fn the_compiled_count_is_read_from_the_tasks_loaded_line() {

@@ -158,12 +158,16 @@ async fn measure(
     let (server, task_workers, capped) = start(launcher, mode, plan.sleepers).await?;
     server.stop().await?;
     let server = launch(launcher, mode, task_workers).await?;
-    let missed = server.compiled_at_start().filter(|&count| count > 0).map(|compiled| {
-        format!(
-            "the measured server compiled {compiled} modules at start (the compile cache missed): \
-             its memory includes what compiling leaves"
-        )
-    });
+    let missed = server
+        .compiled_modules()
+        .await
+        .filter(|&count| count > 0)
+        .map(|compiled| {
+            format!(
+                "the measured server compiled {compiled} modules (the compile cache missed): its \
+                 memory includes what compiling leaves"
+            )
+        });
     let notes = capped.into_iter().chain(missed).collect();
     burst(server, task_workers, notes, plan, reports).await
 }
