@@ -13,7 +13,7 @@ guest_components := "wordcount flood"
 # unifies features over the packages it is given, and over dev-dependencies when test targets are
 # built, so a different set would build wasmtime, tokio and the rest a second time (as large
 # again on disk). `cargo test` and `cargo build --all-targets` over this set share every artifact.
-host_packages := "-p taskhost -p taskhost-bench -p taskhost-guest -p broadcast -p send_mail -p wordcount"
+host_packages := "-p taskhost -p taskhost-bench -p taskhost-guest -p broadcast -p send_mail -p wordcount -p slow"
 
 # The folder cargo builds into, as cargo itself reports it: `target/` in the workspace
 # unless CARGO_TARGET_DIR (or `build.target-dir` in a cargo config) puts it elsewhere,
