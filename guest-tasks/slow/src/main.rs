@@ -17,8 +17,9 @@
 //! It formats no floats: core's float formatting brings about 3 KiB of tables into the
 //! module's data image, which the kernel maps whole into every running instance, so
 //! 10,000 sleepers would hold 40 MiB more (docs/PERFORMANCE.md, "Where a sleeper's memory
-//! goes"). Seconds are printed from whole nanoseconds, and a bad `seconds` is quoted as
-//! JSON.
+//! goes"). Seconds are printed digit by digit from whole nanoseconds (without `format!`,
+//! which cost more than the rest of a wake-up's guest code), and a bad `seconds` is quoted
+//! as JSON.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -84,28 +85,63 @@ fn sleep_reporting(total: Duration, reports: u32) {
         let due = Duration::try_from_secs_f64(total.as_secs_f64() * fraction)
             .map_or(total, |due| due.min(total));
         thread::sleep(due.saturating_sub(started.elapsed()));
-        progress(
-            fraction,
-            &format!("slept {} of {} s", Tenths(due), Tenths(total)),
-        );
+        progress(fraction, &progress_message(due, total));
     }
 }
 
-/// A duration in seconds with one decimal ("2.5"), rounded to the nearest tenth, ties to
-/// even: what `{:.1}` prints for `as_secs_f64()`, in integer arithmetic (see the module's
+/// "slept 2.0 of 5.0 s", written digit by digit rather than with `format!`: a report is the
+/// guest's share of every wake-up, and `core::fmt` took most of it (about 3,450 fuel a
+/// report with `format!` and u128 arithmetic; docs/PERFORMANCE.md).
+fn progress_message(due: Duration, total: Duration) -> String {
+    let mut text = String::with_capacity(48);
+    text.push_str("slept ");
+    push_tenths(&mut text, due);
+    text.push_str(" of ");
+    push_tenths(&mut text, total);
+    text.push_str(" s");
+    text
+}
+
+/// Appends a duration in seconds with one decimal ("2.5"), rounded to the nearest tenth, ties
+/// to even: what `{:.1}` prints for `as_secs_f64()`, in integer arithmetic (see the module's
 /// doc). They differ only at a tie whose decimal has no exact binary form (0.15 s: `{:.1}`
 /// rounds the float just below it, "0.1"; this gives "0.2").
-struct Tenths(Duration);
-
-impl std::fmt::Display for Tenths {
-    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const TENTH: u128 = 100_000_000;
-        let nanos = self.0.as_nanos();
-        let (mut tenths, rest) = (nanos / TENTH, nanos % TENTH);
-        if rest > TENTH / 2 || (rest == TENTH / 2 && tenths % 2 == 1) {
-            tenths += 1;
+fn push_tenths(text: &mut String, duration: Duration) {
+    const TENTH: u32 = 100_000_000;
+    let (seconds, nanos) = (duration.as_secs(), duration.subsec_nanos());
+    let (mut tenth, rest) = (nanos / TENTH, nanos % TENTH);
+    // The parity of the whole count of tenths is the last digit's: ten times the seconds is even.
+    let mut carry = false;
+    if rest > TENTH / 2 || (rest == TENTH / 2 && tenth % 2 == 1) {
+        tenth += 1;
+        if tenth == 10 {
+            tenth = 0;
+            carry = true;
         }
-        write!(out, "{}.{}", tenths / 10, tenths % 10)
+    }
+    match seconds.checked_add(u64::from(carry)) {
+        Some(seconds) => push_digits(text, seconds),
+        // Only `Duration::MAX` rounds past u64::MAX seconds.
+        None => text.push_str("18446744073709551616"),
+    }
+    text.push('.');
+    text.push(char::from(b'0' + tenth as u8));
+}
+
+/// Appends `number` in decimal.
+fn push_digits(text: &mut String, mut number: u64) {
+    let mut digits = [0_u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        text.push(char::from(digit));
     }
 }
 
@@ -145,12 +181,31 @@ mod tests {
             (u64::MAX, "18446744073.7"),
         ] {
             let duration = Duration::from_nanos(nanos);
-            assert_eq!(Tenths(duration).to_string(), printed);
+            assert_eq!(tenths(duration), printed);
             assert_eq!(format!("{:.1}", duration.as_secs_f64()), printed, "{nanos}");
         }
         // The one kind of difference: a tie with no exact binary form.
         let duration = Duration::from_millis(150);
-        assert_eq!(Tenths(duration).to_string(), "0.2");
+        assert_eq!(tenths(duration), "0.2");
         assert_eq!(format!("{:.1}", duration.as_secs_f64()), "0.1");
+        // The largest duration rounds up past u64::MAX seconds.
+        assert_eq!(tenths(Duration::MAX), "18446744073709551616.0");
+        assert_eq!(
+            format!("{:.1}", Duration::MAX.as_secs_f64()),
+            "18446744073709551616.0"
+        );
+        assert_eq!(tenths(Duration::new(9, 950_000_000)), "10.0");
+    }
+
+    #[test]
+    fn the_progress_message_says_how_long_of_how_long() {
+        let message = progress_message(Duration::from_millis(2_000), Duration::from_secs(5));
+        assert_eq!(message, "slept 2.0 of 5.0 s");
+    }
+
+    fn tenths(duration: Duration) -> String {
+        let mut text = String::new();
+        push_tenths(&mut text, duration);
+        text
     }
 }

@@ -343,12 +343,18 @@ impl Sandbox {
                 .await
                 .ok();
             let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
+            let controls = store.data_mut().controls();
+            let out_of_time = controls
+                .capabilities
+                .as_ref()
+                .is_some_and(|access| access.time_left().is_zero());
             classify(Ending {
                 ran,
                 capture: &capture,
-                refused_memory: store.data_mut().controls().memory.refused(),
+                refused_memory: controls.memory.refused(),
                 fuel_used,
                 limits,
+                out_of_time,
             })
         }
     }

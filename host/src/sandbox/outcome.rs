@@ -87,6 +87,10 @@ pub struct Ending<'a> {
     pub refused_memory: Option<Refusal>,
     pub fuel_used: u64,
     pub limits: Limits,
+    /// Whether the task's wall clock had run out when it ended. A capability call (HTTP, SQL)
+    /// waits at most until then, so the deadline can hand the guest an error, which it may
+    /// exit or trap on, a moment before the wall-clock timer ends the run.
+    pub out_of_time: bool,
 }
 
 /// Decides how the run ended. Order matters: a deadline, an overflowing output or a refused
@@ -98,8 +102,12 @@ pub fn classify(ending: Ending<'_>) -> RunEnd {
         refused_memory,
         fuel_used,
         limits,
+        out_of_time,
     } = ending;
     let failed = |failure| RunEnd::failed(failure, fuel_used);
+    // A run that failed once its time was up failed for that: the deadline explains the
+    // error it got from a capability and whatever it did with it. A success keeps its result.
+    let ran = ran.filter(|ran| !out_of_time || succeeded(ran));
     let Some(ran) = ran else {
         return failed(Failure::Timeout {
             limit_ms: limits.timeout_ms,
@@ -160,6 +168,17 @@ pub fn classify(ending: Ending<'_>) -> RunEnd {
     }
 }
 
+/// Whether `_start` ended well: it returned, or called `proc_exit(0)`.
+fn succeeded(ran: &Result<(), RunError>) -> bool {
+    match ran {
+        Ok(()) => true,
+        Err(RunError::Run(error)) => error
+            .downcast_ref::<I32Exit>()
+            .is_some_and(|exit| exit.0 == 0),
+        Err(RunError::Instantiate(_)) => false,
+    }
+}
+
 fn finished(capture: &OutputCapture, fuel_used: u64) -> RunEnd {
     RunEnd {
         result: decode_result(&capture.stdout()).map_err(|error| Failure::Host { error }),
@@ -204,5 +223,42 @@ mod tests {
         assert_eq!(decode(b"{\"a\": 1}\n"), "{\"a\": 1}");
         assert_eq!(decode(b"42"), "42");
         assert_eq!(decode(b"\xff!"), "\"\u{fffd}!\"");
+    }
+
+    /// A guest that exits on the error its deadline gave a capability call ends with
+    /// `timeout`, whichever timer fired first; a success at the deadline keeps its result.
+    #[test]
+    fn a_failure_once_the_time_is_up_is_a_timeout() {
+        let capture = OutputCapture::new(1024);
+        let limits = Limits {
+            timeout_ms: 300,
+            fuel: 1_000,
+            memory_bytes: 1 << 20,
+        };
+        let end = |status: i32, out_of_time: bool| {
+            let ran = match status {
+                0 => Ok(()),
+                status => Err(RunError::Run(wasmtime::Error::new(I32Exit(status)))),
+            };
+            classify(Ending {
+                ran: Some(ran),
+                capture: &capture,
+                refused_memory: None,
+                fuel_used: 10,
+                limits,
+                out_of_time,
+            })
+            .result
+            .map(|result| result.get().to_owned())
+        };
+        assert!(matches!(
+            end(1, true),
+            Err(Failure::Timeout { limit_ms: 300 })
+        ));
+        assert!(matches!(
+            end(1, false),
+            Err(Failure::Exit { status: 1, .. })
+        ));
+        assert_eq!(end(0, true).unwrap(), "null");
     }
 }
