@@ -107,7 +107,9 @@ pub fn classify(ending: Ending<'_>) -> RunEnd {
     let failed = |failure| RunEnd::failed(failure, fuel_used);
     // A run that failed once its time was up failed for that: the deadline explains the
     // error it got from a capability and whatever it did with it. A success keeps its result.
-    let ran = ran.filter(|ran| !out_of_time || succeeded(ran));
+    let ran = ran
+        .map(exit_zero_is_success)
+        .filter(|ran| !out_of_time || ran.is_ok());
     let Some(ran) = ran else {
         return failed(Failure::Timeout {
             limit_ms: limits.timeout_ms,
@@ -145,9 +147,6 @@ pub fn classify(ending: Ending<'_>) -> RunEnd {
         }
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        if exit.0 == 0 {
-            return finished(capture, fuel_used);
-        }
         return failed(Failure::Exit {
             status: exit.0,
             stderr: stderr(),
@@ -168,14 +167,18 @@ pub fn classify(ending: Ending<'_>) -> RunEnd {
     }
 }
 
-/// Whether `_start` ended well: it returned, or called `proc_exit(0)`.
-fn succeeded(ran: &Result<(), RunError>) -> bool {
+/// `proc_exit(0)` is how a WASI command may end well: the same success as returning from
+/// `_start`, so that the rest of [`classify`] has one success to tell.
+fn exit_zero_is_success(ran: Result<(), RunError>) -> Result<(), RunError> {
     match ran {
-        Ok(()) => true,
-        Err(RunError::Run(error)) => error
-            .downcast_ref::<I32Exit>()
-            .is_some_and(|exit| exit.0 == 0),
-        Err(RunError::Instantiate(_)) => false,
+        Err(RunError::Run(error))
+            if error
+                .downcast_ref::<I32Exit>()
+                .is_some_and(|exit| exit.0 == 0) =>
+        {
+            Ok(())
+        }
+        ran => ran,
     }
 }
 
@@ -235,10 +238,11 @@ mod tests {
             fuel: 1_000,
             memory_bytes: 1 << 20,
         };
-        let end = |status: i32, out_of_time: bool| {
+        let end = |status: Option<i32>, out_of_time: bool| {
+            // `None`: `_start` returned; a status: it called `proc_exit`.
             let ran = match status {
-                0 => Ok(()),
-                status => Err(RunError::Run(wasmtime::Error::new(I32Exit(status)))),
+                None => Ok(()),
+                Some(status) => Err(RunError::Run(wasmtime::Error::new(I32Exit(status)))),
             };
             classify(Ending {
                 ran: Some(ran),
@@ -252,13 +256,17 @@ mod tests {
             .map(|result| result.get().to_owned())
         };
         assert!(matches!(
-            end(1, true),
+            end(Some(1), true),
             Err(Failure::Timeout { limit_ms: 300 })
         ));
         assert!(matches!(
-            end(1, false),
+            end(Some(1), false),
             Err(Failure::Exit { status: 1, .. })
         ));
-        assert_eq!(end(0, true).unwrap(), "null");
+        for status in [None, Some(0)] {
+            for out_of_time in [false, true] {
+                assert_eq!(end(status, out_of_time).unwrap(), "null");
+            }
+        }
     }
 }

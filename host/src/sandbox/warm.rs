@@ -35,11 +35,13 @@
 //! dispatcher lends only free permits and reclaims them (cancelling `release`) as soon as a
 //! task waits.
 
+use std::ops::Range;
+
 use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use wasmtime::{Engine, InstancePre, Linker, Memory, Module, Store};
+use wasmtime::{Engine, ExternType, InstancePre, Linker, Memory, Module, Store};
 
 use super::image_layout;
 
@@ -80,8 +82,8 @@ enum Occupant {
     /// The built-in module, called: it waits in `hold` until released.
     BuiltIn(InstancePre<Holding>),
     /// The default task's module, instantiated and not called, and the bytes of its memory
-    /// to fault in writable (`image_layout::written_first`).
-    Image(InstancePre<Holding>, Option<u64>),
+    /// to fault in writable (`image_layout::written_first`), the same in every slot.
+    Image(InstancePre<Holding>, Option<Range<usize>>),
 }
 
 /// A warming instance's store.
@@ -137,7 +139,10 @@ impl Warmer {
     ) -> anyhow::Result<Warmed> {
         let occupant = match image {
             Some(image) => match image_holder(image.module).await {
-                Ok(pre) => Occupant::Image(pre, image.end),
+                Ok(pre) => {
+                    let written = image.end.and_then(|end| written_first(image.module, end));
+                    Occupant::Image(pre, written)
+                }
                 Err(error) => {
                     tracing::info!(
                         error = format!("{error:#}"),
@@ -235,16 +240,16 @@ async fn hold_slot(
     let started = async {
         let mut store = warming_store(engine, release, holding.clone())?;
         match &occupant {
-            Occupant::Image(image, image_end) => {
+            Occupant::Image(image, written) => {
                 let instance = image
                     .instantiate_async(&mut store)
                     .await
                     .map_err(anyhow::Error::from)
                     .context("could not instantiate the default task's module to warm its image")?;
-                if let (Some(end), Some(memory)) =
-                    (image_end, instance.get_memory(&mut store, "memory"))
+                if let (Some(pages), Some(memory)) =
+                    (written, instance.get_memory(&mut store, "memory"))
                 {
-                    write_first_pages(&store, memory, *end);
+                    write_first_pages(&store, memory, pages.clone());
                 }
                 let _ = store.data().holding.send(Ok(()));
                 store.data().release.clone().cancelled().await;
@@ -272,26 +277,30 @@ async fn hold_slot(
     }
 }
 
-/// Faults in, writable, the pages of `memory` that a task writes first (see the module docs).
-/// Best effort: a kernel without `MADV_POPULATE_WRITE` (before Linux 5.14) refuses it, and
-/// the task faults them in as it would have.
-fn write_first_pages(store: &Store<Holding>, memory: Memory, image_end: u64) {
-    let size = memory.data_size(store) as u64;
-    let pages = image_layout::written_first(image_end, host_page_bytes(), size);
-    let (Ok(start), Ok(length)) = (
-        usize::try_from(pages.start),
-        usize::try_from(pages.end - pages.start),
-    ) else {
-        return;
+/// The bytes of `module`'s memory a task writes first, from where its data image ends: the
+/// pages `image_layout::written_first` names within the memory's initial size. `None` when
+/// the module exports no memory or the range is empty.
+fn written_first(module: &Module, image_end: u64) -> Option<Range<usize>> {
+    let Some(ExternType::Memory(memory)) = module.get_export("memory") else {
+        return None;
     };
-    if length == 0 {
+    let initial = memory.minimum().saturating_mul(memory.page_size());
+    let pages = image_layout::written_first(image_end, host_page_bytes(), initial);
+    let pages = usize::try_from(pages.start).ok()?..usize::try_from(pages.end).ok()?;
+    (!pages.is_empty()).then_some(pages)
+}
+
+/// Faults in, writable, the bytes `pages` of `memory` (see the module docs). Best effort: a
+/// kernel without `MADV_POPULATE_WRITE` (before Linux 5.14) refuses it, and the task faults
+/// them in as it would have.
+fn write_first_pages(store: &Store<Holding>, memory: Memory, pages: Range<usize>) {
+    if pages.end > memory.data_size(store) {
         return;
     }
-    // SAFETY: `start..start + length` is within the memory's `size` accessible bytes
-    // (`written_first` keeps it there), which this store's instance owns and nothing else
-    // touches meanwhile.
-    let pages = unsafe { memory.data_ptr(store).add(start) };
-    if let Err(error) = populate_writable(pages, length) {
+    // SAFETY: `pages` is within the memory's accessible bytes (checked above), which this
+    // store's instance owns and nothing else touches meanwhile.
+    let start = unsafe { memory.data_ptr(store).add(pages.start) };
+    if let Err(error) = populate_writable(start, pages.len()) {
         tracing::debug!(
             error = %error,
             "a warmed slot's first-written pages were left to fault in"
@@ -358,6 +367,7 @@ mod tests {
         .unwrap();
         let module = Module::new(&engine, &binary).unwrap();
         let end = image_layout::image_end(&binary).unwrap();
+        let written = written_first(&module, end).unwrap();
         let pre = Linker::new(&engine).instantiate_pre(&module).unwrap();
         let mut store = warming_store(
             &engine,
@@ -367,19 +377,19 @@ mod tests {
         .unwrap();
         let instance = pre.instantiate_async(&mut store).await.unwrap();
         let memory = instance.get_memory(&mut store, "memory").unwrap();
-        write_first_pages(&store, memory, end);
+        write_first_pages(&store, memory, written.clone());
         let base = memory.data_ptr(&store) as usize;
-        let written = image_layout::written_first(end, page as u64, 2 << 16);
-        for address in (written.start..written.end).step_by(page) {
-            let (present, shared) = page_state(base + address as usize);
+        assert_eq!(written, 65536 + page..65536 + 3 * page);
+        for address in written.clone().step_by(page) {
+            let (present, shared) = page_state(base + address);
             assert!(
                 present && !shared,
                 "the page at {address} is present and private"
             );
         }
-        let (present, _) = page_state(base + written.end as usize);
+        let (present, _) = page_state(base + written.end);
         assert!(!present, "the page after them is left alone");
         assert_eq!(memory.data(&store)[65536 + page], b'x', "no byte changed");
-        assert_eq!(memory.data(&store)[written.end as usize - 1], 0);
+        assert_eq!(memory.data(&store)[written.end - 1], 0);
     }
 }
