@@ -70,12 +70,19 @@ pub struct Sample {
     pub sent: Instant,
     /// When `accepted` arrived (a task always has one before its end).
     pub accepted: Instant,
+    /// When `started` arrived: the moment the task began to run (a server that sends none, or
+    /// a task that ended before it ran, leaves it empty).
+    pub started: Option<Instant>,
     pub ended: Instant,
 }
 
 impl Sample {
     pub fn to_accepted(self) -> Duration {
         self.accepted - self.sent
+    }
+
+    pub fn to_started(self) -> Option<Duration> {
+        self.started.map(|started| started - self.sent)
     }
 
     pub fn to_end(self) -> Duration {
@@ -140,6 +147,7 @@ struct ErrorBody {
 struct Pending {
     sent: Instant,
     accepted: Option<Instant>,
+    started: Option<Instant>,
     task_id: Option<u64>,
 }
 
@@ -295,6 +303,10 @@ impl Client {
                     continue;
                 }
                 "finished" | "failed" | "rejected" => {}
+                "started" => {
+                    task.started = Some(now);
+                    continue;
+                }
                 "progress" => {
                     tally.progress += 1;
                     continue;
@@ -321,6 +333,7 @@ impl Client {
                 tally.samples.push(Sample {
                     sent: task.sent,
                     accepted,
+                    started: task.started,
                     ended: now,
                 });
                 tally.fuel_used += message.fuel_used.unwrap_or(0);
@@ -352,6 +365,7 @@ impl Client {
             Pending {
                 sent: Instant::now(),
                 accepted: None,
+                started: None,
                 task_id: None,
             },
         );

@@ -274,12 +274,22 @@ impl Server {
     /// The server's proportional set size now ([`procfs::pss_bytes`]), over its process tree
     /// for a peer made of several processes.
     pub fn pss_bytes(&self) -> anyhow::Result<u64> {
-        let pss = if self.tree {
-            procfs::tree_pss_bytes(self.pid)
-        } else {
-            procfs::pss_bytes(&self.pid.to_string())
-        };
-        pss.with_context(|| format!("server {} is gone", self.label))
+        (self.pss_reader())()
+    }
+
+    /// Reads the server's PSS like [`Server::pss_bytes`], from any thread: a read can take the
+    /// kernel a tenth of a second on a server with many mappings, too long to hold a thread
+    /// of the load generator's runtime.
+    pub fn pss_reader(&self) -> impl Fn() -> anyhow::Result<u64> + Send + 'static {
+        let (pid, tree, label) = (self.pid, self.tree, self.label.clone());
+        move || {
+            let pss = if tree {
+                procfs::tree_pss_bytes(pid)
+            } else {
+                procfs::pss_bytes(&pid.to_string())
+            };
+            pss.with_context(|| format!("server {label} is gone"))
+        }
     }
 
     /// Counts `broker`'s CPU as this server's from now on (see [`Server::cpu_time`]).
