@@ -488,7 +488,9 @@ mod tests {
     /// Warming maps the default task's image into the slots it warms without calling the
     /// module (its imports are traps: a call of `_start` would fail the warming); a module
     /// whose start function calls an import cannot be instantiated so, and the pool is
-    /// warmed the plain way instead.
+    /// warmed the plain way instead. Either way a slot counts as warmed when its store calls
+    /// `hold`, on a fiber stack of its own, and all wait there until all are held: the pool
+    /// here has one stack a slot.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn warming_takes_the_default_task_s_image_or_warms_without_it() {
         let settings = super::EngineSettings {

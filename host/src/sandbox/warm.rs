@@ -18,9 +18,13 @@
 //! 2.06-2.56 s without it (docs/PERFORMANCE.md). Its imports are traps, so no task code can
 //! do anything: only a start function, if the module has one, runs (within [`WARM_FUEL`]),
 //! and any import it calls traps; a module that cannot be instantiated so is left out, and
-//! the built-in module warms the slots. With nothing called, the fiber stacks are not
-//! warmed: measured, warming them beside the image made the burst no shorter and kept 50 MiB
-//! more resident at 10,000 slots.
+//! the built-in module warms the slots. Beside the image, each warming store calls a second
+//! built-in module without a memory (`STACK_HOLDER`), which waits in `hold` as the plain one
+//! does, so that every warmed slot's store also holds a fiber stack of its own: a task's first
+//! run on a stack the pool never handed out faults in its top page and the page table above
+//! it, 16% of the server's CPU while 10,000 sleepers started. Measured in alternated pairs:
+//! the burst 20-30 ms shorter, for 4 KiB more resident a warmed slot, which the task would
+//! have touched anyway (docs/PERFORMANCE.md).
 //!
 //! With the image in place, warming also faults in, writable, the two pages of the slot's
 //! memory that a task of that module writes first (`image_layout`: the page holding the
@@ -54,6 +58,14 @@ const WARM_MODULE: &str = r#"
   (func (export "_start") (call $hold)))
 "#;
 
+/// What holds a fiber stack beside the default task's image: the same wait in `hold`, with no
+/// memory of its own, so the slot keeps the image.
+const STACK_HOLDER: &str = r#"
+(module
+  (import "taskhost-warm" "hold" (func $hold))
+  (func (export "_start") (call $hold)))
+"#;
+
 /// Fuel for the warming module's few dozen instructions, with room to spare.
 const WARM_FUEL: u64 = 100_000;
 
@@ -81,9 +93,15 @@ pub struct Image<'a> {
 enum Occupant {
     /// The built-in module, called: it waits in `hold` until released.
     BuiltIn(InstancePre<Holding>),
-    /// The default task's module, instantiated and not called, and the bytes of its memory
-    /// to fault in writable (`image_layout::written_first`), the same in every slot.
-    Image(InstancePre<Holding>, Option<Range<usize>>),
+    /// The default task's module, instantiated and not called, beside the stack holder,
+    /// called: it waits in `hold` on a fiber stack of the pool.
+    Image {
+        image: InstancePre<Holding>,
+        /// The bytes of the image's memory to fault in writable
+        /// (`image_layout::written_first`), the same in every slot.
+        written: Option<Range<usize>>,
+        stack_holder: InstancePre<Holding>,
+    },
 }
 
 /// A warming instance's store.
@@ -93,9 +111,10 @@ struct Holding {
     holding: mpsc::UnboundedSender<anyhow::Result<()>>,
 }
 
-/// The warming module, linked once.
+/// The warming modules, linked once.
 pub struct Warmer {
     pre: InstancePre<Holding>,
+    stack_holder: InstancePre<Holding>,
 }
 
 impl Warmer {
@@ -103,6 +122,9 @@ impl Warmer {
         let module = Module::new(engine, WARM_MODULE)
             .map_err(anyhow::Error::from)
             .context("could not compile the pool-warming module")?;
+        let stack_holder = Module::new(engine, STACK_HOLDER)
+            .map_err(anyhow::Error::from)
+            .context("could not compile the pool-warming stack holder")?;
         let mut linker = Linker::<Holding>::new(engine);
         linker
             .func_wrap_async("taskhost-warm", "hold", |caller, ()| {
@@ -118,7 +140,11 @@ impl Warmer {
             .instantiate_pre(&module)
             .map_err(anyhow::Error::from)
             .context("could not link the pool-warming module")?;
-        Ok(Warmer { pre })
+        let stack_holder = linker
+            .instantiate_pre(&stack_holder)
+            .map_err(anyhow::Error::from)
+            .context("could not link the pool-warming stack holder")?;
+        Ok(Warmer { pre, stack_holder })
     }
 
     /// Warms up to `slots` slots, each held with a permit from `lend`, until all are held or
@@ -139,10 +165,11 @@ impl Warmer {
     ) -> anyhow::Result<Warmed> {
         let occupant = match image {
             Some(image) => match image_holder(image.module).await {
-                Ok(pre) => {
-                    let written = image.end.and_then(|end| written_first(image.module, end));
-                    Occupant::Image(pre, written)
-                }
+                Ok(pre) => Occupant::Image {
+                    image: pre,
+                    written: image.end.and_then(|end| written_first(image.module, end)),
+                    stack_holder: self.stack_holder.clone(),
+                },
                 Err(error) => {
                     tracing::info!(
                         error = format!("{error:#}"),
@@ -187,7 +214,7 @@ impl Warmer {
             Some(error) => Err(error),
             None => Ok(Warmed {
                 slots: warmed,
-                image: matches!(occupant, Occupant::Image(..)),
+                image: matches!(occupant, Occupant::Image { .. }),
             }),
         }
     }
@@ -228,19 +255,24 @@ fn warming_store(
 }
 
 /// Holds a slot in a fresh store with `occupant` until released: the built-in module runs
-/// and waits in `hold`; the default task's module is instantiated and not called. Says on
-/// `holding` when it holds its slot, or that it could not.
+/// and waits in `hold`; the default task's module is instantiated and not called, and the
+/// stack holder waits in `hold` beside it. Says on `holding` when it holds its slot (and a
+/// fiber stack), or that it could not.
 async fn hold_slot(
     occupant: Occupant,
     release: CancellationToken,
     holding: mpsc::UnboundedSender<anyhow::Result<()>>,
 ) {
-    let (Occupant::BuiltIn(either) | Occupant::Image(either, _)) = &occupant;
+    let (Occupant::BuiltIn(either) | Occupant::Image { image: either, .. }) = &occupant;
     let engine = either.module().engine();
     let started = async {
         let mut store = warming_store(engine, release, holding.clone())?;
         match &occupant {
-            Occupant::Image(image, written) => {
+            Occupant::Image {
+                image,
+                written,
+                stack_holder,
+            } => {
                 let instance = image
                     .instantiate_async(&mut store)
                     .await
@@ -251,30 +283,35 @@ async fn hold_slot(
                 {
                     write_first_pages(&store, memory, pages.clone());
                 }
-                let _ = store.data().holding.send(Ok(()));
-                store.data().release.clone().cancelled().await;
-                Ok(())
+                wait_in_hold(&mut store, stack_holder).await
             }
-            Occupant::BuiltIn(pre) => {
-                let instance = pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .context("could not instantiate the pool-warming module")?;
-                let start = instance
-                    .get_typed_func::<(), ()>(&mut store, "_start")
-                    .map_err(anyhow::Error::from)?;
-                start
-                    .call_async(&mut store, ())
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .context("the pool-warming module failed")
-            }
+            Occupant::BuiltIn(pre) => wait_in_hold(&mut store, pre).await,
         }
     };
     if let Err(error) = started.await {
         let _ = holding.send(Err(error));
     }
+}
+
+/// Instantiates `holder` (the built-in module or the stack holder) in `store` and calls it: it
+/// waits in `hold`, on a fiber stack of the pool, until released.
+async fn wait_in_hold(
+    store: &mut Store<Holding>,
+    holder: &InstancePre<Holding>,
+) -> anyhow::Result<()> {
+    let instance = holder
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(anyhow::Error::from)
+        .context("could not instantiate the pool-warming module")?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(anyhow::Error::from)?;
+    start
+        .call_async(&mut *store, ())
+        .await
+        .map_err(anyhow::Error::from)
+        .context("the pool-warming module failed")
 }
 
 /// The bytes of `module`'s memory a task writes first, from where its data image ends: the
