@@ -79,9 +79,9 @@ pub(crate) const COMPONENT_MAX_CALL_BYTES: usize = 256 << 10;
 /// A task's code, compiled and linked once, ready to be instantiated for every task.
 pub struct WasmModule {
     entry: Entry,
-    /// Where a preview 1 module's data image ends in its memory (`image_layout`), for
+    /// Where a preview 1 module's tasks write first in its memory (`image_layout`), for
     /// warming its pool slots.
-    image_end: Option<u64>,
+    layout: image_layout::Layout,
 }
 
 enum Entry {
@@ -199,7 +199,7 @@ impl Sandbox {
         )?;
         Ok(WasmModule {
             entry: Entry::Module(pre),
-            image_end: image_layout::image_end(binary),
+            layout: image_layout::Layout::of(binary),
         })
     }
 
@@ -218,7 +218,7 @@ impl Sandbox {
             .context("it is a component but not a WASI command: it must export wasi:cli/run")?;
         Ok(WasmModule {
             entry: Entry::Component(command),
-            image_end: None,
+            layout: image_layout::Layout::default(),
         })
     }
 
@@ -236,7 +236,7 @@ impl Sandbox {
         let image = image.and_then(|module| match &module.entry {
             Entry::Module(pre) => Some(warm::Image {
                 module: pre.module(),
-                end: module.image_end,
+                layout: module.layout,
             }),
             Entry::Component(_) => None,
         });

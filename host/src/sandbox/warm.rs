@@ -26,14 +26,16 @@
 //! the burst 20-30 ms shorter, for 4 KiB more resident a warmed slot, which the task would
 //! have touched anyway (docs/PERFORMANCE.md).
 //!
-//! With the image in place, warming also faults in, writable, the two pages of the slot's
-//! memory that a task of that module writes first (`image_layout`: the page holding the
-//! image's end and the next). In a fresh slot the task's first write to each, after a read,
-//! replaces a read-only page-table entry, and that interrupts every other core running the
+//! With the image in place, warming also faults in, writable, the pages of the slot's memory
+//! that a task of that module writes first (`image_layout`: the stack's top page, the page
+//! holding the image's end and the next, the initial memory's last page). In a fresh slot
+//! each is a page fault of the task's, and where the task read the page first, its write
+//! replaces a read-only page-table entry, which interrupts every other core running the
 //! server; the pool keeps written pages resident (reset from the image) for the slot's next
-//! task. Measured on 10,000 sleepers: the burst a sixth shorter, 40% less CPU a sleeper, for
-//! 8 KiB more resident a warmed slot (80 MiB at 10,000), which the task would have written
-//! anyway (docs/PERFORMANCE.md).
+//! task. Measured on 10,000 sleepers: the image's two pages made the burst a sixth shorter,
+//! with 40% less CPU a sleeper; the stack's and the memory's last page took another 30-60 ms
+//! off its start and a sixth of the CPU left. They cost 16 KiB resident a warmed slot (160
+//! MiB at 10,000), which the task would have written anyway (docs/PERFORMANCE.md).
 //!
 //! The slots come from the caller's `lend`, so warming never takes a slot a task needs: the
 //! dispatcher lends only free permits and reclaims them (cancelling `release`) as soon as a
@@ -84,8 +86,8 @@ pub struct Warmed {
 /// The default task's module, to warm the pool with.
 pub struct Image<'a> {
     pub module: &'a Module,
-    /// Where its data image ends in its memory, if it has one (`image_layout::image_end`).
-    pub end: Option<u64>,
+    /// Where its tasks write first in its memory (`image_layout`).
+    pub layout: image_layout::Layout,
 }
 
 /// What a warming store holds its slot with.
@@ -99,7 +101,7 @@ enum Occupant {
         image: InstancePre<Holding>,
         /// The bytes of the image's memory to fault in writable
         /// (`image_layout::written_first`), the same in every slot.
-        written: Option<Range<usize>>,
+        written: Vec<Range<usize>>,
         stack_holder: InstancePre<Holding>,
     },
 }
@@ -167,7 +169,7 @@ impl Warmer {
             Some(image) => match image_holder(image.module).await {
                 Ok(pre) => Occupant::Image {
                     image: pre,
-                    written: image.end.and_then(|end| written_first(image.module, end)),
+                    written: written_first(image.module, image.layout),
                     stack_holder: self.stack_holder.clone(),
                 },
                 Err(error) => {
@@ -278,10 +280,10 @@ async fn hold_slot(
                     .await
                     .map_err(anyhow::Error::from)
                     .context("could not instantiate the default task's module to warm its image")?;
-                if let (Some(pages), Some(memory)) =
-                    (written, instance.get_memory(&mut store, "memory"))
-                {
-                    write_first_pages(&store, memory, pages.clone());
+                if let Some(memory) = instance.get_memory(&mut store, "memory") {
+                    for pages in written {
+                        write_first_pages(&store, memory, pages.clone());
+                    }
                 }
                 wait_in_hold(&mut store, stack_holder).await
             }
@@ -314,17 +316,20 @@ async fn wait_in_hold(
         .context("the pool-warming module failed")
 }
 
-/// The bytes of `module`'s memory a task writes first, from where its data image ends: the
-/// pages `image_layout::written_first` names within the memory's initial size. `None` when
-/// the module exports no memory or the range is empty.
-fn written_first(module: &Module, image_end: u64) -> Option<Range<usize>> {
+/// The bytes of `module`'s memory a task writes first, from its layout: the ranges
+/// `image_layout::written_first` names within the memory's initial size. None when the module
+/// exports no memory.
+fn written_first(module: &Module, layout: image_layout::Layout) -> Vec<Range<usize>> {
     let Some(ExternType::Memory(memory)) = module.get_export("memory") else {
-        return None;
+        return Vec::new();
     };
     let initial = memory.minimum().saturating_mul(memory.page_size());
-    let pages = image_layout::written_first(image_end, host_page_bytes(), initial);
-    let pages = usize::try_from(pages.start).ok()?..usize::try_from(pages.end).ok()?;
-    (!pages.is_empty()).then_some(pages)
+    image_layout::written_first(layout, host_page_bytes(), initial)
+        .into_iter()
+        .filter_map(|pages| {
+            Some(usize::try_from(pages.start).ok()?..usize::try_from(pages.end).ok()?)
+        })
+        .collect()
 }
 
 /// Faults in, writable, the bytes `pages` of `memory` (see the module docs). Best effort: a
@@ -395,16 +400,19 @@ mod tests {
         let mut config = wasmtime::Config::new();
         config.consume_fuel(true);
         let engine = Engine::new(&config).unwrap();
-        // An image of a page and a half at 64 KiB, in a memory of two wasm pages.
+        // A stack below 64 KiB, an image of a page and a half at 64 KiB, in a memory of four
+        // wasm pages.
         let page = host_page_bytes() as usize;
         let binary = wat::parse_str(format!(
-            r#"(module (memory (export "memory") 2) (data (i32.const 65536) "{}"))"#,
+            r#"(module
+                 (memory (export "memory") 4)
+                 (global (mut i32) (i32.const 65536))
+                 (data (i32.const 65536) "{}"))"#,
             "x".repeat(page * 3 / 2)
         ))
         .unwrap();
         let module = Module::new(&engine, &binary).unwrap();
-        let end = image_layout::image_end(&binary).unwrap();
-        let written = written_first(&module, end).unwrap();
+        let written = written_first(&module, image_layout::Layout::of(&binary));
         let pre = Linker::new(&engine).instantiate_pre(&module).unwrap();
         let mut store = warming_store(
             &engine,
@@ -414,19 +422,32 @@ mod tests {
         .unwrap();
         let instance = pre.instantiate_async(&mut store).await.unwrap();
         let memory = instance.get_memory(&mut store, "memory").unwrap();
-        write_first_pages(&store, memory, written.clone());
+        for pages in &written {
+            write_first_pages(&store, memory, pages.clone());
+        }
         let base = memory.data_ptr(&store) as usize;
-        assert_eq!(written, 65536 + page..65536 + 3 * page);
-        for address in written.clone().step_by(page) {
+        let end = 4 * 65536;
+        assert_eq!(
+            written,
+            [
+                65536 - page..65536,
+                65536 + page..65536 + 3 * page,
+                end - page..end
+            ]
+        );
+        for address in written.iter().flat_map(|pages| pages.clone().step_by(page)) {
             let (present, shared) = page_state(base + address);
             assert!(
                 present && !shared,
                 "the page at {address} is present and private"
             );
         }
-        let (present, _) = page_state(base + written.end);
-        assert!(!present, "the page after them is left alone");
+        for untouched in [65536, 65536 + 3 * page] {
+            let (present, _) = page_state(base + untouched);
+            assert!(!present, "the page at {untouched} is left alone");
+        }
         assert_eq!(memory.data(&store)[65536 + page], b'x', "no byte changed");
-        assert_eq!(memory.data(&store)[written.end - 1], 0);
+        assert_eq!(memory.data(&store)[65536 + 3 * page - 1], 0);
+        assert_eq!(memory.data(&store)[end - 1], 0);
     }
 }
