@@ -214,6 +214,15 @@ async fn burst(
     )
     .await;
     let tally = tally?;
+    let mut notes = notes;
+    let late = not_asleep_at(&tally.samples, begin + PSS_AT);
+    if late > 0 {
+        notes.push(format!(
+            "{late} tasks had not started (or had ended) when the PSS was read, {:.1} s into \
+             the burst: the peak PSS leaves them out",
+            PSS_AT.as_secs_f64()
+        ));
+    }
     let cpu = CpuMeter::read(&server)?.since(&before);
     let last = tally
         .samples
@@ -248,6 +257,15 @@ async fn burst(
         unexpected: tally.unexpected,
         notes,
     })
+}
+
+/// The tasks not asleep at `at`: started (or, from a server that sends no `started`,
+/// accepted) after it, or ended before it.
+fn not_asleep_at(samples: &[crate::client::Sample], at: Instant) -> usize {
+    samples
+        .iter()
+        .filter(|sample| sample.started.unwrap_or(sample.accepted) > at || sample.ended < at)
+        .count()
 }
 
 /// Runs `work`, reading the server's PSS once at `read_at` (on a thread of its own) and once
@@ -371,5 +389,32 @@ impl Sleeping {
                 reporting.server_cpu_us_per_task,
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::client::Sample;
+
+    #[test]
+    fn a_task_is_asleep_between_its_start_and_its_end() {
+        let begin = Instant::now();
+        let at = |ms| begin + Duration::from_millis(ms);
+        let sample = |accepted, started: Option<u64>, ended| Sample {
+            sent: begin,
+            accepted: at(accepted),
+            started: started.map(at),
+            ended: at(ended),
+        };
+        let samples = [
+            sample(10, Some(100), 1_100), // asleep at 800 ms
+            sample(10, Some(900), 1_900), // started after
+            sample(10, None, 1_000),      // no `started`: accepted before, so asleep
+            sample(850, None, 1_850),     // accepted after
+            sample(10, Some(20), 700),    // ended before
+        ];
+        assert_eq!(super::not_asleep_at(&samples, at(800)), 3);
     }
 }
