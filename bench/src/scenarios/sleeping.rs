@@ -22,7 +22,7 @@ const DEFAULT_REPORTS: u32 = 10;
 /// The whole scenario, per mode, is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// When the server's PSS is read, after the first submit: every sleeper has started by then
-/// (the slowest start in these runs took 0.4 s) and none has woken, so it is the burst's
+/// (the latest start in these runs came at 0.6 s) and none has woken, so it is the burst's
 /// peak. PSS has no high-water mark, and one read of a server holding 10,000 sandboxes takes
 /// the kernel 50-110 ms (a walk of some 60,000 mappings): read every 200 ms during the burst,
 /// as it once was, it took a third of a core from the two and held up the load generator's

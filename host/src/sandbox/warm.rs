@@ -33,8 +33,8 @@
 //! replaces a read-only page-table entry, which interrupts every other core running the
 //! server; the pool keeps written pages resident (reset from the image) for the slot's next
 //! task. Measured on 10,000 sleepers: the image's two pages made the burst a sixth shorter,
-//! with 40% less CPU a sleeper; the stack's and the memory's last page took another 30-60 ms
-//! off its start and a sixth of the CPU left. They cost 16 KiB resident a warmed slot (160
+//! with 40% less CPU a sleeper; the stack's and the memory's last page took another 20-70 ms
+//! off its start and about a tenth of the CPU left. They cost 16 KiB resident a warmed slot (160
 //! MiB at 10,000), which the task would have written anyway (docs/PERFORMANCE.md).
 //!
 //! The slots come from the caller's `lend`, so warming never takes a slot a task needs: the
