@@ -85,7 +85,7 @@ async fn metrics_carry_the_task_label_queue_wait_build_info_and_process_metrics(
     expect(r#"taskhost_task_duration_seconds_count{task="echo"}"#, 3.0);
     expect("taskhost_task_queue_wait_seconds_count", 4.0);
     expect("taskhost_module_load_failures_total", 0.0);
-    // The tasks and the pool-warming module, from the compile cache or compiled afresh (the
+    // The tasks and the pool-warming modules, from the compile cache or compiled afresh (the
     // cache is shared by the tests, so which of the two depends on what ran first).
     let loads: f64 = ["cache", "compiler"]
         .iter()

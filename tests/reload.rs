@@ -308,14 +308,14 @@ async fn a_restart_with_a_warm_cache_compiles_nothing() {
     let cold = taskhost::Server::new(config.clone(), taskhost::ProtocolApp).unwrap();
     assert_eq!(
         cold.ctx().compile_cache_counts(),
-        Some((0, 4)),
-        "a cold cache compiles all: the three tasks and the pool-warming module"
+        Some((0, 5)),
+        "a cold cache compiles all: the three tasks and the two pool-warming modules"
     );
     drop(cold);
     let warm = taskhost::Server::new(config, taskhost::ProtocolApp).unwrap();
     assert_eq!(
         warm.ctx().compile_cache_counts(),
-        Some((4, 0)),
+        Some((5, 0)),
         "a warm cache compiles none"
     );
     assert_eq!(warm.ctx().task_names(), ["echo", "fib", "upper"]);

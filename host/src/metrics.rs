@@ -589,7 +589,7 @@ impl Collector for ModuleLoads {
         };
         let mut family = encoder.encode_descriptor(
             "module_loads",
-            "Modules and components loaded since start (the built-in pool-warming module \
+            "Modules and components loaded since start (the built-in pool-warming modules \
              among them), by where their compiled code came from: the compile cache \
              (--cache-dir) or the compiler",
             None,
