@@ -54,6 +54,7 @@ mod clip;
 pub mod config;
 mod connection;
 mod dispatch;
+mod freed_memory;
 #[cfg(test)]
 mod fuzz_tests;
 mod history;

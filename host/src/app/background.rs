@@ -109,6 +109,9 @@ impl<A: App> Ctx<A> {
                 "could not warm the sandbox pool; the first tasks in each slot start cold"
             ),
         }
+        // The warming stores are gone: their memory goes back now, not during the first
+        // burst (see `freed_memory`).
+        crate::freed_memory::return_to_system();
         self.metrics().pool_warming.set(0);
     }
 }
