@@ -1,16 +1,22 @@
 //! The server's own work beside the tasks, started once it serves: watching the tasks
 //! folder, pushing the task list to clients when it changes, sampling the load for the
-//! dashboard (`watch`) and warming the sandbox pool. Each stops when the shutdown begins (the
-//! dashboard's sampler when connections close).
+//! dashboard (`watch`), warming the sandbox pool and handing freed memory back once the
+//! server is quiet. Each stops when the shutdown begins (the dashboard's sampler when
+//! connections close).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::App;
 use super::context::Ctx;
+use crate::freed_memory::{self, QuietAfterWork};
 use crate::outbox::Text;
 use crate::protocol::Reply;
 use crate::registry::{Registry, watch};
+
+/// How often the server looks whether it has gone quiet after work: freed memory goes back
+/// one to two of these after the last task ends.
+const QUIET_CHECK: Duration = Duration::from_secs(1);
 
 impl<A: App> Ctx<A> {
     /// Starts the background work the configuration asks for.
@@ -50,6 +56,7 @@ impl<A: App> Ctx<A> {
             cluster.start(self);
         }
         tokio::spawn(self.clone().push_task_lists());
+        tokio::spawn(self.clone().return_memory_when_quiet());
         tokio::spawn(self.clone().run_watch_feed());
         if self.config().warm_slots > 0 {
             // Set before the first connection, so that a client can wait for the warm pool.
@@ -70,6 +77,25 @@ impl<A: App> Ctx<A> {
             let text = Text::from(Reply::TasksChanged { tasks: &tasks }.to_json());
             // A client that misses one gets the next; none is owed every version.
             self.connections().broadcast(&text);
+        }
+    }
+
+    /// Hands the memory tasks freed back to the system once the server has gone quiet after
+    /// work (see `freed_memory`), checking every [`QUIET_CHECK`] until the server stops.
+    async fn return_memory_when_quiet(self) {
+        let mut quiet = QuietAfterWork::default();
+        let mut every = tokio::time::interval(QUIET_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.stopping().cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let load = self.dispatcher().load();
+            let ended = self.metrics().finished() + self.metrics().failed();
+            if quiet.due(ended, load.queued + load.running) {
+                freed_memory::return_to_system();
+            }
         }
     }
 
@@ -111,7 +137,7 @@ impl<A: App> Ctx<A> {
         }
         // The warming stores are gone: their memory goes back now, not during the first
         // burst (see `freed_memory`).
-        crate::freed_memory::return_to_system();
+        freed_memory::return_to_system();
         self.metrics().pool_warming.set(0);
     }
 }
