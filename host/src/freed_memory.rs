@@ -47,13 +47,18 @@ impl QuietAfterWork {
 /// jemalloc's `arena.<MALLCTL_ARENAS_ALL>.purge`.
 #[cfg(not(target_env = "msvc"))]
 fn purge_all_arenas() -> std::io::Result<()> {
-    // A command: it reads and writes no value.
-    const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
-    // SAFETY: the name is NUL-terminated, and a command takes no pointers (jemalloc checks
-    // that none is passed).
+    command(b"arena.4096.purge\0")
+}
+
+/// Runs jemalloc's command `name` (NUL-terminated), which reads and writes no value.
+#[cfg(not(target_env = "msvc"))]
+fn command(name: &[u8]) -> std::io::Result<()> {
+    assert_eq!(name.last(), Some(&0), "a command's name ends in NUL");
+    // SAFETY: the name is NUL-terminated (checked above), and a command takes no pointers
+    // (jemalloc checks that none is passed).
     let status = unsafe {
         tikv_jemalloc_sys::mallctl(
-            PURGE_ALL_ARENAS.as_ptr().cast(),
+            name.as_ptr().cast(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
@@ -105,17 +110,7 @@ mod jemalloc_tests {
     #[test]
     fn jemalloc_takes_the_purge_command() {
         super::purge_all_arenas().unwrap();
-        let misspelt = b"arena.4096.purg\0";
-        // SAFETY: as in `purge_all_arenas`.
-        let status = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                misspelt.as_ptr().cast(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(status, libc::ENOENT);
+        let misspelt = super::command(b"arena.4096.purg\0").unwrap_err();
+        assert_eq!(misspelt.raw_os_error(), Some(libc::ENOENT));
     }
 }
