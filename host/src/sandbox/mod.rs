@@ -534,6 +534,16 @@ mod tests {
                 .unwrap();
             assert_eq!(warmed, super::Warmed { slots: 8, image });
         }
+        // Each warmed slot's store holds a fiber stack of its own until all are released, with
+        // the image as without it: a ninth slot finds the pool's eight stacks taken (its
+        // memories, two a task, are not).
+        for module in [Some(&plain), None] {
+            let error = sandbox
+                .warm_pool(9, permits(9), Default::default(), module)
+                .await
+                .unwrap_err();
+            assert!(format!("{error:#}").contains("fibers"), "{error:#}");
+        }
     }
 
     #[test]
