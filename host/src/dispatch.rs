@@ -6,9 +6,11 @@
 //! turn for a worker ([`Admission::take_turn`], in the order the connection sent its tasks)
 //! and hands it to [`Dispatcher::run`], which waits for one of `task_workers` permits
 //! ([`crate::workers`]: each connection's tasks start in order, and connections take turns),
-//! runs it, and races it against its cancel token. The token is a child of `stop_running`,
-//! cancelled when the shutdown grace period ends, so one `select!` serves both a client's
-//! cancel and the shutdown. Queued tasks also watch
+//! runs it, and races it against its cancel token. When the shutdown grace period ends,
+//! [`Dispatcher::stop_running`] cancels every admitted task's token, so one `select!` serves
+//! both a client's cancel and the shutdown. (Each token stands alone, not as a child of a
+//! server-wide one: a child token links itself into its parent under the parent's lock,
+//! which every task on every thread took twice.) Queued tasks also watch
 //! `stop_starting`, cancelled when the shutdown begins, so they fail at once.
 //!
 //! Background work that needs a worker permit (warming the sandbox pool) borrows one with
@@ -17,11 +19,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::workers::{Permit, Place, Ticket, Workers};
@@ -95,14 +99,17 @@ pub struct Dispatcher {
 /// address has, and the bytes of input they hold.
 #[derive(Default)]
 struct Handles {
-    by_task: HashMap<u64, CancelHandle>,
-    per_connection: HashMap<u64, usize>,
+    // Task and connection ids are the server's own counters, never a client's choice, so a
+    // fast hash of them cannot be steered into collisions; addresses keep std's keyed hash
+    // (a client with an IPv6 prefix chooses many).
+    by_task: FxHashMap<u64, CancelHandle>,
+    per_connection: FxHashMap<u64, usize>,
     per_address: HashMap<IpAddr, usize>,
     bytes: u64,
 }
 
 /// One less for `key` in `counts`, forgetting keys that reach zero.
-fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+fn decrement<K: Hash + Eq, S: BuildHasher>(counts: &mut HashMap<K, usize, S>, key: &K) {
     if let Some(count) = counts.get_mut(key) {
         *count -= 1;
         if *count == 0 {
@@ -289,7 +296,12 @@ impl Dispatcher {
         *handles.per_address.entry(owner.address).or_default() += 1;
         handles.bytes += input_bytes;
         let task_id = task_id.unwrap_or_else(|| self.next_task_id.fetch_add(1, Ordering::Relaxed));
-        let token = self.stop_running.child_token();
+        let token = CancellationToken::new();
+        // Checked under the handles' lock, which `stop_running` takes to cancel every token:
+        // either it finds this task, or this task finds the server stopped.
+        if self.stop_running.is_cancelled() {
+            token.cancel();
+        }
         handles.by_task.insert(
             task_id,
             CancelHandle {
@@ -437,6 +449,9 @@ impl Dispatcher {
     /// Ends the grace period: running tasks end with `shutdown`.
     pub fn stop_running(&self) {
         self.stop_running.cancel();
+        for handle in self.lock_handles().by_task.values() {
+            handle.token.cancel();
+        }
     }
 
     /// Why a task's token fired: the shutdown, or its submitter's cancel.
@@ -474,6 +489,32 @@ mod tests {
             connection,
             address: "127.0.0.1".parse().unwrap(),
         }
+    }
+
+    /// The end of the grace period stops every task admitted before it, running or queued,
+    /// and any admitted after it (each task's token stands alone: `stop_running` cancels
+    /// them one by one).
+    #[tokio::test]
+    async fn the_end_of_the_grace_period_stops_every_task() {
+        let dispatcher = dispatcher(1, 10, 0);
+        let mut running = dispatcher.admit(local(1), 0).unwrap();
+        let queued = dispatcher.admit(local(2), 0).unwrap();
+        let run = dispatcher.run(
+            &mut running,
+            Duration::from_secs(60),
+            std::future::pending::<()>(),
+        );
+        tokio::pin!(run);
+        assert!(
+            futures_util::poll!(run.as_mut()).is_pending(),
+            "it holds the worker"
+        );
+        dispatcher.stop_running();
+        let (output, _) = run.await;
+        assert!(output.is_err(), "the running task stopped");
+        assert!(queued.token.is_cancelled(), "so will the queued one");
+        let late = dispatcher.admit(local(3), 0).unwrap();
+        assert!(late.token.is_cancelled(), "and one admitted after");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! (`_seconds`, `_bytes`), `_total` on counters; the `process_*` metrics of every Prometheus
 //! client come from [`crate::process_metrics`].
 
-use std::collections::HashSet;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,16 @@ struct TaskOutcome {
     task: TaskName,
     /// `finished` or the failure code.
     outcome: &'static str,
+}
+
+/// One task's label and handles on its most used series: clones share the families' values.
+#[derive(Debug)]
+struct TaskSeries {
+    label: TaskName,
+    /// `taskhost_tasks_total{task, outcome="finished"}`.
+    finished: Counter,
+    /// `taskhost_task_duration_seconds{task}`.
+    duration: Histogram,
 }
 
 /// The label of per-task series.
@@ -114,9 +124,12 @@ pub struct Metrics {
     registry: Registry,
     /// Ended tasks by task and outcome.
     tasks: Family<TaskOutcome, Counter>,
-    /// The `task` label values in use, at most [`MAX_TASK_LABELS`]. Std mutex: held for a
-    /// set lookup, never across an `.await`.
-    task_labels: Mutex<HashSet<Arc<str>>>,
+    /// Each `task` label value in use (at most [`MAX_TASK_LABELS`], and [`OTHER_TASKS`]),
+    /// with handles on its series, so that a task's end looks up one map and not each family
+    /// (their maps hash with SipHash under a lock each). Std mutex: held for a lookup, never
+    /// across an `.await`. Names come from the tasks folder, not from clients, so a fast hash
+    /// cannot be steered.
+    task_series: Mutex<FxHashMap<Arc<str>, Arc<TaskSeries>>>,
     /// Task frames that were not accepted, by code.
     rejected: ByOutcome,
     /// Connections and requests refused at the door, by reason.
@@ -233,7 +246,7 @@ impl Metrics {
         let mut metrics = Metrics {
             registry: Registry::default(),
             tasks: Family::default(),
-            task_labels: Mutex::new(HashSet::new()),
+            task_series: Mutex::new(FxHashMap::default()),
             rejected: ByOutcome::default(),
             refused: ByOutcome::default(),
             closed: ByOutcome::default(),
@@ -436,41 +449,57 @@ impl Metrics {
         queue_wait: Duration,
         fuel_used: Option<u64>,
     ) {
-        let task = self.task_label(task);
-        self.tasks
-            .get_or_create(&TaskOutcome {
-                task: task.clone(),
-                outcome,
-            })
-            .inc();
+        let series = self.task_series(task);
         if outcome == "finished" {
+            series.finished.inc();
             self.finished_total.inc();
         } else {
+            self.tasks
+                .get_or_create(&TaskOutcome {
+                    task: series.label.clone(),
+                    outcome,
+                })
+                .inc();
             self.failed_total.inc();
         }
-        self.duration
-            .get_or_create(&TaskLabel { task })
-            .observe(elapsed.as_secs_f64());
+        series.duration.observe(elapsed.as_secs_f64());
         self.queue_wait.observe(queue_wait.as_secs_f64());
         if let Some(fuel) = fuel_used {
             self.fuel_used.inc_by(fuel);
         }
     }
 
-    /// The `task` label for `name`: the name itself, or [`OTHER_TASKS`] once
+    /// The series of task `name`: under its own label, or [`OTHER_TASKS`] once
     /// [`MAX_TASK_LABELS`] other names are in use.
-    fn task_label(&self, name: &str) -> TaskName {
-        let mut labels = self.task_labels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(label) = labels.get(name) {
-            return TaskName(Arc::clone(label));
+    fn task_series(&self, name: &str) -> Arc<TaskSeries> {
+        let mut series = self.task_series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = series.get(name) {
+            return Arc::clone(found);
         }
-        let label: Arc<str> = if labels.len() < MAX_TASK_LABELS {
+        let label: Arc<str> = if series.len() < MAX_TASK_LABELS {
             Arc::from(name)
         } else {
             Arc::from(OTHER_TASKS)
         };
-        labels.insert(Arc::clone(&label));
-        TaskName(label)
+        Arc::clone(series.entry(label).or_insert_with_key(|label| {
+            let label = TaskName(Arc::clone(label));
+            Arc::new(TaskSeries {
+                finished: self
+                    .tasks
+                    .get_or_create(&TaskOutcome {
+                        task: label.clone(),
+                        outcome: "finished",
+                    })
+                    .clone(),
+                duration: self
+                    .duration
+                    .get_or_create(&TaskLabel {
+                        task: label.clone(),
+                    })
+                    .clone(),
+                label,
+            })
+        }))
     }
 
     pub fn task_rejected(&self, code: &'static str) {
@@ -599,5 +628,45 @@ impl Collector for ModuleLoads {
             ConstCounter::new(count as u64).encode(family.encode_family(&[("from", from)])?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's end counts in its own series through the cached handles, failures by code,
+    /// and names past the cap in `_other`'s.
+    #[test]
+    fn task_ends_are_counted_per_task_and_outcome() {
+        let metrics = Metrics::new();
+        let second = Duration::from_secs(1);
+        metrics.task_ended("echo", "finished", second, Duration::ZERO, Some(5));
+        metrics.task_ended("echo", "finished", second, Duration::ZERO, Some(5));
+        metrics.task_ended("echo", "exit", second, Duration::ZERO, None);
+        for n in 0..MAX_TASK_LABELS {
+            metrics.task_ended(&format!("t{n}"), "finished", second, Duration::ZERO, None);
+        }
+        let text = metrics.encode();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(
+            has(r#"taskhost_tasks_total{task="echo",outcome="finished"} 2"#),
+            "{text}"
+        );
+        assert!(
+            has(r#"taskhost_tasks_total{task="echo",outcome="exit"} 1"#),
+            "{text}"
+        );
+        assert!(
+            has(r#"taskhost_task_duration_seconds_count{task="echo"} 3"#),
+            "{text}"
+        );
+        // "echo" took the first of the 200 labels: the last name counts as `_other`.
+        let last = MAX_TASK_LABELS - 1;
+        assert!(!text.contains(&format!("task=\"t{last}\"")), "{text}");
+        assert!(
+            has(r#"taskhost_tasks_total{task="_other",outcome="finished"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -86,7 +86,7 @@ pub struct WasmModule {
 
 enum Entry {
     /// A WASI preview 1 command module.
-    Module(InstancePre<ModuleState>),
+    Module(Command),
     /// A WASI preview 2 command component.
     Component(CommandPre<ComponentState>),
 }
@@ -182,9 +182,14 @@ impl Sandbox {
 
     fn compile_module(&self, binary: &[u8]) -> anyhow::Result<WasmModule> {
         let module = Module::new(&self.engine, binary).map_err(pool_misfit)?;
-        match module.get_export("_start") {
+        let start = match module.get_export("_start") {
             Some(wasmtime::ExternType::Func(start))
-                if start.params().len() == 0 && start.results().len() == 0 => {}
+                if start.params().len() == 0 && start.results().len() == 0 =>
+            {
+                module
+                    .get_export_index("_start")
+                    .context("its `_start` export could not be indexed")?
+            }
             Some(_) => anyhow::bail!(
                 "its `_start` is not a function without parameters or results, as WASI commands have"
             ),
@@ -192,13 +197,13 @@ impl Sandbox {
                 "it has no `_start` function: task modules are WASI command programs \
                  (for Rust, a binary crate built for wasm32-wasip1)"
             ),
-        }
+        };
         let pre = self.modules.instantiate_pre(&module).map_err(anyhow::Error::from).context(
             "it imports something the sandbox does not provide (WASI preview 1, taskhost.progress \
              and taskhost.call)",
         )?;
         Ok(WasmModule {
-            entry: Entry::Module(pre),
+            entry: Entry::Module(Command { pre, start }),
             layout: image_layout::Layout::of(binary),
         })
     }
@@ -234,8 +239,8 @@ impl Sandbox {
         image: Option<&WasmModule>,
     ) -> anyhow::Result<Warmed> {
         let image = image.and_then(|module| match &module.entry {
-            Entry::Module(pre) => Some(warm::Image {
-                module: pre.module(),
+            Entry::Module(command) => Some(warm::Image {
+                module: command.pre.module(),
                 layout: module.layout,
             }),
             Entry::Component(_) => None,
@@ -271,10 +276,10 @@ impl Sandbox {
             capabilities,
         };
         match &module.entry {
-            Entry::Module(pre) => {
+            Entry::Module(command) => {
                 let stdio = Stdio::new(name, input, capture.clone());
                 let store = self.store(ModuleState::new(stdio, controls));
-                Either::Left(Sandbox::metered(store, limits, capture, pre))
+                Either::Left(Sandbox::metered(store, limits, capture, command))
             }
             Entry::Component(pre) => {
                 let state = ComponentState {
@@ -432,15 +437,27 @@ trait Start<T> {
     ) -> impl Future<Output = Result<(), RunError>> + Send + 'a;
 }
 
-impl Start<ModuleState> for InstancePre<ModuleState> {
+/// A preview 1 command module, ready to instantiate, and where its `_start` is.
+struct Command {
+    pre: InstancePre<ModuleState>,
+    /// `_start`, found once when the module loads: looking it up by name took a string
+    /// hash and a map search per task.
+    start: wasmtime::ModuleExport,
+}
+
+impl Start<ModuleState> for Command {
     /// Instantiates a module and calls its `_start`.
     async fn start(&self, store: &mut Store<ModuleState>) -> Result<(), RunError> {
         let instance = self
+            .pre
             .instantiate_async(&mut *store)
             .await
             .map_err(RunError::Instantiate)?;
         let start = instance
-            .get_typed_func::<(), ()>(&mut *store, "_start")
+            .get_module_export(&mut *store, &self.start)
+            .and_then(wasmtime::Extern::into_func)
+            .ok_or_else(|| RunError::Instantiate(wasmtime::format_err!("`_start` is gone")))?
+            .typed::<(), ()>(&*store)
             .map_err(RunError::Instantiate)?;
         start
             .call_async(&mut *store, ())
