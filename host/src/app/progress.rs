@@ -89,10 +89,8 @@ impl ProgressThrottle {
             reference: self.reference.as_ref(),
             attempt,
         };
-        let text = Text::from(reply.to_json());
-        for outbox in self.audience() {
-            outbox.offer(text.clone());
-        }
+        // A client that misses it learns the same from what follows (see above).
+        let _ = self.offer_to_audience(Text::from(reply.to_json()));
     }
 
     /// Whether connection `id` is attached to the task.
@@ -111,11 +109,20 @@ impl ProgressThrottle {
         std::mem::take(&mut self.lock().watchers)
     }
 
-    /// The submitter and the attached connections.
-    fn audience(&self) -> Vec<Outbox> {
-        let mut audience = self.lock().watchers.clone();
-        audience.extend(self.submitter.iter().cloned());
-        audience
+    /// Offers `text` to the attached connections and the submitter. The watchers are copied
+    /// out of the lock, which allocates nothing when none is attached (nearly every task):
+    /// this runs for every task's `started`.
+    /// Returns whether every one of them had room for it.
+    fn offer_to_audience(&self, text: Text) -> bool {
+        let watchers = self.lock().watchers.clone();
+        let mut all_took_it = true;
+        for watcher in &watchers {
+            all_took_it &= watcher.offer(text.clone());
+        }
+        if let Some(submitter) = &self.submitter {
+            all_took_it &= submitter.offer(text);
+        }
+        all_took_it
     }
 
     /// Sends the held report, if any, waiting for room in the outbox: called before the
@@ -139,11 +146,7 @@ impl ProgressThrottle {
         // Progress is superseded by the next report: a client not reading misses some, but
         // not the last (see `flush`).
         let text = self.text(fraction, message);
-        let mut missed = false;
-        for outbox in self.audience() {
-            missed |= !outbox.offer(text.clone());
-        }
-        if missed {
+        if !self.offer_to_audience(text) {
             self.lock().held = Some((fraction, message.to_owned()));
         }
     }

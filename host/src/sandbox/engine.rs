@@ -293,7 +293,7 @@ mod tests {
             .unwrap();
         let pre = linker.instantiate_pre(&module).unwrap();
         // A store keeps its fiber stack from its first call until it is dropped.
-        let mut call = async || {
+        let call = async || {
             let mut store = Store::new(&engine, 0usize);
             store.set_fuel(1_000_000).unwrap();
             let instance = pre.instantiate_async(&mut store).await.unwrap();
