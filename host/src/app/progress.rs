@@ -111,8 +111,8 @@ impl ProgressThrottle {
 
     /// Offers `text` to the attached connections and the submitter. The watchers are copied
     /// out of the lock, which allocates nothing when none is attached (nearly every task):
-    /// this runs for every task's `started`.
-    /// Returns whether every one of them had room for it.
+    /// this runs for every task's `started`. Returns whether every one of them had room for
+    /// it.
     fn offer_to_audience(&self, text: Text) -> bool {
         let watchers = self.lock().watchers.clone();
         let mut all_took_it = true;

@@ -272,17 +272,13 @@ impl ResultStore {
 
     /// The task that `key` names, if one is queued, running or kept.
     pub fn task_for_key(&self, key: &str) -> Option<u64> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let inner = self.lock_at(Instant::now());
         inner.keys.get(key).copied()
     }
 
     /// Registers an admitted task, or says which task its key already names.
     pub fn open(self: &Arc<Self>, task: Opening<'_>) -> Result<Tracked, KeyTaken> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let mut inner = self.lock_at(Instant::now());
         if let Some(key) = task.key {
             if let Some(&task_id) = inner.keys.get(key) {
                 return Err(KeyTaken { task_id });
@@ -328,9 +324,7 @@ impl ResultStore {
 
     /// The task as it stands, if it is known and not expired.
     pub fn peek(&self, task_id: u64) -> Option<TaskRecord> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let inner = self.lock_at(Instant::now());
         if let Some(live) = inner.live.get(&task_id) {
             return Some(live.record.to_task(task_id, live.state.clone()));
         }
@@ -339,9 +333,7 @@ impl ResultStore {
 
     /// Every task known, live ones first, then kept ones oldest first.
     pub fn records(&self) -> Vec<TaskRecord> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let inner = self.lock_at(Instant::now());
         let mut records: Vec<TaskRecord> = inner
             .live
             .iter()
@@ -355,9 +347,7 @@ impl ResultStore {
     /// The task, if `outbox` may attach to it: the first step of an attach (see the module
     /// docs). `Err` is [`Attach::NotFound`] or [`Attach::AtLimit`].
     pub fn prepare_attach(&self, task_id: u64, outbox: &Outbox) -> Result<TaskRecord, Attach> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let inner = self.lock_at(Instant::now());
         if let Some(ended) = inner.kept.get(task_id) {
             return Ok(ended.to_task(task_id));
         }
@@ -376,9 +366,7 @@ impl ResultStore {
 
     /// Attaches `outbox` to task `task_id`, the second step: see [`Attach`].
     pub fn attach(&self, task_id: u64, outbox: &Outbox) -> Attach {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let mut inner = self.lock_at(Instant::now());
         if let Some(ended) = inner.kept.get(task_id) {
             return Attach::Ended(ended.message.clone());
         }
@@ -404,11 +392,9 @@ impl ResultStore {
     pub fn end(&self, tracked: &mut Tracked, outcome: &'static str, message: Text) -> Vec<Outbox> {
         tracked.ended = true;
         let task_id = tracked.task_id;
-        // Read before the lock, which the network thread and every task thread take: the
-        // clocks are the slowest part of what it would guard.
+        // Both clocks read before the lock (see `lock_at`).
         let (now, ended_at) = (Instant::now(), SystemTime::now());
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let mut inner = self.lock_at(now);
         let Some(live) = inner.live.remove(&task_id) else {
             return Vec::new();
         };
@@ -452,9 +438,7 @@ impl ResultStore {
 
     /// The store's size now; expired entries are dropped first.
     pub fn summary(&self) -> ResultsSummary {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let inner = self.lock_at(Instant::now());
         ResultsSummary {
             live: inner.live.len(),
             kept: inner.kept.len(),
@@ -479,6 +463,15 @@ impl ResultStore {
             drop_oldest(inner);
             inner.evicted.expired += 1;
         }
+    }
+
+    /// The store, locked, with what expired by `now` dropped. `now` is read by the caller,
+    /// before the lock: the network thread and every task thread take this lock, and a clock
+    /// read was the slowest part of what it guarded.
+    fn lock_at(&self, now: Instant) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        self.expire(&mut inner, now);
+        inner
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
