@@ -91,7 +91,8 @@ pub struct Dispatcher {
     stop_admitting: CancellationToken,
     /// Cancelled when the grace period ends: queued tasks end with `shutdown`.
     stop_starting: CancellationToken,
-    /// Cancelled when the grace period ends: running tasks end with `shutdown`.
+    /// Cancelled when the grace period ends, with every admitted task's own token (running
+    /// tasks end with `shutdown`); a task admitted after it finds its token cancelled.
     stop_running: CancellationToken,
 }
 
