@@ -511,8 +511,14 @@ mod tests {
             "it holds the worker"
         );
         dispatcher.stop_running();
-        let (output, _) = run.await;
-        assert!(output.is_err(), "the running task stopped");
+        // Bounded: without the cancel, the task would run into its wall-clock limit instead.
+        let (output, _) = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the running task stopped at once");
+        assert!(
+            matches!(output, Err(Stopped::Cancelled)),
+            "the running task stopped"
+        );
         assert!(queued.token.is_cancelled(), "so will the queued one");
         let late = dispatcher.admit(local(3), 0).unwrap();
         assert!(late.token.is_cancelled(), "and one admitted after");

@@ -456,7 +456,11 @@ impl Start<ModuleState> for Command {
         let start = instance
             .get_module_export(&mut *store, &self.start)
             .and_then(wasmtime::Extern::into_func)
-            .ok_or_else(|| RunError::Instantiate(wasmtime::format_err!("`_start` is gone")))?
+            .ok_or_else(|| {
+                RunError::Instantiate(wasmtime::format_err!(
+                    "the instance has no `_start` where its module had one: a bug in taskhost"
+                ))
+            })?
             .typed::<(), ()>(&*store)
             .map_err(RunError::Instantiate)?;
         start
