@@ -66,7 +66,7 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
         .compile(&read(&path)?)
         .with_context(|| format!("could not load {}", path.display()))?;
     let spec = RunSpec {
-        name: "echo".to_owned(),
+        name: "echo".into(),
         input: Bytes::from_static(br#"{"text":"hello, taskhost"}"#),
         limits: config.limits,
         progress: None,

@@ -331,7 +331,7 @@ fn refs_are_echoed_exactly_even_when_the_task_is_refused() {
         };
         let echoed = echoed.ok_or_else(|| TestCaseError::fail("the ref was lost"))?;
         if let Ref::Number(number) = &echoed {
-            prop_assert_eq!(number, &reference);
+            prop_assert_eq!(&**number, reference.as_str());
         }
         prop_assert_eq!(serde_json::to_string(&echoed).map_err(fail)?, reference);
         Ok(())

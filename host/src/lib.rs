@@ -59,6 +59,7 @@ mod freed_memory;
 mod fuzz_tests;
 mod history;
 mod http;
+mod json;
 pub mod limits;
 mod metrics;
 mod outbox;

@@ -34,7 +34,7 @@ impl Text {
     /// Encodes a message as the JSON text of one frame. `None` for a value JSON cannot hold
     /// (a map with non-string keys, say), which is a bug of the caller.
     pub fn json(message: &impl Serialize) -> Option<Text> {
-        match serde_json::to_string(message) {
+        match crate::json::to_string(message) {
             Ok(json) => Some(Text::from(json)),
             Err(error) => {
                 tracing::error!(%error, "could not encode a message for a client; it is dropped");

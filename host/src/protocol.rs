@@ -5,6 +5,7 @@
 //! [`WireError`] that already says, for a person, what was wrong with it.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -48,18 +49,23 @@ fn key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::
 ///
 /// A number is kept as the client wrote it (`1e400`, `-0`, thirty digits), so that the echo
 /// is exact whatever the client's number type.
+///
+/// Shared, not owned: a task's messages, its job and its entry in the result store each hold
+/// it, and a clone is a count, not an allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ref {
-    Text(String),
+    Text(Arc<str>),
     /// The number's JSON text.
-    Number(String),
+    Number(Arc<str>),
 }
 
 impl Serialize for Ref {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Ref::Text(text) => serializer.serialize_str(text),
-            Ref::Number(number) => RawValue::from_string(number.clone())
+            // Checked as a number when it was read; read again here as borrowed raw JSON,
+            // which writes it as it is without a copy.
+            Ref::Number(number) => serde_json::from_str::<&RawValue>(number)
                 .map_err(serde::ser::Error::custom)?
                 .serialize(serializer),
         }
@@ -77,10 +83,14 @@ impl<'de> Deserialize<'de> for Ref {
             )));
         }
         match text.as_bytes().first() {
-            Some(b'"') => serde_json::from_str(text)
-                .map(Ref::Text)
-                .map_err(de::Error::custom),
-            Some(b'-' | b'0'..=b'9') => Ok(Ref::Number(text.to_owned())),
+            // Borrowed where it has no escapes, so the only copy is the shared one.
+            Some(b'"') => match serde_json::from_str::<&str>(text) {
+                Ok(plain) => Ok(Ref::Text(Arc::from(plain))),
+                Err(_) => serde_json::from_str::<String>(text)
+                    .map(|unescaped| Ref::Text(Arc::from(unescaped)))
+                    .map_err(de::Error::custom),
+            },
+            Some(b'-' | b'0'..=b'9') => Ok(Ref::Number(Arc::from(text))),
             _ => {
                 let value: serde_json::Value =
                     serde_json::from_str(text).map_err(de::Error::custom)?;
@@ -530,7 +540,7 @@ impl Reply<'_> {
     /// The message as the JSON text of one frame.
     pub fn to_json(&self) -> String {
         // Every field is a plain struct, string or valid RawValue: encoding cannot fail.
-        serde_json::to_string(self).unwrap_or_else(|e| {
+        crate::json::to_string(self).unwrap_or_else(|e| {
             format!(
                 r#"{{"type":"error","error":{{"code":"internal","message":"could not encode a reply: {e}"}}}}"#
             )
@@ -673,6 +683,6 @@ mod tests {
             panic!("not a task")
         };
         assert_eq!(task.input_json(), r#"{"a": [1, 2]}"#);
-        assert_eq!(task.reference, Some(Ref::Number("7".to_owned())));
+        assert_eq!(task.reference, Some(Ref::Number("7".into())));
     }
 }

@@ -608,7 +608,7 @@ impl<A: App> Ctx<A> {
     pub async fn run_in_sandbox(&self, job: &Job) -> Outcome {
         let mut spec = job.run_spec();
         spec.capabilities = Some(self.shared.capabilities.for_task(
-            job.name(),
+            &job.module.name,
             Arc::clone(&job.module.grants),
             Duration::from_millis(job.limits.timeout_ms),
         ));

@@ -23,7 +23,7 @@ pub struct ProgressThrottle {
     submitter: Option<Outbox>,
     task_id: u64,
     /// The task's name, for `started`.
-    task: String,
+    task: std::sync::Arc<str>,
     reference: Option<Ref>,
     /// Std mutex: held to compare times and swap the held report, never across an await.
     state: Mutex<Throttle>,
@@ -42,7 +42,7 @@ impl ProgressThrottle {
     pub fn new(
         submitter: Option<Outbox>,
         task_id: u64,
-        task: String,
+        task: std::sync::Arc<str>,
         reference: Option<Ref>,
     ) -> Self {
         ProgressThrottle {
@@ -178,7 +178,7 @@ mod tests {
         let (outbox, mut drain) = outboxes.open(peer, "127.0.0.1".parse().unwrap());
         // Something else fills the outbox: the report finds no room and is dropped.
         assert!(outbox.offer(Text::from("x".repeat(300))));
-        let throttle = ProgressThrottle::new(Some(outbox), 7, "t".to_owned(), None);
+        let throttle = ProgressThrottle::new(Some(outbox), 7, "t".into(), None);
         throttle.report(1.0, "done");
         let filler = drain.next().await.unwrap();
         assert!(drain.try_next().is_none(), "the report did not fit");

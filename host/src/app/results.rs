@@ -221,7 +221,7 @@ struct Ended {
 /// What every entry keeps about its task.
 #[derive(Clone)]
 struct Record {
-    task: String,
+    task: Arc<str>,
     reference: Option<Ref>,
     key: Option<String>,
     limits: Limits,
@@ -254,7 +254,7 @@ impl Drop for Tracked {
 /// A new task for [`ResultStore::open`].
 pub struct Opening<'a> {
     pub task_id: u64,
-    pub task: &'a str,
+    pub task: &'a Arc<str>,
     pub reference: Option<&'a Ref>,
     pub key: Option<&'a str>,
     pub limits: Limits,
@@ -289,7 +289,7 @@ impl ResultStore {
             task.task_id,
             Live {
                 record: Record {
-                    task: task.task.to_owned(),
+                    task: Arc::clone(task.task),
                     reference: task.reference.cloned(),
                     key: task.key.map(str::to_owned),
                     limits: task.limits,
@@ -513,7 +513,7 @@ impl Record {
     fn to_task(&self, task_id: u64, state: RunState) -> TaskRecord {
         TaskRecord {
             task_id,
-            task: self.task.clone(),
+            task: self.task.to_string(),
             reference: self.reference.clone(),
             key: self.key.clone(),
             limits: self.limits,
@@ -558,7 +558,7 @@ mod tests {
         let (outbox, _drain) = outboxes.open(peer, peer.ip());
         store.open(Opening {
             task_id: id,
-            task: "t",
+            task: &"t".into(),
             reference: None,
             key,
             limits: Limits {

@@ -3,6 +3,7 @@
 //! random from its upper half ("equal jitter"), so that tasks that failed together (a
 //! service they all call went away) do not all come back at the same moment.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use super::job::Outcome;
@@ -12,6 +13,9 @@ use crate::registry::{Manifest, RetryOn};
 /// The first retry's delay when the manifest does not say.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The failure codes that retry when the manifest does not list them.
+const DEFAULT_RETRY_ON: &[ErrorCode] = &[ErrorCode::Trap, ErrorCode::Timeout, ErrorCode::Exit];
+
 /// The longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -20,8 +24,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct RetryPolicy {
     /// Times the task may run again after its first attempt.
     pub retries: u32,
-    /// The failure codes that retry.
-    on: Vec<ErrorCode>,
+    /// The failure codes that retry: borrowed for the default, since every task builds its
+    /// policy.
+    on: Cow<'static, [ErrorCode]>,
     /// The first retry's delay.
     backoff: Duration,
 }
@@ -30,8 +35,8 @@ impl RetryPolicy {
     /// The policy a manifest sets (no retries when it sets none).
     pub fn of(manifest: &Manifest) -> RetryPolicy {
         let on = match &manifest.retry_on {
-            Some(codes) => codes.iter().map(|code| code_of(*code)).collect(),
-            None => vec![ErrorCode::Trap, ErrorCode::Timeout, ErrorCode::Exit],
+            Some(codes) => Cow::Owned(codes.iter().map(|code| code_of(*code)).collect()),
+            None => Cow::Borrowed(DEFAULT_RETRY_ON),
         };
         RetryPolicy {
             retries: manifest.retries,

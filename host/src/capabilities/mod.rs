@@ -106,14 +106,14 @@ impl Capabilities {
     /// One task's access: its grants, and its own counts of calls and mail.
     pub fn for_task(
         self: &Arc<Self>,
-        task: &str,
+        task: &Arc<str>,
         grants: Arc<Grants>,
         timeout: Duration,
     ) -> TaskAccess {
         TaskAccess {
             host: Arc::clone(self),
             grants,
-            task: task.to_owned(),
+            task: Arc::clone(task),
             deadline: Instant::now() + timeout,
             usage: Arc::default(),
         }
@@ -126,7 +126,7 @@ impl Capabilities {
 pub struct TaskAccess {
     host: Arc<Capabilities>,
     grants: Arc<Grants>,
-    task: String,
+    task: Arc<str>,
     /// When the task's wall clock runs out: SQL statements get the time left as their own
     /// timeout.
     deadline: Instant,

@@ -170,7 +170,7 @@ pub fn build_task(
         .compile(&files.bytes)
         .with_context(|| format!("{} is not a usable task module", file_name(&files.path)))?;
     Ok(TaskModule {
-        name: name.to_owned(),
+        name: name.into(),
         limits: files.manifest.limits(server_limits),
         description: files.manifest.description.clone(),
         deliver: files.manifest.deliver,

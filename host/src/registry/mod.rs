@@ -59,7 +59,7 @@ fn available_names(names: &[String]) -> String {
 /// One version of a task, ready to run.
 #[derive(Debug)]
 pub struct TaskModule {
-    pub name: String,
+    pub name: Arc<str>,
     pub description: String,
     /// The task's limits: the server's, lowered by its manifest.
     pub limits: Limits,

@@ -113,7 +113,7 @@ impl std::fmt::Debug for WasmModule {
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     /// The task's name: the module's only argument (argv\[0\]).
-    pub name: String,
+    pub name: Arc<str>,
     /// The input JSON, handed to the module on stdin.
     pub input: Bytes,
     pub limits: Limits,

@@ -184,7 +184,9 @@ fn exit_zero_is_success(ran: Result<(), RunError>) -> Result<(), RunError> {
 
 fn finished(capture: &OutputCapture, fuel_used: u64) -> RunEnd {
     RunEnd {
-        result: decode_result(&capture.stdout()).map_err(|error| Failure::Host { error }),
+        result: capture
+            .with_stdout(decode_result)
+            .map_err(|error| Failure::Host { error }),
         fuel_used: Some(fuel_used),
     }
 }

@@ -100,8 +100,14 @@ impl OutputCapture {
         self.lock().overflowed
     }
 
+    /// Reads stdout in place: the result is built from it once, without a copy of it first.
+    pub fn with_stdout<R>(&self, read: impl FnOnce(&[u8]) -> R) -> R {
+        read(&self.lock().stdout)
+    }
+
+    #[cfg(test)]
     pub fn stdout(&self) -> Bytes {
-        self.lock().stdout.clone().freeze()
+        self.with_stdout(Bytes::copy_from_slice)
     }
 
     /// The last `max` bytes of stderr, as text: what a person needs to see why a task failed.

@@ -82,7 +82,7 @@ pub trait StdioView: Send + 'static {
 #[derive(Debug)]
 pub struct Stdio {
     /// argv\[0\], the task's name; there are no other arguments.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub input: bytes::Bytes,
     /// How much of `input` the task has read.
     pub read: usize,
@@ -98,7 +98,7 @@ pub struct Stdio {
 }
 
 impl Stdio {
-    pub fn new(name: String, input: bytes::Bytes, capture: OutputCapture) -> Stdio {
+    pub fn new(name: std::sync::Arc<str>, input: bytes::Bytes, capture: OutputCapture) -> Stdio {
         Stdio {
             name,
             input,

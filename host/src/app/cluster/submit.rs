@@ -53,7 +53,7 @@ pub(crate) async fn submit<A: App>(
         return reject(ctx, client, task.reference.as_ref(), error).await;
     };
     let envelope = Envelope {
-        task: module.name.clone(),
+        task: module.name.to_string(),
         hash: module.hash.clone(),
         input,
         limits,
@@ -92,7 +92,7 @@ pub(crate) async fn submit<A: App>(
         return;
     }
     let known = Known {
-        task: module.name.clone(),
+        task: module.name.to_string(),
         reference: task.reference.clone(),
         state: "queued",
     };

@@ -127,11 +127,7 @@ impl Harness {
     /// (not its fuel or memory limit, which these calls do not meet).
     pub(super) async fn sandbox(&self, module: &Module, input: &[u8]) -> Seen {
         let capture = OutputCapture::new(OUTPUT_LIMIT);
-        let stdio = Stdio::new(
-            TASK.to_owned(),
-            Bytes::copy_from_slice(input),
-            capture.clone(),
-        );
+        let stdio = Stdio::new(TASK.into(), Bytes::copy_from_slice(input), capture.clone());
         let controls = Controls {
             memory: MemoryCap::new(u64::MAX, Arc::new(MemoryBudget::new(u64::MAX))),
             progress: None,

@@ -1,0 +1,63 @@
+//! The JSON text of a message, built without waste: every task sends three or more
+//! messages, each its own allocation.
+//!
+//! `serde_json::to_string` starts from 128 bytes and doubles, so a typical message (150-300
+//! bytes) costs an allocation, a reallocation, and, once the writer takes it as `Bytes`
+//! (whose capacity must match its length to be held without a second header), one more.
+//! Here the text is written into a buffer each thread keeps, then copied once at its exact
+//! length.
+
+use std::cell::RefCell;
+
+use serde::Serialize;
+
+/// Buffers larger than this are not kept for the next message: one huge result must not
+/// pin its size in every thread.
+const KEPT_CAPACITY: usize = 64 << 10;
+
+thread_local! {
+    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `value` as compact JSON, in a `String` whose capacity is its length.
+pub fn to_string(value: &(impl Serialize + ?Sized)) -> serde_json::Result<String> {
+    BUFFER.with(|cell| {
+        // A serializer that itself encodes a message (none does) would find the buffer
+        // taken: it gets a buffer of its own instead of a panic.
+        let Ok(mut buffer) = cell.try_borrow_mut() else {
+            return serde_json::to_string(value).map(|text| text.as_str().to_owned());
+        };
+        buffer.clear();
+        let written = serde_json::to_writer(&mut *buffer, value);
+        let text = written.map(|()| {
+            // serde_json writes UTF-8 only.
+            String::from_utf8_lossy(&buffer).into_owned()
+        });
+        if buffer.capacity() > KEPT_CAPACITY {
+            *buffer = Vec::new();
+        }
+        text
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_is_serde_json_s_at_its_exact_length() {
+        let message =
+            serde_json::json!({"type": "finished", "task_id": 7, "result": "é".repeat(100)});
+        let text = to_string(&message).unwrap();
+        assert_eq!(text, serde_json::to_string(&message).unwrap());
+        assert_eq!(text.capacity(), text.len());
+    }
+
+    #[test]
+    fn a_huge_message_is_not_kept_in_the_buffer() {
+        let huge = "x".repeat(KEPT_CAPACITY * 2);
+        assert_eq!(to_string(&huge).unwrap().len(), huge.len() + 2);
+        BUFFER.with(|cell| assert!(cell.borrow().capacity() <= KEPT_CAPACITY));
+        assert_eq!(to_string(&1).unwrap(), "1");
+    }
+}
