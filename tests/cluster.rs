@@ -218,11 +218,12 @@ impl Node {
         node
     }
 
+    /// The node listens on a port the kernel picks, and its log says which: a port picked
+    /// here and passed on could be taken meanwhile by another test's connection.
     fn spawn(url: &str, name: &str, tasks: &Path, workers: usize) -> Node {
-        let port = free_port();
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
         let mut child = crate::common::taskhost_command()
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .args([
                 "--nats",
                 url,
@@ -246,6 +247,7 @@ impl Node {
             .expect("start taskhost");
         let stderr = child.stderr.take().expect("the log");
         let (lines, log) = mpsc::channel();
+        let (listening, address) = mpsc::channel();
         // CLUSTER_TEST_LOG=1 shows the nodes' logs, to see what a failing test saw.
         let echo = std::env::var_os("CLUSTER_TEST_LOG").is_some();
         let prefix = name.to_owned();
@@ -255,16 +257,23 @@ impl Node {
                 if echo {
                     eprintln!("[{prefix}] {line}");
                 }
+                if line.contains("taskhost listening")
+                    && let Some(rest) = line.split("address=").nth(1)
+                {
+                    let _ = listening.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
                 if lines.send(line).is_err() {
                     return;
                 }
             }
         });
-        Node {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            process: Process(child),
-            log,
-        }
+        let process = Process(child);
+        let addr = address
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the node logged no listening address within 30 s")
+            .parse()
+            .expect("a socket address after `address=`");
+        Node { addr, process, log }
     }
 
     /// Waits for a log line containing `text`; fails the test after `within`.
