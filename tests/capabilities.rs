@@ -654,7 +654,7 @@ import asyncio, os, ssl, sys
 from aiosmtpd.controller import Controller
 
 # TLS: "plain", "starttls" (required before MAIL) or "smtps" (TLS from the start).
-port, out, tls = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+out, tls = sys.argv[1], sys.argv[2]
 
 class Store:
     async def handle_DATA(self, server, session, envelope):
@@ -669,14 +669,21 @@ class Store:
 options = {}
 if tls != "plain":
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
     if tls == "starttls":
         options = {"tls_context": context, "require_starttls": True}
     else:
         options = {"ssl_context": context}
-controller = Controller(Store(), hostname="127.0.0.1", port=port, **options)
+class OnPickedPort(Controller):
+    """Listens on a port the kernel picks (port 0); the controller's own first connection
+    goes to that port, read from the socket."""
+    def _trigger_server(self):
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+controller = OnPickedPort(Store(), hostname="127.0.0.1", port=0, **options)
 controller.start()
-print("ready", flush=True)
+print("ready", controller.port, flush=True)
 sys.stdin.read()
 controller.stop()
 "#;
@@ -691,10 +698,10 @@ controller.stop()
         let mails = TempDir::new("mails");
         let script = mails.0.with_extension("py");
         std::fs::write(&script, Self::SCRIPT).unwrap();
-        let port = free_port();
+        // The sink listens on a port the kernel picks and says which: a port picked here
+        // and passed on could be taken meanwhile by another test's connection.
         let mut child = Command::new("/usr/bin/python3")
             .arg(&script)
-            .arg(port.to_string())
             .arg(&mails.0)
             .arg(tls)
             .args(cert_and_key)
@@ -706,11 +713,13 @@ controller.stop()
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut ready)
             .unwrap();
-        assert_eq!(
-            ready.trim(),
-            "ready",
-            "the SMTP sink did not start (python3-aiosmtpd?)"
-        );
+        let port = ready
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("the SMTP sink did not start (python3-aiosmtpd?): it said {ready:?}")
+            });
         SmtpSink { child, port, mails }
     }
 
