@@ -675,6 +675,8 @@ impl<A: App> Ctx<A> {
                 fuel_used,
                 "task ended"
             );
+            // Read before the job moves into the report: the policy borrows its manifest.
+            let exhausted = policy.exhausted(attempts, &outcome);
             let mut report = super::Report {
                 job,
                 outcome,
@@ -682,7 +684,7 @@ impl<A: App> Ctx<A> {
                 attempts,
                 terminal: None,
             };
-            if policy.exhausted(attempts, &report.outcome) {
+            if exhausted {
                 self.dead_letter(&report);
             }
             self.keep_result(&mut report, &mut tracked).await;
@@ -701,7 +703,7 @@ impl<A: App> Ctx<A> {
         &'a self,
         admission: &'a mut Admission,
         job: &'a Job,
-        policy: &'a RetryPolicy,
+        policy: &'a RetryPolicy<'a>,
     ) -> impl Future<Output = (Outcome, Duration, u32)> + Send + 'a {
         async move {
             let timeout = Duration::from_millis(job.limits.timeout_ms);

@@ -3,7 +3,6 @@
 //! random from its upper half ("equal jitter"), so that tasks that failed together (a
 //! service they all call went away) do not all come back at the same moment.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use super::job::Outcome;
@@ -19,40 +18,42 @@ const DEFAULT_RETRY_ON: &[ErrorCode] = &[ErrorCode::Trap, ErrorCode::Timeout, Er
 /// The longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// One task's retry policy.
+/// One task's retry policy, read from its manifest. Built for every task, so it borrows:
+/// the manifest's failure codes are looked at only when an attempt fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub struct RetryPolicy<'a> {
     /// Times the task may run again after its first attempt.
     pub retries: u32,
-    /// The failure codes that retry: borrowed for the default, since every task builds its
-    /// policy.
-    on: Cow<'static, [ErrorCode]>,
+    /// The manifest's `retry_on`; `None`: [`DEFAULT_RETRY_ON`].
+    on: Option<&'a [RetryOn]>,
     /// The first retry's delay.
     backoff: Duration,
 }
 
-impl RetryPolicy {
+impl<'a> RetryPolicy<'a> {
     /// The policy a manifest sets (no retries when it sets none).
-    pub fn of(manifest: &Manifest) -> RetryPolicy {
-        let on = match &manifest.retry_on {
-            Some(codes) => Cow::Owned(codes.iter().map(|code| code_of(*code)).collect()),
-            None => Cow::Borrowed(DEFAULT_RETRY_ON),
-        };
+    pub fn of(manifest: &'a Manifest) -> RetryPolicy<'a> {
         RetryPolicy {
             retries: manifest.retries,
-            on,
+            on: manifest.retry_on.as_deref(),
             backoff: manifest
                 .backoff_ms
                 .map_or(DEFAULT_BACKOFF, Duration::from_millis),
         }
     }
 
+    /// Whether a failure with `code` is one this policy retries.
+    fn retries_on(&self, code: ErrorCode) -> bool {
+        match self.on {
+            Some(words) => words.iter().any(|&word| code_of(word) == code),
+            None => DEFAULT_RETRY_ON.contains(&code),
+        }
+    }
+
     /// Whether attempt `attempt` (from 1), which ended with `outcome`, runs again.
     pub fn retries_after(&self, attempt: u32, outcome: &Outcome) -> bool {
         match outcome {
-            Outcome::Failed { error, .. } => {
-                attempt <= self.retries && self.on.contains(&error.code)
-            }
+            Outcome::Failed { error, .. } => attempt <= self.retries && self.retries_on(error.code),
             Outcome::Finished { .. } => false,
         }
     }
@@ -62,7 +63,7 @@ impl RetryPolicy {
     pub fn exhausted(&self, attempts: u32, outcome: &Outcome) -> bool {
         self.retries > 0
             && attempts > self.retries
-            && matches!(outcome, Outcome::Failed { error, .. } if self.on.contains(&error.code))
+            && matches!(outcome, Outcome::Failed { error, .. } if self.retries_on(error.code))
     }
 
     /// The delay after attempt `attempt` failed: the first delay doubled `attempt - 1`
@@ -97,13 +98,14 @@ fn random_fraction() -> f64 {
 mod tests {
     use super::*;
 
-    fn policy(text: &str) -> RetryPolicy {
-        RetryPolicy::of(&toml::from_str(text).unwrap())
+    fn manifest(text: &str) -> Manifest {
+        toml::from_str(text).unwrap()
     }
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {
-        let policy = policy("retries = 10\nbackoff_ms = 1000");
+        let manifest = manifest("retries = 10\nbackoff_ms = 1000");
+        let policy = RetryPolicy::of(&manifest);
         for attempt in 1..=10 {
             let full = Duration::from_secs(1 << (attempt - 1)).min(MAX_BACKOFF);
             let delay = policy.backoff(attempt);
@@ -113,7 +115,8 @@ mod tests {
 
     #[test]
     fn only_the_named_failures_retry_and_only_so_often() {
-        let policy = policy("retries = 2\nretry_on = [\"trap\"]");
+        let manifest = manifest("retries = 2\nretry_on = [\"trap\"]");
+        let policy = RetryPolicy::of(&manifest);
         let trap = Outcome::failed(ErrorCode::Trap, "x");
         let exit = Outcome::failed(ErrorCode::Exit, "x");
         assert!(policy.retries_after(1, &trap));
@@ -122,8 +125,28 @@ mod tests {
         assert!(!policy.retries_after(1, &exit));
         assert!(policy.exhausted(3, &trap));
         assert!(!policy.exhausted(1, &exit), "not retried, so not exhausted");
-        let none = RetryPolicy::of(&Manifest::default());
+        let manifest = Manifest::default();
+        let none = RetryPolicy::of(&manifest);
         assert!(!none.retries_after(1, &trap));
         assert!(!none.exhausted(1, &trap));
+    }
+
+    /// Without `retry_on`, traps, timeouts and exits retry; other failures do not.
+    #[test]
+    fn the_default_retries_traps_timeouts_and_exits() {
+        let manifest = manifest("retries = 1");
+        let policy = RetryPolicy::of(&manifest);
+        for code in [ErrorCode::Trap, ErrorCode::Timeout, ErrorCode::Exit] {
+            assert!(
+                policy.retries_after(1, &Outcome::failed(code, "x")),
+                "{code}"
+            );
+        }
+        for code in [ErrorCode::OutputTooLarge, ErrorCode::Cancelled] {
+            assert!(
+                !policy.retries_after(1, &Outcome::failed(code, "x")),
+                "{code}"
+            );
+        }
     }
 }
