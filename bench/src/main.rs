@@ -414,8 +414,8 @@ async fn run(options: Options) -> anyhow::Result<bool> {
     );
 
     println!(
-        "\ntaskhost benchmark, {mode} mode, {} ({} cores, Linux {})\n",
-        machine.date, machine.cores, machine.kernel
+        "\ntaskhost benchmark, {mode} mode, {} ({} cores, {}, Linux {})\n",
+        machine.date, machine.cores, machine.cpu_model, machine.kernel
     );
     println!("{host_index_line}\n");
     println!("{}", report::table(&rows));
