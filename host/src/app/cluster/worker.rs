@@ -297,24 +297,29 @@ async fn keep(cluster: &Cluster, link: &Link, task_id: u64, terminal: Text) -> O
     let deadline = Instant::now() + cluster.settings.ack_wait * 10;
     let value = bytes::Bytes::copy_from_slice(terminal.as_str().as_bytes());
     loop {
-        match link.results.create(&key, value.clone()).await {
+        let error = match link.results.create(&key, value.clone()).await {
             Ok(_) => return Some(terminal),
             Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-                cluster.counters.ran_twice.inc();
-                if let Ok(Some(kept)) = link.results.get(&key).await
-                    && let Some(kept) = text_of(&kept)
-                {
-                    return Some(kept);
+                match link.results.get(&key).await {
+                    Ok(kept) => match kept.as_deref().and_then(text_of) {
+                        Some(kept) => {
+                            // Counted once, here: a read that failed comes back through
+                            // `create`.
+                            cluster.counters.ran_twice.inc();
+                            return Some(kept);
+                        }
+                        None => anyhow::anyhow!("the kept result is gone or not text"),
+                    },
+                    Err(error) => anyhow::Error::from(error),
                 }
             }
-            Err(error) => {
-                if Instant::now() >= deadline {
-                    tracing::error!(task_id, %error, "could not keep a task's result; the broker will hand it to a node again");
-                    return None;
-                }
-                tracing::debug!(task_id, %error, "could not keep a task's result yet; retrying");
-            }
+            Err(error) => anyhow::Error::from(error),
+        };
+        if Instant::now() >= deadline {
+            tracing::error!(task_id, error = %format!("{error:#}"), "could not keep a task's result; the broker will hand it to a node again");
+            return None;
         }
+        tracing::debug!(task_id, error = %format!("{error:#}"), "could not keep a task's result yet; retrying");
         tokio::time::sleep(KEEP_RETRY).await;
     }
 }
