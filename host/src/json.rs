@@ -29,14 +29,13 @@ pub fn to_string(value: &(impl Serialize + ?Sized)) -> serde_json::Result<String
         };
         buffer.clear();
         let written = serde_json::to_writer(&mut *buffer, value);
-        let text = written.map(|()| {
-            // serde_json writes UTF-8 only, so the check always passes; `from_utf8` checks
-            // ASCII a word at a time, where `from_utf8_lossy` went byte by byte (0.8% of the
-            // echo server's CPU on an Intel host).
-            std::str::from_utf8(&buffer).map_or_else(
-                |_| String::from_utf8_lossy(&buffer).into_owned(),
-                str::to_owned,
-            )
+        // serde_json writes UTF-8 only, so the check always passes; `from_utf8` checks ASCII
+        // a word at a time, where `from_utf8_lossy` went byte by byte (0.8% of the echo
+        // server's CPU on an Intel host).
+        let text = written.and_then(|()| {
+            std::str::from_utf8(&buffer)
+                .map(str::to_owned)
+                .map_err(serde::ser::Error::custom)
         });
         if buffer.capacity() > KEPT_CAPACITY {
             *buffer = Vec::new();

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::kv::CreateErrorKind;
@@ -300,17 +301,13 @@ async fn keep(cluster: &Cluster, link: &Link, task_id: u64, terminal: Text) -> O
         let error = match link.results.create(&key, value.clone()).await {
             Ok(_) => return Some(terminal),
             Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-                match link.results.get(&key).await {
-                    Ok(kept) => match kept.as_deref().and_then(text_of) {
-                        Some(kept) => {
-                            // Counted once, here: a read that failed comes back through
-                            // `create`.
-                            cluster.counters.ran_twice.inc();
-                            return Some(kept);
-                        }
-                        None => anyhow::anyhow!("the kept result is gone or not text"),
-                    },
-                    Err(error) => anyhow::Error::from(error),
+                match read_kept(link, &key).await {
+                    Ok(kept) => {
+                        // Counted once, here: a read that failed comes back through `create`.
+                        cluster.counters.ran_twice.inc();
+                        return Some(kept);
+                    }
+                    Err(error) => error,
                 }
             }
             Err(error) => anyhow::Error::from(error),
@@ -322,6 +319,14 @@ async fn keep(cluster: &Cluster, link: &Link, task_id: u64, terminal: Text) -> O
         tracing::debug!(task_id, error = %format!("{error:#}"), "could not keep a task's result yet; retrying");
         tokio::time::sleep(KEEP_RETRY).await;
     }
+}
+
+/// The terminal message another run kept under `key`.
+async fn read_kept(link: &Link, key: &str) -> anyhow::Result<Text> {
+    let kept = link.results.get(key).await?;
+    kept.as_deref()
+        .and_then(text_of)
+        .context("the kept result is gone or not text")
 }
 
 /// Sends the terminal message to the submitter's node (and any node attached).
