@@ -668,9 +668,17 @@ async fn attach_works_on_any_node_after_the_submitter_left() {
     // A broadcast task submitted on one node reaches the connections of the other.
     let mut listener = b.client().await;
     let mut sender = a.client().await;
+    // The protocol orders a task's `started`, progress and end after its `accepted`, not the
+    // broadcasts every connection gets: across nodes the task can run, and its broadcast
+    // reach the sender, before the broker's confirmation does.
     sender
-        .run("broadcast", json!({"user": "ann", "text": "hi all"}))
+        .send(json!({"type": "task", "task": "broadcast", "input": {"user": "ann", "text": "hi all"}}))
         .await;
+    let accepted = sender
+        .recv_until(Duration::from_secs(10), "accepted", |_| true)
+        .await;
+    let ended = sender.recv_for(accepted["task_id"].as_u64().unwrap()).await;
+    assert_eq!(ended["type"], "finished", "{ended}");
     let heard = listener
         .recv_until(Duration::from_secs(10), "broadcast", |_| true)
         .await;
