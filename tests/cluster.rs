@@ -875,7 +875,7 @@ async fn any_key_names_its_task_through_the_broker() {
 /// What the broker cannot carry (nats-server's `max_payload`, 1 MiB by default) gets the
 /// protocol's size answers: a task too large to queue is `rejected` `too_large`; a result too
 /// large to keep ends the task `failed` `output_too_large`, once (it used to go unreported
-/// and run again after every ack wait).
+/// and run again after every ack wait), and is counted so (it used to count as finished).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_broker_cannot_carry_gets_the_size_answers() {
     let Some(broker) = Broker::start() else {
@@ -937,6 +937,22 @@ async fn what_the_broker_cannot_carry_gets_the_size_answers() {
     let end = &ends[&id][0];
     assert_eq!(end["type"], "failed", "{end}");
     assert_eq!(end["error"]["code"], "output_too_large", "{end}");
-    let redelivered = metric_sum(&node.metrics().await, "taskhost_cluster_redelivered_total");
+    let metrics = node.metrics().await;
+    let redelivered = metric_sum(&metrics, "taskhost_cluster_redelivered_total");
     assert_eq!(redelivered, 0.0, "the task was not handed out again");
+    // Counted as the submitter was told: it failed, it did not finish.
+    let ended = |outcome: &str| -> f64 {
+        let labels = [
+            r#"task="big_result""#.to_owned(),
+            format!(r#"outcome="{outcome}""#),
+        ];
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("taskhost_tasks_total{"))
+            .filter(|line| labels.iter().all(|label| line.contains(label.as_str())))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(ended("output_too_large"), 1.0, "{metrics}");
+    assert_eq!(ended("finished"), 0.0, "{metrics}");
 }

@@ -44,9 +44,39 @@ pub fn to_string(value: &(impl Serialize + ?Sized)) -> serde_json::Result<String
     })
 }
 
+/// The length in bytes of `value` as compact JSON, counted without writing it anywhere: for
+/// a size check on a message that may be large (a task's 1 MiB result), before it is kept.
+pub fn encoded_len(value: &(impl Serialize + ?Sized)) -> serde_json::Result<usize> {
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value)?;
+    Ok(counter.0)
+}
+
+/// An `io::Write` that only counts what it is given.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_encoded_length_is_that_of_the_text() {
+        let message =
+            serde_json::json!({"type": "finished", "task_id": 7, "result": "é\"\n".repeat(50)});
+        let text = serde_json::to_string(&message).unwrap();
+        assert_eq!(encoded_len(&message).unwrap(), text.len());
+    }
 
     #[test]
     fn the_text_is_serde_json_s_at_its_exact_length() {

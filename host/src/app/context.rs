@@ -409,6 +409,7 @@ impl<A: App> Ctx<A> {
             admission,
             job,
             tracked,
+            terminal_limit: None,
         })
     }
 
@@ -426,6 +427,7 @@ impl<A: App> Ctx<A> {
         reference: Option<crate::protocol::Ref>,
         first_attempt: u32,
         relay: &Outbox,
+        terminal_limit: usize,
     ) -> Result<Admitted, WireError> {
         let owner = Owner {
             connection: relay.id(),
@@ -469,6 +471,7 @@ impl<A: App> Ctx<A> {
             admission,
             job,
             tracked,
+            terminal_limit: Some(terminal_limit),
         })
     }
 
@@ -641,13 +644,32 @@ impl<A: App> Ctx<A> {
                 mut admission,
                 job,
                 mut tracked,
+                terminal_limit,
             } = *admitted;
-            let policy = RetryPolicy::of(&job.module.manifest);
             let admitted_at = Instant::now();
-            let (outcome, elapsed, attempts) = self.attempts(&mut admission, &job, &policy).await;
+            let (outcome, elapsed, attempts) = {
+                let policy = RetryPolicy::of(&job.module.manifest);
+                self.attempts(&mut admission, &job, &policy).await
+            };
             // Time not spent running the last attempt: the queue, and with retries the earlier
             // attempts and their backoffs.
             let queue_wait = admitted_at.elapsed().saturating_sub(elapsed);
+            let mut report = super::Report {
+                job,
+                outcome,
+                elapsed,
+                attempts,
+                terminal: None,
+            };
+            // Judged before the end is counted and kept, so that /metrics, `stats` and an
+            // `attach` say what the submitter is told.
+            if let Some(limit) = terminal_limit
+                && report.fail_if_longer_than(limit)
+                && let Outcome::Failed { error, .. } = &report.outcome
+            {
+                tracing::warn!(task_id = report.job.task_id, task = %report.job.name(), "{}", error.message);
+            }
+            let (job, outcome) = (&report.job, &report.outcome);
             let fuel_used = outcome.fuel_used();
             self.shared.metrics.task_ended(
                 job.name(),
@@ -660,7 +682,7 @@ impl<A: App> Ctx<A> {
                 task_id: job.task_id,
                 task: job.name(),
                 outcome: outcome.label(),
-                message: match &outcome {
+                message: match outcome {
                     Outcome::Failed { error, .. } => Some(&error.message),
                     Outcome::Finished { .. } => None,
                 },
@@ -675,15 +697,7 @@ impl<A: App> Ctx<A> {
                 fuel_used,
                 "task ended"
             );
-            // Read before the job moves into the report: the policy borrows its manifest.
-            let exhausted = policy.exhausted(attempts, &outcome);
-            let mut report = super::Report {
-                job,
-                outcome,
-                elapsed,
-                attempts,
-                terminal: None,
-            };
+            let exhausted = RetryPolicy::of(&job.module.manifest).exhausted(attempts, outcome);
             if exhausted {
                 self.dead_letter(&report);
             }

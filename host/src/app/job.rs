@@ -178,6 +178,10 @@ pub struct Admitted {
     pub(crate) job: Job,
     /// Its entry in the result store, forgotten if it never ends.
     pub(crate) tracked: Tracked,
+    /// The longest terminal message its destination carries, in bytes, if it has a limit
+    /// of its own (a cluster's broker, `max_payload`): a longer `finished` ends the task
+    /// `output_too_large` instead, before the end is counted or kept.
+    pub(crate) terminal_limit: Option<usize>,
 }
 
 impl Admitted {
@@ -263,6 +267,26 @@ pub struct Report {
 }
 
 impl Report {
+    /// Fails a finished task whose `finished` message would be longer than `limit` bytes:
+    /// `output_too_large`, saying both sizes. A `failed` message is short and passes. Says
+    /// whether it failed the task.
+    pub(crate) fn fail_if_longer_than(&mut self, limit: usize) -> bool {
+        if !matches!(self.outcome, Outcome::Finished { .. }) {
+            return false;
+        }
+        // Encoding a reply of plain fields cannot fail (see `Reply::to_json`); if it did,
+        // the message would be kept as the error reply, which is short.
+        let length = crate::json::encoded_len(&self.terminal_reply()).unwrap_or(0);
+        if length <= limit {
+            return false;
+        }
+        self.outcome = Outcome::Failed {
+            error: super::failures::result_over_broker_limit(length, limit),
+            fuel_used: self.outcome.fuel_used(),
+        };
+        true
+    }
+
     /// The `finished` or `failed` message as a frame: the one kept for `attach` when there
     /// is one, else freshly encoded.
     pub fn terminal_text(&self) -> Text {

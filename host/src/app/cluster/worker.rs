@@ -20,7 +20,6 @@ use tokio::sync::oneshot;
 
 use super::super::App;
 use super::super::context::Ctx;
-use super::super::failures;
 use super::super::job::Outcome;
 use super::Cluster;
 use super::envelope::{EVENT_HEADER, Envelope, Subjects};
@@ -215,6 +214,7 @@ async fn run<A: App>(
         envelope.reference.clone(),
         first_attempt,
         &relay,
+        largest_terminal(link),
     ) {
         Ok(admitted) => admitted,
         Err(error) => {
@@ -227,7 +227,7 @@ async fn run<A: App>(
         }
     };
     let heartbeat = cluster.settings.ack_wait / 3;
-    let mut report = with_heartbeat(&message, heartbeat, ctx.execute_admitted(admitted)).await;
+    let report = with_heartbeat(&message, heartbeat, ctx.execute_admitted(admitted)).await;
     if let Outcome::Failed { error, .. } = &report.outcome
         && error.code == ErrorCode::Shutdown
     {
@@ -236,17 +236,10 @@ async fn run<A: App>(
         let _ = message.ack_with(AckKind::Nak(None)).await;
         return;
     }
-    let mut terminal = report.terminal_text();
-    let largest = largest_terminal(link);
-    if terminal.as_str().len() > largest {
-        // Kept and sent, the task fails; never kept, it would run again and again.
-        let error = failures::result_over_broker_limit(terminal.as_str().len(), largest);
-        tracing::warn!(task_id, task = %envelope.task, "{}", error.message);
-        let fuel_used = report.outcome.fuel_used();
-        report.outcome = Outcome::Failed { error, fuel_used };
-        report.terminal = None;
-        terminal = report.terminal_text();
-    }
+    // Within the broker's message size: `execute_admitted` failed a longer `finished` as
+    // `output_too_large` (kept and sent, the task fails; never kept, it would run again and
+    // again).
+    let terminal = report.terminal_text();
     let kept = with_heartbeat(&message, heartbeat, keep(cluster, link, task_id, terminal)).await;
     let Some(kept) = kept else {
         relaying.abort();
