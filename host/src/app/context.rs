@@ -661,8 +661,8 @@ impl<A: App> Ctx<A> {
                 attempts,
                 terminal: None,
             };
-            // Judged before the end is counted and kept, so that /metrics, `stats` and an
-            // `attach` say what the submitter is told.
+            // Judged before the end is counted and kept, so that /metrics, `stats` and the
+            // node's kept result say what the submitter is told.
             if let Some(limit) = terminal_limit
                 && report.fail_if_longer_than(limit)
                 && let Outcome::Failed { error, .. } = &report.outcome
