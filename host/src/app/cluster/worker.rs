@@ -299,7 +299,8 @@ async fn keep(cluster: &Cluster, link: &Link, task_id: u64, terminal: Text) -> O
                         // Counted once, here: a read that failed comes back through `create`.
                         // Our own bytes are our own `create`, which the broker applied but
                         // whose answer was lost (the retry then finds it): not a second run.
-                        // Two runs' messages differ (their elapsed time and fuel at least).
+                        // Two runs' messages always differ: each carries its `attempts`,
+                        // counted from the broker's delivery of the run.
                         if kept.as_str() != terminal.as_str() {
                             cluster.counters.ran_twice.inc();
                         }
