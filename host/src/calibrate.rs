@@ -1,4 +1,4 @@
-//! `taskhost --host-index`: two fixed measurements that tell one host from another, printed
+//! `taskhost --host-index`: three fixed measurements that tell one host from another, printed
 //! as one line of JSON for `just bench` to put above its table.
 //!
 //! Machines of the same kind differ by two to three times per task, and figures from two hosts
@@ -10,6 +10,12 @@
 //!   (a fresh instance from the pool, WASI, the input on stdin, the result from stdout, the
 //!   store dropped and the slot reset), one after another: the sandbox's fixed price per task
 //!   on this host, without the protocol or the network.
+//! - `sandbox_fib_ms`: the bundled `fib` task with input 30 through the sandbox, fuel on, one
+//!   run at a time: the compiled code's speed against `native_fib_ms`, which bounds what the
+//!   benchmark's CPU scenario can show. Fuel's counter is loaded, updated and stored around
+//!   every call, and what that costs depends on the CPU more than on taskhost: on the Intel
+//!   Xeon of docs/PERFORMANCE.md ("fib on the Intel host: what fuel costs") this module runs at
+//!   0.53-0.64x native with fuel and 0.83-0.96x without.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -20,11 +26,13 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::sandbox::{EngineSettings, RunSpec, Sandbox};
+use crate::sandbox::{EngineSettings, RunSpec, Sandbox, WasmModule};
 
 /// fib(30): a few milliseconds of recursion, long enough to time, short enough to repeat.
 const FIB_N: u64 = 30;
 const FIB_RUNS: usize = 21;
+/// The sandboxed fib takes about twice as long: fewer runs, after one that warms the pool.
+const SANDBOX_FIB_RUNS: usize = 7;
 /// Echo tasks before timing (the pool's slots and the caches warm), then per batch.
 const ECHO_WARMUP: usize = 300;
 const ECHO_BATCH: usize = 300;
@@ -35,6 +43,7 @@ const ECHO_BATCHES: usize = 7;
 pub struct HostIndex {
     pub native_fib_ms: f64,
     pub sandbox_echo_us: f64,
+    pub sandbox_fib_ms: f64,
 }
 
 /// Measures the index with `config`'s limits, running `echo.wasm` from its tasks folder.
@@ -51,7 +60,6 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
     .as_secs_f64()
         * 1e3;
 
-    let path = config.tasks_dir.join("echo.wasm");
     let sandbox = Sandbox::new(
         &EngineSettings {
             // A small pool: one task runs at a time.
@@ -62,46 +70,74 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
         },
         config.max_output,
     )?;
-    let module = sandbox
-        .compile(&read(&path)?)
-        .with_context(|| format!("could not load {}", path.display()))?;
-    let spec = RunSpec {
-        name: "echo".into(),
-        input: Bytes::from_static(br#"{"text":"hello, taskhost"}"#),
-        limits: config.limits,
-        progress: None,
-        capabilities: None,
-    };
-    let run_one = || async {
-        match sandbox.run(&module, spec.clone()).await.result {
-            Ok(_) => Ok(()),
-            Err(failure) => Err(anyhow::anyhow!(
-                "echo.wasm did not finish under the sandbox: {failure:?}"
-            )),
-        }
-    };
+    let echo = Bundled::load(&sandbox, config, "echo", r#"{"text":"hello, taskhost"}"#)?;
     for _ in 0..ECHO_WARMUP {
-        run_one().await?;
+        echo.run(&sandbox).await?;
     }
     let mut batches = Vec::with_capacity(ECHO_BATCHES);
     for _ in 0..ECHO_BATCHES {
         let start = Instant::now();
         for _ in 0..ECHO_BATCH {
-            run_one().await?;
+            echo.run(&sandbox).await?;
         }
         batches.push(start.elapsed() / ECHO_BATCH as u32);
     }
+
+    let fib = Bundled::load(&sandbox, config, "fib", &FIB_N.to_string())?;
+    fib.run(&sandbox).await?;
+    let mut fib_runs = Vec::with_capacity(SANDBOX_FIB_RUNS);
+    for _ in 0..SANDBOX_FIB_RUNS {
+        let start = Instant::now();
+        fib.run(&sandbox).await?;
+        fib_runs.push(start.elapsed());
+    }
+
     Ok(HostIndex {
         native_fib_ms,
         sandbox_echo_us: median(batches).as_secs_f64() * 1e6,
+        sandbox_fib_ms: median(fib_runs).as_secs_f64() * 1e3,
     })
+}
+
+/// A bundled task from the tasks folder, compiled, with the input it is timed on.
+struct Bundled {
+    module: WasmModule,
+    spec: RunSpec,
+}
+
+impl Bundled {
+    fn load(sandbox: &Sandbox, config: &Config, name: &str, input: &str) -> anyhow::Result<Self> {
+        let path = config.tasks_dir.join(format!("{name}.wasm"));
+        let module = sandbox
+            .compile(&read(&path)?)
+            .with_context(|| format!("could not load {}", path.display()))?;
+        let spec = RunSpec {
+            name: name.into(),
+            input: Bytes::copy_from_slice(input.as_bytes()),
+            limits: config.limits,
+            progress: None,
+            capabilities: None,
+        };
+        Ok(Bundled { module, spec })
+    }
+
+    /// One task, start to end, as the server runs it.
+    async fn run(&self, sandbox: &Sandbox) -> anyhow::Result<()> {
+        match sandbox.run(&self.module, self.spec.clone()).await.result {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(anyhow::anyhow!(
+                "{}.wasm did not finish under the sandbox: {failure:?}",
+                self.spec.name
+            )),
+        }
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| {
         format!(
-            "could not read {}: the host index runs the bundled echo task (`just build-guests`, \
-             or pass --tasks DIR)",
+            "could not read {}: the host index runs the bundled echo and fib tasks \
+             (`just build-guests`, or pass --tasks DIR)",
             path.display()
         )
     })

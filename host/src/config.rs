@@ -39,9 +39,10 @@ pub struct Options {
     #[serde(skip)]
     pub print_config: bool,
 
-    /// Measure this host (a native micro-benchmark and the sandbox's price per task, running
-    /// the tasks folder's echo.wasm), print it as one line of JSON, and exit. `just bench`
-    /// prints it above its table, so figures from two hosts can be told apart.
+    /// Measure this host (a native micro-benchmark, the sandbox's price per task and the same
+    /// micro-benchmark in the sandbox, running the tasks folder's echo.wasm and fib.wasm), print
+    /// it as one line of JSON, and exit. `just bench` prints it above its table, so figures from
+    /// two hosts can be told apart.
     #[arg(long, hide_short_help = true)]
     #[serde(skip)]
     pub host_index: bool,
