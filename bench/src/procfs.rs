@@ -173,6 +173,22 @@ pub fn tree_memory(pid: u32) -> anyhow::Result<Memory> {
 /// CPU time that the whole machine has spent busy (all cores, all processes, user, system and
 /// interrupts; not idle or waiting for I/O), from the first line of `/proc/stat`.
 pub fn machine_busy_time() -> anyhow::Result<Duration> {
+    let times = machine_times()?;
+    Ok(times.busy + times.stolen)
+}
+
+/// The whole machine's CPU time since boot, from the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTimes {
+    /// Run by this machine's processes: user, system and interrupts, on all cores.
+    pub busy: Duration,
+    /// `steal`: time the hypervisor ran someone else on this virtual machine's cores while
+    /// they had work. A host squeezed by its neighbours shows here, not in any process.
+    pub stolen: Duration,
+}
+
+/// Reads [`MachineTimes`] now.
+pub fn machine_times() -> anyhow::Result<MachineTimes> {
     let stat = std::fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
     let line = stat
         .lines()
@@ -184,13 +200,14 @@ pub fn machine_busy_time() -> anyhow::Result<Duration> {
         .map(|field| field.parse().unwrap_or(0))
         .collect();
     // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| ticks.get(i))
-        .sum();
-    Ok(Duration::from_secs_f64(
-        busy as f64 / clock_ticks_per_second() as f64,
-    ))
+    let sum = |fields: &[usize]| -> Duration {
+        let total: u64 = fields.iter().filter_map(|&i| ticks.get(i)).sum();
+        Duration::from_secs_f64(total as f64 / clock_ticks_per_second() as f64)
+    };
+    Ok(MachineTimes {
+        busy: sum(&[0, 1, 2, 5, 6]),
+        stolen: sum(&[7]),
+    })
 }
 
 /// The unit of `/proc/PID/stat` times (almost always 100 per second).

@@ -12,6 +12,7 @@
 //! `hello` (docs/RELIABILITY.md). The samples and verdicts go to `soak/latest.json` in the
 //! target directory.
 
+mod contention;
 mod mix;
 mod trend;
 
@@ -26,6 +27,7 @@ use serde::Serialize;
 use crate::procfs::{self, Machine};
 use crate::server::{Launcher, Mode, Server};
 use crate::stats::Percentiles;
+use contention::Contention;
 use mix::Shared;
 use trend::{Tolerance, Verdict};
 
@@ -67,6 +69,9 @@ struct Figure {
     name: &'static str,
     unit: &'static str,
     tolerance: Tolerance,
+    /// A latency, which follows the CPU the server gets: judged with the machine's allowance
+    /// ([`contention`]).
+    follows_cpu: bool,
     value: fn(&Sample) -> f64,
 }
 
@@ -79,6 +84,7 @@ const FIGURES: [Figure; 4] = [
             relative: 0.10,
             absolute: 16.0,
         },
+        follows_cpu: false,
         value: |s| s.rss_mib,
     },
     Figure {
@@ -89,6 +95,7 @@ const FIGURES: [Figure; 4] = [
             relative: 0.0,
             absolute: 32.0,
         },
+        follows_cpu: false,
         value: |s| s.open_fds as f64,
     },
     Figure {
@@ -98,6 +105,7 @@ const FIGURES: [Figure; 4] = [
             relative: 0.0,
             absolute: 16.0,
         },
+        follows_cpu: false,
         value: |s| s.queue_depth,
     },
     Figure {
@@ -108,6 +116,7 @@ const FIGURES: [Figure; 4] = [
             relative: 0.5,
             absolute: 2.0,
         },
+        follows_cpu: true,
         value: |s| s.echo_p99_ms,
     },
 ];
@@ -127,6 +136,12 @@ pub struct Sample {
     pub echo_probes: usize,
     /// Tasks that ended as expected so far.
     pub tasks_ended: u64,
+    /// Cores the hypervisor took from this machine over the interval, on average.
+    pub stolen_cores: f64,
+    /// Cores used by processes other than the server and the load generator.
+    pub other_cores: f64,
+    /// The machine's cores less both: what the server and the load had.
+    pub cores_left: f64,
 }
 
 /// `soak/latest.json`.
@@ -140,6 +155,8 @@ struct Document<'a> {
     warmup_s: f64,
     samples: &'a [Sample],
     verdicts: &'a [Verdict],
+    /// Figures left unjudged, and why (a latency on a machine that took cores away).
+    not_judged: &'a [String],
     tasks_ended: u64,
     unexpected: &'a std::collections::BTreeMap<String, u64>,
     disconnects: u64,
@@ -227,11 +244,12 @@ pub async fn run(
     let shared = Arc::new(Shared::new(server.addr, begin + length, served)?);
     let loops = mix::spawn_all(&shared);
     let mut samples = Vec::new();
+    let mut contention = Contention::start(machine.cores, server.cpu_time().unwrap_or_default());
     let mut tick = begin;
     while tick + SAMPLE_EVERY <= begin + length {
         tick += SAMPLE_EVERY;
         tokio::time::sleep_until(tick.into()).await;
-        let sample = sample(&server, &shared, begin).await?;
+        let sample = sample(&server, &shared, &mut contention, begin).await?;
         println!("{}", line(&sample, &shared));
         samples.push(sample);
     }
@@ -252,8 +270,21 @@ pub async fn run(
         .iter()
         .filter(|s| s.at_s > warmup.as_secs_f64())
         .collect();
+    let cores_left: Vec<f64> = judged.iter().map(|s| s.cores_left).collect();
+    let squeeze = trend::third_medians(&cores_left)
+        .filter(|&(first, last)| contention::squeezed(first, last));
     let mut verdicts = Vec::new();
+    let mut not_judged = Vec::new();
     for figure in &FIGURES {
+        if let (true, Some((first, last))) = (figure.follows_cpu, squeeze) {
+            not_judged.push(format!(
+                "{}: not judged, the machine left the last third of the run {last:.2} cores \
+                 against {first:.2} in the first (the hypervisor's steal and other processes, \
+                 per sample above); a latency cannot tell that from the server slowing down",
+                figure.name
+            ));
+            continue;
+        }
         let values: Vec<f64> = judged.iter().map(|s| (figure.value)(s)).collect();
         match trend::judge(figure.name, figure.unit, &values, figure.tolerance) {
             Some(verdict) => verdicts.push(verdict),
@@ -309,6 +340,9 @@ pub async fn run(
             unit = verdict.unit,
         );
     }
+    for reason in &not_judged {
+        println!("  {reason}");
+    }
     for verdict in verdicts.iter().filter(|v| v.rising) {
         problems.push(format!("{} trends upward", verdict.figure));
     }
@@ -332,6 +366,7 @@ pub async fn run(
         warmup_s: warmup.as_secs_f64(),
         samples: &samples,
         verdicts: &verdicts,
+        not_judged: &not_judged,
         tasks_ended: shared.ended.load(Ordering::Relaxed),
         unexpected: &unexpected,
         disconnects: shared.disconnects.load(Ordering::Relaxed),
@@ -355,8 +390,15 @@ pub async fn run(
     Ok(problems.is_empty())
 }
 
-/// Reads the server's figures now, and takes the probe's samples since the last reading.
-async fn sample(server: &Server, shared: &Shared, begin: Instant) -> anyhow::Result<Sample> {
+/// Reads the server's figures now, and takes the probe's samples and the machine's contention
+/// since the last reading.
+async fn sample(
+    server: &Server,
+    shared: &Shared,
+    contention: &mut Contention,
+    begin: Instant,
+) -> anyhow::Result<Sample> {
+    let taken = contention.since_last(server.cpu_time().unwrap_or_default());
     let memory = server.memory()?;
     let open_fds = server.open_fds()?;
     let metrics = server.metrics().await.unwrap_or_default();
@@ -384,6 +426,9 @@ async fn sample(server: &Server, shared: &Shared, begin: Instant) -> anyhow::Res
         echo_p99_ms: p99,
         echo_probes: probes.len(),
         tasks_ended: shared.ended.load(Ordering::Relaxed),
+        stolen_cores: taken.stolen_cores,
+        other_cores: taken.other_cores,
+        cores_left: contention.left(taken),
     })
 }
 
@@ -391,7 +436,8 @@ async fn sample(server: &Server, shared: &Shared, begin: Instant) -> anyhow::Res
 fn line(sample: &Sample, shared: &Shared) -> String {
     format!(
         "soak {:>6.0} s  rss {:>7.1} MiB  fds {:>4}  queue {:>3}  running {:>4}  connections {:>3}  \
-         echo p99 {:>6.2} ms (of {:>5})  tasks {:>9}  unexpected {}  failed rounds {}",
+         echo p99 {:>6.2} ms (of {:>5})  tasks {:>9}  unexpected {}  failed rounds {}  \
+         cores taken: stolen {:.2} other {:.2}",
         sample.at_s,
         sample.rss_mib,
         sample.open_fds,
@@ -403,6 +449,8 @@ fn line(sample: &Sample, shared: &Shared) -> String {
         sample.tasks_ended,
         shared.unexpected_count(),
         shared.problem_count(),
+        sample.stolen_cores,
+        sample.other_cores,
     )
 }
 

@@ -54,6 +54,19 @@ pub fn warmup(run: Duration) -> Duration {
     (run / 10).max(MIN_WARMUP)
 }
 
+/// The medians of the first and the last third of `values` (in time order); `None` when there
+/// are fewer than [`MIN_SAMPLES`].
+pub fn third_medians(values: &[f64]) -> Option<(f64, f64)> {
+    if values.len() < MIN_SAMPLES {
+        return None;
+    }
+    let third = values.len() / 3;
+    Some((
+        median(&values[..third]),
+        median(&values[values.len() - third..]),
+    ))
+}
+
 /// Judges `values` (the samples after the warm-up, in time order); `None` when there are fewer
 /// than [`MIN_SAMPLES`].
 pub fn judge(
@@ -62,12 +75,7 @@ pub fn judge(
     values: &[f64],
     tolerance: Tolerance,
 ) -> Option<Verdict> {
-    if values.len() < MIN_SAMPLES {
-        return None;
-    }
-    let third = values.len() / 3;
-    let first = median(&values[..third]);
-    let last = median(&values[values.len() - third..]);
+    let (first, last) = third_medians(values)?;
     let limit = first * (1.0 + tolerance.relative) + tolerance.absolute;
     Some(Verdict {
         figure,
