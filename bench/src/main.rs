@@ -779,16 +779,22 @@ fn busy_windows(results: &Results) -> Vec<String> {
             .iter()
             .for_each(|n| windows.push(("5 fairness, native", &n.cpu)));
     }
-    windows
-        .into_iter()
-        .filter(|(_, cpu)| cpu.other_cores > BUSY_CORES)
-        .map(|(label, cpu)| {
-            format!(
+    let mut warnings = Vec::new();
+    for (label, cpu) in windows {
+        if cpu.other_cores > BUSY_CORES {
+            warnings.push(format!(
                 "{label}: other processes took {:.2} cores during the measurement",
                 cpu.other_cores
-            )
-        })
-        .collect()
+            ));
+        }
+        if cpu.stolen_cores > BUSY_CORES {
+            warnings.push(format!(
+                "{label}: the host took {:.2} cores (steal) during the measurement",
+                cpu.stolen_cores
+            ));
+        }
+    }
+    warnings
 }
 
 /// The checkout's commit, `-dirty` when it has changes; `None` outside a git checkout.

@@ -105,7 +105,7 @@ impl Cpu {
             .target(Target::RatioAtLeast { ratio: 0.50 })
             .peer(super::PEER, peer.map(|p| p.tasks_per_s))
             .note(format!(
-                "fuel (the CPU limit) on: {} units per task; cores used by server / loadgen / other: sandbox {}, native {}",
+                "fuel (the CPU limit) on: {} units per task; cores used by server / loadgen / other / stolen: sandbox {}, native {}",
                 Unit::Count.format(self.sandbox.fuel_per_task),
                 super::cores_text(&self.sandbox.cpu),
                 native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),

@@ -146,7 +146,7 @@ impl EchoThroughput {
         let native = self.native.as_ref();
         let peer = self.peer.as_ref();
         let mut text = format!(
-            "cores used by server / loadgen / other processes: sandbox {}, native {}, {} {}",
+            "cores used by server / loadgen / other processes / stolen by the host: sandbox {}, native {}, {} {}",
             super::cores_text(&self.sandbox.cpu),
             native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
             super::PEER,

@@ -107,7 +107,7 @@ impl Fairness {
             .baseline("no hogs", self.sandbox_no_hogs_p99_us)
             .target(Target::AtMost { value: 10_000.0 })
             .note(format!(
-                "cores used by server / loadgen / other: {}; {} hogs ran to their {} ms limit",
+                "cores used by server / loadgen / other / stolen: {}; {} hogs ran to their {} ms limit",
                 super::cores_text(&self.sandbox.cpu),
                 self.sandbox.hogs_ended,
                 self.sandbox.hog_timeout_ms
@@ -129,7 +129,7 @@ impl Fairness {
                 )
                 .baseline("no hogs", self.native_no_hogs_p99_us)
                 .note(format!(
-                    "cores used by server / loadgen / other: {}",
+                    "cores used by server / loadgen / other / stolen: {}",
                     super::cores_text(&native.cpu)
                 )),
             );

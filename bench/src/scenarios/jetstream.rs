@@ -87,7 +87,7 @@ impl JetStream {
             })
             .note(format!(
                 "with --nats the broker's CPU counts as the server's; cores used by server / \
-                 loadgen / other: jetstream {}, embedded {}",
+                 loadgen / other / stolen: jetstream {}, embedded {}",
                 super::cores_text(&through.rate.cpu),
                 super::cores_text(&embedded.rate.cpu),
             )),

@@ -96,7 +96,7 @@ pub struct CpuMeter {
     at: Instant,
     server: Duration,
     loadgen: Duration,
-    machine: Duration,
+    machine: procfs::MachineTimes,
 }
 
 /// Where the cores went between two readings, in cores (2.0 = both cores of a two-core
@@ -108,6 +108,10 @@ pub struct CpuShare {
     pub loadgen_cores: f64,
     /// Every other process: anything well above zero means the figures are skewed.
     pub other_cores: f64,
+    /// Taken by the hypervisor (`steal`): a virtual machine's cores shared with its host's
+    /// other guests, or woken late. It moves with the host from minute to minute, and every
+    /// figure with it.
+    pub stolen_cores: f64,
     /// Server CPU over the interval, in microseconds.
     #[serde(skip)]
     pub server_us: f64,
@@ -121,7 +125,7 @@ impl CpuMeter {
             at: Instant::now(),
             server: server.cpu_time()?,
             loadgen: procfs::cpu_time("self")?,
-            machine: procfs::machine_busy_time()?,
+            machine: procfs::machine_times()?,
         })
     }
 
@@ -130,11 +134,21 @@ impl CpuMeter {
         let wall = (self.at - earlier.at).as_secs_f64().max(1e-9);
         let server = self.server.saturating_sub(earlier.server).as_secs_f64();
         let loadgen = self.loadgen.saturating_sub(earlier.loadgen).as_secs_f64();
-        let machine = self.machine.saturating_sub(earlier.machine).as_secs_f64();
+        let busy = self
+            .machine
+            .busy
+            .saturating_sub(earlier.machine.busy)
+            .as_secs_f64();
+        let stolen = self
+            .machine
+            .stolen
+            .saturating_sub(earlier.machine.stolen)
+            .as_secs_f64();
         CpuShare {
             server_cores: server / wall,
             loadgen_cores: loadgen / wall,
-            other_cores: ((machine - server - loadgen) / wall).max(0.0),
+            other_cores: ((busy - server - loadgen) / wall).max(0.0),
+            stolen_cores: stolen / wall,
             server_us: server * 1e6,
             loadgen_us: loadgen * 1e6,
         }
@@ -217,10 +231,11 @@ pub async fn measure_rate(
     })
 }
 
-/// `1.62 / 0.31 / 0.02`: server, load generator and other processes, in cores.
+/// `1.62 / 0.31 / 0.02 / 0.05`: server, load generator, other processes and the host's steal,
+/// in cores.
 pub fn cores_text(cpu: &CpuShare) -> String {
     format!(
-        "{:.2} / {:.2} / {:.2}",
-        cpu.server_cores, cpu.loadgen_cores, cpu.other_cores
+        "{:.2} / {:.2} / {:.2} / {:.2}",
+        cpu.server_cores, cpu.loadgen_cores, cpu.other_cores, cpu.stolen_cores
     )
 }

@@ -305,7 +305,7 @@ impl Sleeping {
         let mut notes = vec![format!(
             "each `slow` asked for no progress reports (`\"reports\": 0`): one sleep, as \
              Swoole's `slow` does; {} of {} finished; progress messages per task: sandbox \
-             {:.1}, native {}; cores used by server / loadgen / other: sandbox {}, native {}; \
+             {:.1}, native {}; cores used by server / loadgen / other / stolen: sandbox {}, native {}; \
              the sandbox server warmed its pool in {:.2} s before the burst",
             sandbox.finished,
             sandbox.tasks,
