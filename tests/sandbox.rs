@@ -223,8 +223,11 @@ async fn running_tasks_can_be_cancelled_sleeping_or_spinning() {
         let stats = client.request(json!({"type": "stats"})).await;
         assert_eq!(stats["running"], 1, "{task} is running: {stats}");
         let ended = cancel_promptly(&mut client, task_id).await;
+        // `elapsed_ms` counts from the task's start, which follows `accepted` by its instance's
+        // setup: a run that ended at the cancel reads a little under the 300 ms waited here
+        // (299 in a CI run), one that ended early far less.
         assert!(
-            ended["elapsed_ms"].as_u64().unwrap() >= 300,
+            ended["elapsed_ms"].as_u64().unwrap() >= 250,
             "{task}: {ended}"
         );
     }
