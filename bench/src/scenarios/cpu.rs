@@ -2,15 +2,20 @@
 //! second, sandbox against the same function compiled natively into the host.
 //!
 //! Both cores stay busy computing, so the ratio is the price of compiled WebAssembly plus
-//! fuel metering (the CPU limit, on in the sandbox as always), not of the protocol. A second,
-//! diagnostic figure runs fib(27) one at a time on an otherwise idle server: the same ratio
-//! without two computations sharing the machine.
+//! fuel metering (the CPU limit, on in the sandbox as always), not of the protocol. In full
+//! mode each server runs three windows, taken in turns with the others, and reports its median
+//! ([`super::rates_in_turns`]): one window each, sandbox then native, put the two in different
+//! stretches of a drifting host, and the ratio moved by a third between runs of one binary
+//! (0.50x, 0.52x, 0.60x and 0.42x within half an hour, 2026-12-02). A second, diagnostic
+//! figure runs fib(27) one at a time on an otherwise idle server: the same ratio without two
+//! computations sharing the machine.
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 
-use super::{Plan, Rate, Unexpected, measure_rate};
+use super::{Plan, Rate, RateLoad, Unexpected, median_window, rates_in_turns};
 use crate::client::{Client, Expect, Load};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
@@ -20,15 +25,29 @@ pub const NAME: &str = "3 CPU fib(27)";
 const CONNECTIONS: usize = 8;
 const IN_FLIGHT: usize = 2;
 const INPUT: &str = r#"{"n":27}"#;
+/// Windows per server in full mode, taken in turns.
+const FULL_ROUNDS: usize = 3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Cpu {
+    /// Each server's median window by tasks per second, with the unexpected answers of all
+    /// its windows.
     pub sandbox: Rate,
     pub native: Option<Rate>,
     pub peer: Option<Rate>,
+    /// Every window's tasks per second, per server, in the order they ran.
+    pub windows: Windows,
     /// Submit to `finished` of fib(27), one task at a time.
     pub sandbox_alone: Alone,
     pub native_alone: Option<Alone>,
+}
+
+/// Tasks per second of every window, per server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Windows {
+    pub sandbox: Vec<f64>,
+    pub native: Vec<f64>,
+    pub peer: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,23 +62,32 @@ pub async fn run(
     peer: Option<&Server>,
     plan: &Plan,
 ) -> anyhow::Result<Cpu> {
-    let sandbox_rate = measure_rate(sandbox, plan, CONNECTIONS, IN_FLIGHT, "fib", INPUT).await?;
-    let sandbox_alone = alone(sandbox, plan).await?;
-    let (native_rate, native_alone) = match native {
-        Some(native) => (
-            Some(measure_rate(native, plan, CONNECTIONS, IN_FLIGHT, "fib", INPUT).await?),
-            Some(alone(native, plan).await?),
-        ),
-        None => (None, None),
+    let rounds = if plan.quick { 1 } else { FULL_ROUNDS };
+    let load = RateLoad {
+        connections: CONNECTIONS,
+        in_flight: IN_FLIGHT,
+        task: "fib",
+        input: INPUT,
     };
-    let peer_rate = match peer {
-        Some(peer) => Some(measure_rate(peer, plan, CONNECTIONS, IN_FLIGHT, "fib", INPUT).await?),
+    let [sandbox_windows, native_windows, peer_windows] =
+        rates_in_turns([Some(sandbox), native, peer], plan, rounds, load).await?;
+    let each = |windows: &[Rate]| -> Vec<f64> { windows.iter().map(|w| w.tasks_per_s).collect() };
+    let windows = Windows {
+        sandbox: each(&sandbox_windows),
+        native: each(&native_windows),
+        peer: each(&peer_windows),
+    };
+    let by_rate = |rate: &Rate| rate.tasks_per_s;
+    let sandbox_alone = alone(sandbox, plan).await?;
+    let native_alone = match native {
+        Some(native) => Some(alone(native, plan).await?),
         None => None,
     };
     Ok(Cpu {
-        sandbox: sandbox_rate,
-        native: native_rate,
-        peer: peer_rate,
+        sandbox: median_window(sandbox_windows, by_rate).context("no window of the sandbox ran")?,
+        native: median_window(native_windows, by_rate),
+        peer: median_window(peer_windows, by_rate),
+        windows,
         sandbox_alone,
         native_alone,
     })
@@ -91,6 +119,38 @@ async fn alone(server: &Server, plan: &Plan) -> anyhow::Result<Alone> {
 }
 
 impl Cpu {
+    /// Fuel, where the cores went in the windows reported, and with more than one window per
+    /// server, every window's figure.
+    fn rate_note(&self) -> String {
+        let native = self.native.as_ref();
+        let mut text = format!(
+            "fuel (the CPU limit) on: {} units per task; cores used by server / loadgen / other / \
+             stolen: sandbox {}, native {}",
+            Unit::Count.format(self.sandbox.fuel_per_task),
+            super::cores_text(&self.sandbox.cpu),
+            native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
+        );
+        if self.windows.sandbox.len() < 2 {
+            return text;
+        }
+        let each = |rates: &[f64]| -> String {
+            let rates: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+            format!("{}/s", rates.join(", "))
+        };
+        text += &format!(
+            "; the median of {} windows each, taken in turns: sandbox {}",
+            self.windows.sandbox.len(),
+            each(&self.windows.sandbox)
+        );
+        if !self.windows.native.is_empty() {
+            text += &format!(", native {}", each(&self.windows.native));
+        }
+        if !self.windows.peer.is_empty() {
+            text += &format!(", {} {}", super::PEER, each(&self.windows.peer));
+        }
+        text
+    }
+
     pub fn rows(&self) -> Vec<Row> {
         let native = self.native.as_ref();
         let peer = self.peer.as_ref();
@@ -104,12 +164,7 @@ impl Cpu {
             .baseline("native", native.map(|n| n.tasks_per_s))
             .target(Target::RatioAtLeast { ratio: 0.50 })
             .peer(super::PEER, peer.map(|p| p.tasks_per_s))
-            .note(format!(
-                "fuel (the CPU limit) on: {} units per task; cores used by server / loadgen / other / stolen: sandbox {}, native {}",
-                Unit::Count.format(self.sandbox.fuel_per_task),
-                super::cores_text(&self.sandbox.cpu),
-                native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
-            )),
+            .note(self.rate_note()),
             Row::new(
                 NAME,
                 "server CPU per task",

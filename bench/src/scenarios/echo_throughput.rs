@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use anyhow::Context;
 
-use super::{CpuShare, Plan, Rate, Unexpected, measure_rate};
+use super::{CpuShare, Plan, Rate, RateLoad, rates_in_turns};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
 
@@ -19,11 +19,9 @@ const IN_FLIGHT: usize = 10;
 /// A small JSON object, as a typical request would carry.
 pub const ECHO_INPUT: &str = r#"{"text":"hello, taskhost"}"#;
 
-/// Windows per server in full mode, taken in turns (taskhost, native, Swoole, then again).
-/// One window each swung the taskhost-to-Swoole ratio by a tenth between runs of the same
-/// binaries on one VM: the host's speed drifts over tens of seconds, so each server's
-/// window fell in a different stretch of it. In turns, every server sees each stretch, and
-/// the median window per server drops one slow or fast stretch (docs/PERFORMANCE.md).
+/// Windows per server in full mode, taken in turns ([`super::rates_in_turns`]). One window
+/// each swung the taskhost-to-Swoole ratio by a tenth between runs of the same binaries on one
+/// VM (docs/PERFORMANCE.md).
 const FULL_ROUNDS: usize = 3;
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,18 +69,14 @@ pub async fn run(
     plan: &Plan,
 ) -> anyhow::Result<EchoThroughput> {
     let rounds = if plan.quick { 1 } else { FULL_ROUNDS };
-    let mut windows: [Vec<Rate>; 3] = Default::default();
-    for _ in 0..rounds {
-        let servers = [Some(sandbox), native, peer];
-        for (server, windows) in servers.into_iter().zip(windows.iter_mut()) {
-            if let Some(server) = server {
-                windows.push(
-                    measure_rate(server, plan, CONNECTIONS, IN_FLIGHT, "echo", ECHO_INPUT).await?,
-                );
-            }
-        }
-    }
-    let [sandbox_windows, native_windows, peer_windows] = windows;
+    let load = RateLoad {
+        connections: CONNECTIONS,
+        in_flight: IN_FLIGHT,
+        task: "echo",
+        input: ECHO_INPUT,
+    };
+    let [sandbox_windows, native_windows, peer_windows] =
+        rates_in_turns([Some(sandbox), native, peer], plan, rounds, load).await?;
     let each = |windows: &[Rate]| -> Vec<Window> { windows.iter().map(Window::from).collect() };
     let rounds = Rounds {
         sandbox: each(&sandbox_windows),
@@ -97,23 +91,9 @@ pub async fn run(
     })
 }
 
-/// The window with the median server CPU per task (of an even number, the lower middle), its
-/// unexpected answers replaced by those of every window: none is lost by the choice.
-fn median_window(mut windows: Vec<Rate>) -> Option<Rate> {
-    let mut unexpected = Unexpected::new();
-    for window in &windows {
-        for (what, count) in &window.unexpected {
-            *unexpected.entry(what.clone()).or_default() += count;
-        }
-    }
-    windows.sort_by(|a, b| {
-        a.server_cpu_us_per_task
-            .total_cmp(&b.server_cpu_us_per_task)
-    });
-    let middle = windows.len().checked_sub(1)? / 2;
-    let mut median = windows.swap_remove(middle);
-    median.unexpected = unexpected;
-    Some(median)
+/// The window with the median server CPU per task: what this scenario measures.
+fn median_window(windows: Vec<Rate>) -> Option<Rate> {
+    super::median_window(windows, |rate| rate.server_cpu_us_per_task)
 }
 
 /// `16.2, 15.8, 17.0 µs`: every window's CPU per task, in the order they ran.

@@ -177,6 +177,63 @@ pub struct Rate {
     pub unexpected: Unexpected,
 }
 
+/// A throughput scenario's load, as [`measure_rate`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLoad<'a> {
+    pub connections: usize,
+    pub in_flight: usize,
+    pub task: &'a str,
+    pub input: &'a str,
+}
+
+/// `rounds` windows of `load` against each of up to three servers (taskhost, native, Swoole),
+/// taken in turns: taskhost, native, Swoole, then again. The host's speed drifts over tens of
+/// seconds (a virtual machine's steal moved by a third of its cores within a minute), so one
+/// window each puts each server in a different stretch of it; in turns, every server sees every
+/// stretch, and [`median_window`] per server drops a slow or a fast one.
+pub async fn rates_in_turns(
+    servers: [Option<&Server>; 3],
+    plan: &Plan,
+    rounds: usize,
+    load: RateLoad<'_>,
+) -> anyhow::Result<[Vec<Rate>; 3]> {
+    let mut windows: [Vec<Rate>; 3] = Default::default();
+    for _ in 0..rounds {
+        for (server, windows) in servers.into_iter().zip(windows.iter_mut()) {
+            if let Some(server) = server {
+                windows.push(
+                    measure_rate(
+                        server,
+                        plan,
+                        load.connections,
+                        load.in_flight,
+                        load.task,
+                        load.input,
+                    )
+                    .await?,
+                );
+            }
+        }
+    }
+    Ok(windows)
+}
+
+/// The window with the median `figure` (of an even number, the lower middle), its unexpected
+/// answers replaced by those of every window: none is lost by the choice.
+pub fn median_window(mut windows: Vec<Rate>, figure: fn(&Rate) -> f64) -> Option<Rate> {
+    let mut unexpected = Unexpected::new();
+    for window in &windows {
+        for (what, count) in &window.unexpected {
+            *unexpected.entry(what.clone()).or_default() += count;
+        }
+    }
+    windows.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
+    let middle = windows.len().checked_sub(1)? / 2;
+    let mut median = windows.swap_remove(middle);
+    median.unexpected = unexpected;
+    Some(median)
+}
+
 /// Runs `connections` × `in_flight` of `task` against `server`: warm up, then count the tasks
 /// that end within the window and the CPU the server spends meanwhile.
 pub async fn measure_rate(
