@@ -130,24 +130,17 @@ impl Cpu {
             super::cores_text(&self.sandbox.cpu),
             native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
         );
-        if self.windows.sandbox.len() < 2 {
-            return text;
-        }
-        let each = |rates: &[f64]| -> String {
-            let rates: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-            format!("{}/s", rates.join(", "))
-        };
-        text += &format!(
-            "; the median of {} windows each, taken in turns: sandbox {}",
-            self.windows.sandbox.len(),
-            each(&self.windows.sandbox)
+        let each =
+            |rates: &[f64]| -> Vec<String> { rates.iter().map(|r| format!("{r:.0}")).collect() };
+        let windows = &self.windows;
+        text += &super::turns_text(
+            [
+                each(&windows.sandbox),
+                each(&windows.native),
+                each(&windows.peer),
+            ],
+            "tasks/s",
         );
-        if !self.windows.native.is_empty() {
-            text += &format!(", native {}", each(&self.windows.native));
-        }
-        if !self.windows.peer.is_empty() {
-            text += &format!(", {} {}", super::PEER, each(&self.windows.peer));
-        }
         text
     }
 

@@ -96,13 +96,12 @@ fn median_window(windows: Vec<Rate>) -> Option<Rate> {
     super::median_window(windows, |rate| rate.server_cpu_us_per_task)
 }
 
-/// `16.2, 15.8, 17.0 µs`: every window's CPU per task, in the order they ran.
-fn windows_text(windows: &[Window]) -> String {
-    let each: Vec<String> = windows
+/// Every window's CPU per task in µs (`16.2`), in the order they ran.
+fn windows_text(windows: &[Window]) -> Vec<String> {
+    windows
         .iter()
         .map(|window| format!("{:.1}", window.server_cpu_us_per_task))
-        .collect();
-    format!("{} µs", each.join(", "))
+        .collect()
 }
 
 impl EchoThroughput {
@@ -132,20 +131,15 @@ impl EchoThroughput {
             super::PEER,
             peer.map_or("n/a".to_owned(), |p| super::cores_text(&p.cpu)),
         );
-        if self.rounds.sandbox.len() < 2 {
-            return text;
-        }
-        text += &format!(
-            "; the median of {} windows each, taken in turns: sandbox {}",
-            self.rounds.sandbox.len(),
-            windows_text(&self.rounds.sandbox)
+        let rounds = &self.rounds;
+        text += &super::turns_text(
+            [
+                windows_text(&rounds.sandbox),
+                windows_text(&rounds.native),
+                windows_text(&rounds.peer),
+            ],
+            "µs",
         );
-        if !self.rounds.native.is_empty() {
-            text += &format!(", native {}", windows_text(&self.rounds.native));
-        }
-        if !self.rounds.peer.is_empty() {
-            text += &format!(", {} {}", super::PEER, windows_text(&self.rounds.peer));
-        }
         text
     }
 
