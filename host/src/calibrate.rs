@@ -15,7 +15,8 @@
 //!   benchmark's CPU scenario can show. Fuel's counter is loaded, updated and stored around
 //!   every call, and what that costs depends on the CPU more than on taskhost: on the Intel
 //!   Xeon of docs/PERFORMANCE.md ("fib on the Intel host: what fuel costs") this module runs at
-//!   0.53-0.64x native with fuel and 0.83-0.96x without.
+//!   0.42-0.64x native with fuel (the figure moves with the host from hour to hour) and
+//!   0.83-0.96x without.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -46,7 +47,8 @@ pub struct HostIndex {
     pub sandbox_fib_ms: f64,
 }
 
-/// Measures the index with `config`'s limits, running `echo.wasm` from its tasks folder.
+/// Measures the index with `config`'s limits, running `echo.wasm` and `fib.wasm` from its tasks
+/// folder.
 pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
     let native_fib_ms = median(
         (0..FIB_RUNS)

@@ -69,8 +69,8 @@ struct Figure {
     name: &'static str,
     unit: &'static str,
     tolerance: Tolerance,
-    /// A latency, which follows the CPU the server gets: judged with the machine's allowance
-    /// ([`contention`]).
+    /// A latency, which follows the CPU the server gets: not judged when the machine left the
+    /// run's last third clearly fewer cores than its first ([`contention`]).
     follows_cpu: bool,
     value: fn(&Sample) -> f64,
 }
