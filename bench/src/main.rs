@@ -755,13 +755,7 @@ fn busy_windows(results: &Results) -> Vec<String> {
             .for_each(|n| windows.push(("2 echo latency, native", &n.cpu)));
     }
     if let Some(r) = &results.cpu {
-        windows.push(("3 cpu, sandbox", &r.sandbox.cpu));
-        r.native
-            .iter()
-            .for_each(|n| windows.push(("3 cpu, native", &n.cpu)));
-        r.peer
-            .iter()
-            .for_each(|p| windows.push(("3 cpu, swoole", &p.cpu)));
+        windows.extend(r.cpu_shares());
     }
     if let Some(r) = &results.sleeping {
         windows.push(("4 sleeping, sandbox", &r.sandbox.cpu));

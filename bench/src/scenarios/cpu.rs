@@ -12,10 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::Serialize;
 
-use super::{Plan, Rate, RateLoad, Unexpected, median_window, rates_in_turns};
+use super::{CpuShare, Plan, Rate, RateLoad, Rounds, Unexpected, rates_in_turns};
 use crate::client::{Client, Expect, Load};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
@@ -25,8 +24,6 @@ pub const NAME: &str = "3 CPU fib(27)";
 const CONNECTIONS: usize = 8;
 const IN_FLIGHT: usize = 2;
 const INPUT: &str = r#"{"n":27}"#;
-/// Windows per server in full mode, taken in turns.
-const FULL_ROUNDS: usize = 3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Cpu {
@@ -35,19 +32,11 @@ pub struct Cpu {
     pub sandbox: Rate,
     pub native: Option<Rate>,
     pub peer: Option<Rate>,
-    /// Every window's tasks per second, per server, in the order they ran.
-    pub windows: Windows,
+    /// Every window, in the order they ran.
+    pub rounds: Rounds,
     /// Submit to `finished` of fib(27), one task at a time.
     pub sandbox_alone: Alone,
     pub native_alone: Option<Alone>,
-}
-
-/// Tasks per second of every window, per server.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Windows {
-    pub sandbox: Vec<f64>,
-    pub native: Vec<f64>,
-    pub peer: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,32 +51,26 @@ pub async fn run(
     peer: Option<&Server>,
     plan: &Plan,
 ) -> anyhow::Result<Cpu> {
-    let rounds = if plan.quick { 1 } else { FULL_ROUNDS };
     let load = RateLoad {
         connections: CONNECTIONS,
         in_flight: IN_FLIGHT,
         task: "fib",
         input: INPUT,
     };
-    let [sandbox_windows, native_windows, peer_windows] =
-        rates_in_turns([Some(sandbox), native, peer], plan, rounds, load).await?;
-    let each = |windows: &[Rate]| -> Vec<f64> { windows.iter().map(|w| w.tasks_per_s).collect() };
-    let windows = Windows {
-        sandbox: each(&sandbox_windows),
-        native: each(&native_windows),
-        peer: each(&peer_windows),
-    };
-    let by_rate = |rate: &Rate| rate.tasks_per_s;
+    let turns = rates_in_turns([Some(sandbox), native, peer], plan, load, |rate| {
+        rate.tasks_per_s
+    })
+    .await?;
     let sandbox_alone = alone(sandbox, plan).await?;
     let native_alone = match native {
         Some(native) => Some(alone(native, plan).await?),
         None => None,
     };
     Ok(Cpu {
-        sandbox: median_window(sandbox_windows, by_rate).context("no window of the sandbox ran")?,
-        native: median_window(native_windows, by_rate),
-        peer: median_window(peer_windows, by_rate),
-        windows,
+        sandbox: turns.sandbox,
+        native: turns.native,
+        peer: turns.peer,
+        rounds: turns.rounds,
         sandbox_alone,
         native_alone,
     })
@@ -119,6 +102,12 @@ async fn alone(server: &Server, plan: &Plan) -> anyhow::Result<Alone> {
 }
 
 impl Cpu {
+    /// Where the cores went in every window, labelled by server, for the warnings.
+    pub fn cpu_shares(&self) -> impl Iterator<Item = (&'static str, &CpuShare)> {
+        self.rounds
+            .cpu_shares(["3 cpu, sandbox", "3 cpu, native", "3 cpu, swoole"])
+    }
+
     /// Fuel, where the cores went in the windows reported, and with more than one window per
     /// server, every window's figure.
     fn rate_note(&self) -> String {
@@ -130,17 +119,9 @@ impl Cpu {
             super::cores_text(&self.sandbox.cpu),
             native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
         );
-        let each =
-            |rates: &[f64]| -> Vec<String> { rates.iter().map(|r| format!("{r:.0}")).collect() };
-        let windows = &self.windows;
-        text += &super::turns_text(
-            [
-                each(&windows.sandbox),
-                each(&windows.native),
-                each(&windows.peer),
-            ],
-            "tasks/s",
-        );
+        text += &self
+            .rounds
+            .text(|window| format!("{:.0}", window.tasks_per_s), "tasks/s");
         text
     }
 
@@ -177,5 +158,70 @@ impl Cpu {
                 self.native_alone.as_ref().map(|n| n.finished.p50_us),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::CpuShare;
+
+    fn window(tasks_per_s: f64, stolen_cores: f64) -> Rate {
+        Rate {
+            connections: CONNECTIONS,
+            in_flight_per_connection: IN_FLIGHT,
+            tasks: 1_000,
+            window_s: 1.0,
+            tasks_per_s,
+            server_cpu_us_per_task: 1_000.0,
+            loadgen_cpu_us_per_task: 1.0,
+            cpu: CpuShare {
+                stolen_cores,
+                ..CpuShare::default()
+            },
+            latency: Percentiles::default(),
+            fuel_per_task: 0.0,
+            unexpected: Unexpected::new(),
+        }
+    }
+
+    #[test]
+    fn every_window_is_listed_and_looked_at_not_only_the_median() {
+        let windows = [
+            vec![window(1007.0, 0.0), window(991.0, 0.0), window(1002.0, 0.6)],
+            vec![
+                window(2088.0, 0.0),
+                window(2149.0, 0.0),
+                window(2315.0, 0.0),
+            ],
+            Vec::new(),
+        ];
+        let cpu = Cpu {
+            sandbox: window(1002.0, 0.0),
+            native: Some(window(2149.0, 0.0)),
+            peer: None,
+            rounds: Rounds::of(&windows),
+            sandbox_alone: Alone {
+                finished: Percentiles::default(),
+                unexpected: Unexpected::new(),
+            },
+            native_alone: None,
+        };
+        let note = cpu.rate_note();
+        assert!(
+            note.contains(
+                "the median of 3 windows each, taken in turns: sandbox 1007, 991, 1002 tasks/s, \
+                 native 2088, 2149, 2315 tasks/s"
+            ),
+            "{note}"
+        );
+        let shares: Vec<_> = cpu.cpu_shares().collect();
+        assert_eq!(shares.len(), 6);
+        // The stolen window is not the median one, and is still there to be warned of.
+        assert!(
+            shares
+                .iter()
+                .any(|(label, cpu)| *label == "3 cpu, sandbox" && cpu.stolen_cores == 0.6)
+        );
     }
 }

@@ -7,9 +7,7 @@
 
 use serde::Serialize;
 
-use anyhow::Context;
-
-use super::{CpuShare, Plan, Rate, RateLoad, rates_in_turns};
+use super::{CpuShare, Plan, Rate, RateLoad, Rounds, rates_in_turns};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
 
@@ -18,11 +16,6 @@ const CONNECTIONS: usize = 50;
 const IN_FLIGHT: usize = 10;
 /// A small JSON object, as a typical request would carry.
 pub const ECHO_INPUT: &str = r#"{"text":"hello, taskhost"}"#;
-
-/// Windows per server in full mode, taken in turns ([`super::rates_in_turns`]). One window
-/// each swung the taskhost-to-Swoole ratio by a tenth between runs of the same binaries on one
-/// VM (docs/PERFORMANCE.md).
-const FULL_ROUNDS: usize = 3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EchoThroughput {
@@ -36,87 +29,48 @@ pub struct EchoThroughput {
     pub rounds: Rounds,
 }
 
-/// Every window's figures, per server: the median one is reported in full above, and a
-/// window that other processes disturbed is warned of whichever it was.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Rounds {
-    pub sandbox: Vec<Window>,
-    pub native: Vec<Window>,
-    pub peer: Vec<Window>,
-}
-
-/// One window of one server.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Window {
-    pub server_cpu_us_per_task: f64,
-    /// Where the cores went during it.
-    pub cpu: CpuShare,
-}
-
-impl From<&Rate> for Window {
-    fn from(rate: &Rate) -> Window {
-        Window {
-            server_cpu_us_per_task: rate.server_cpu_us_per_task,
-            cpu: rate.cpu,
-        }
-    }
-}
-
 pub async fn run(
     sandbox: &Server,
     native: Option<&Server>,
     peer: Option<&Server>,
     plan: &Plan,
 ) -> anyhow::Result<EchoThroughput> {
-    let rounds = if plan.quick { 1 } else { FULL_ROUNDS };
+    // Windows in turns: one window each swung the taskhost-to-Swoole ratio by a tenth between
+    // runs of the same binaries on one VM (docs/PERFORMANCE.md).
     let load = RateLoad {
         connections: CONNECTIONS,
         in_flight: IN_FLIGHT,
         task: "echo",
         input: ECHO_INPUT,
     };
-    let [sandbox_windows, native_windows, peer_windows] =
-        rates_in_turns([Some(sandbox), native, peer], plan, rounds, load).await?;
-    let each = |windows: &[Rate]| -> Vec<Window> { windows.iter().map(Window::from).collect() };
-    let rounds = Rounds {
-        sandbox: each(&sandbox_windows),
-        native: each(&native_windows),
-        peer: each(&peer_windows),
-    };
+    let turns = rates_in_turns([Some(sandbox), native, peer], plan, load, cpu_per_task).await?;
     Ok(EchoThroughput {
-        sandbox: median_window(sandbox_windows).context("no window of the sandbox ran")?,
-        native: median_window(native_windows),
-        peer: median_window(peer_windows),
-        rounds,
+        sandbox: turns.sandbox,
+        native: turns.native,
+        peer: turns.peer,
+        rounds: turns.rounds,
     })
 }
 
-/// The window with the median server CPU per task: what this scenario measures.
-fn median_window(windows: Vec<Rate>) -> Option<Rate> {
-    super::median_window(windows, |rate| rate.server_cpu_us_per_task)
+/// What this scenario measures, and picks the median window by.
+fn cpu_per_task(rate: &Rate) -> f64 {
+    rate.server_cpu_us_per_task
 }
 
-/// Every window's CPU per task in µs (`16.2`), in the order they ran.
-fn windows_text(windows: &[Window]) -> Vec<String> {
-    windows
-        .iter()
-        .map(|window| format!("{:.1}", window.server_cpu_us_per_task))
-        .collect()
+#[cfg(test)]
+fn median_window(windows: Vec<Rate>) -> Option<Rate> {
+    super::median_window(windows, cpu_per_task)
 }
 
 impl EchoThroughput {
     /// Where the cores went in every window, labelled by server, for the warning about
     /// windows that other processes disturbed: all of them, not only the ones reported.
     pub fn cpu_shares(&self) -> impl Iterator<Item = (&'static str, &CpuShare)> {
-        let rounds = &self.rounds;
-        let servers = [
-            ("1 echo throughput, sandbox", &rounds.sandbox),
-            ("1 echo throughput, native", &rounds.native),
-            ("1 echo throughput, swoole", &rounds.peer),
-        ];
-        servers
-            .into_iter()
-            .flat_map(|(label, windows)| windows.iter().map(move |window| (label, &window.cpu)))
+        self.rounds.cpu_shares([
+            "1 echo throughput, sandbox",
+            "1 echo throughput, native",
+            "1 echo throughput, swoole",
+        ])
     }
 
     /// Where the cores went in the windows reported, and with more than one window per
@@ -131,13 +85,8 @@ impl EchoThroughput {
             super::PEER,
             peer.map_or("n/a".to_owned(), |p| super::cores_text(&p.cpu)),
         );
-        let rounds = &self.rounds;
-        text += &super::turns_text(
-            [
-                windows_text(&rounds.sandbox),
-                windows_text(&rounds.native),
-                windows_text(&rounds.peer),
-            ],
+        text += &self.rounds.text(
+            |window| format!("{:.1}", window.server_cpu_us_per_task),
             "µs",
         );
         text
@@ -182,6 +131,7 @@ impl EchoThroughput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::Window;
     use crate::stats::Percentiles;
 
     fn windows(cpu_us: &[f64]) -> Vec<Window> {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::echo_latency::{self, Probe};
 use super::echo_throughput::ECHO_INPUT;
-use super::{Plan, Rate, measure_rate};
+use super::{Plan, Rate, RateLoad, measure_rate};
 use crate::report::{Row, Unit};
 use crate::server::{Broker, Launcher, Mode};
 
@@ -67,7 +67,17 @@ pub async fn run(launcher: &Launcher, plan: &Plan) -> anyhow::Result<JetStream> 
 
 async fn measure(server: &crate::server::Server, plan: &Plan) -> anyhow::Result<Queueing> {
     Ok(Queueing {
-        rate: measure_rate(server, plan, CONNECTIONS, IN_FLIGHT, "echo", ECHO_INPUT).await?,
+        rate: measure_rate(
+            server,
+            plan,
+            RateLoad {
+                connections: CONNECTIONS,
+                in_flight: IN_FLIGHT,
+                task: "echo",
+                input: ECHO_INPUT,
+            },
+        )
+        .await?,
         probe: echo_latency::measure(server, plan.probe).await?,
     })
 }

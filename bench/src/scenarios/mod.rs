@@ -186,57 +186,124 @@ pub struct RateLoad<'a> {
     pub input: &'a str,
 }
 
-/// `rounds` windows of `load` against each of up to three servers (taskhost, native, Swoole),
-/// taken in turns: taskhost, native, Swoole, then again. The host's speed drifts over tens of
-/// seconds (a virtual machine's steal moved by a third of its cores within a minute), so one
-/// window each puts each server in a different stretch of it; in turns, every server sees every
-/// stretch, and [`median_window`] per server drops a slow or a fast one.
+/// Windows per server in full mode, taken in turns ([`rates_in_turns`]); one in quick mode.
+const FULL_ROUNDS: usize = 3;
+
+/// Each server's median window, and every window.
+#[derive(Debug, Clone)]
+pub struct InTurns {
+    pub sandbox: Rate,
+    pub native: Option<Rate>,
+    pub peer: Option<Rate>,
+    pub rounds: Rounds,
+}
+
+/// Windows of `load` against each of up to three servers (taskhost, native, Swoole), taken in
+/// turns: taskhost, native, Swoole, then again, [`FULL_ROUNDS`] times in full mode. The host's
+/// speed drifts over tens of seconds (a virtual machine's steal moved by a third of its cores
+/// within a minute), so one window each puts each server in a different stretch of it; in
+/// turns, every server sees every stretch, and the window with the median `figure` per server
+/// ([`median_window`]) drops a slow or a fast one.
 pub async fn rates_in_turns(
     servers: [Option<&Server>; 3],
     plan: &Plan,
-    rounds: usize,
     load: RateLoad<'_>,
-) -> anyhow::Result<[Vec<Rate>; 3]> {
+    figure: fn(&Rate) -> f64,
+) -> anyhow::Result<InTurns> {
+    let rounds = if plan.quick { 1 } else { FULL_ROUNDS };
     let mut windows: [Vec<Rate>; 3] = Default::default();
     for _ in 0..rounds {
         for (server, windows) in servers.into_iter().zip(windows.iter_mut()) {
             if let Some(server) = server {
-                windows.push(
-                    measure_rate(
-                        server,
-                        plan,
-                        load.connections,
-                        load.in_flight,
-                        load.task,
-                        load.input,
-                    )
-                    .await?,
-                );
+                windows.push(measure_rate(server, plan, load).await?);
             }
         }
     }
-    Ok(windows)
+    let rounds = Rounds::of(&windows);
+    let [sandbox, native, peer] = windows.map(|windows| median_window(windows, figure));
+    Ok(InTurns {
+        sandbox: sandbox.context("no window of the sandbox ran")?,
+        native,
+        peer,
+        rounds,
+    })
 }
 
-/// `; the median of 3 windows each, taken in turns: sandbox 16.2, 15.8, 17.0 µs, native …`:
-/// every window's figure per server (taskhost, native, Swoole), already formatted; empty with
-/// one window each, where the figure reported is the only one.
-pub fn turns_text(windows: [Vec<String>; 3], unit: &str) -> String {
-    let [sandbox, native, peer] = windows;
-    if sandbox.len() < 2 {
-        return String::new();
-    }
-    let mut text = format!(
-        "; the median of {} windows each, taken in turns: sandbox {} {unit}",
-        sandbox.len(),
-        sandbox.join(", ")
-    );
-    for (label, figures) in [("native", native), (PEER, peer)] {
-        if !figures.is_empty() {
-            text += &format!(", {label} {} {unit}", figures.join(", "));
+/// One window of one server, as the note lists it beside the median one.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Window {
+    pub tasks_per_s: f64,
+    pub server_cpu_us_per_task: f64,
+    /// Where the cores went during it.
+    pub cpu: CpuShare,
+}
+
+impl From<&Rate> for Window {
+    fn from(rate: &Rate) -> Window {
+        Window {
+            tasks_per_s: rate.tasks_per_s,
+            server_cpu_us_per_task: rate.server_cpu_us_per_task,
+            cpu: rate.cpu,
         }
     }
-    text
+}
+
+/// Every window per server (taskhost, native, Swoole), in the order they ran: the median one
+/// is reported in full, and a window that other processes or the host disturbed is warned of
+/// whichever it was.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rounds {
+    pub sandbox: Vec<Window>,
+    pub native: Vec<Window>,
+    pub peer: Vec<Window>,
+}
+
+impl Rounds {
+    /// The windows [`rates_in_turns`] measured.
+    pub fn of(windows: &[Vec<Rate>; 3]) -> Rounds {
+        let each = |rates: &[Rate]| rates.iter().map(Window::from).collect();
+        Rounds {
+            sandbox: each(&windows[0]),
+            native: each(&windows[1]),
+            peer: each(&windows[2]),
+        }
+    }
+
+    /// Where the cores went in every window, labelled by server (`labels`: taskhost's,
+    /// native's, Swoole's), for the warnings: all of them, not only the ones reported.
+    pub fn cpu_shares(
+        &self,
+        labels: [&'static str; 3],
+    ) -> impl Iterator<Item = (&'static str, &CpuShare)> {
+        labels
+            .into_iter()
+            .zip([&self.sandbox, &self.native, &self.peer])
+            .flat_map(|(label, windows)| windows.iter().map(move |window| (label, &window.cpu)))
+    }
+
+    /// `; the median of 3 windows each, taken in turns: sandbox 16.2, 15.8, 17.0 µs, native …`:
+    /// every window's `figure` per server; empty with one window each, where the figure
+    /// reported is the only one.
+    pub fn text(&self, figure: fn(&Window) -> String, unit: &str) -> String {
+        if self.sandbox.len() < 2 {
+            return String::new();
+        }
+        let each = |windows: &[Window]| -> String {
+            let figures: Vec<String> = windows.iter().map(figure).collect();
+            format!("{} {unit}", figures.join(", "))
+        };
+        let mut text = format!(
+            "; the median of {} windows each, taken in turns: sandbox {}",
+            self.sandbox.len(),
+            each(&self.sandbox)
+        );
+        for (label, windows) in [("native", &self.native), (PEER, &self.peer)] {
+            if !windows.is_empty() {
+                text += &format!(", {label} {}", each(windows));
+            }
+        }
+        text
+    }
 }
 
 /// The window with the median `figure` (of an even number, the lower middle), its unexpected
@@ -255,16 +322,19 @@ pub fn median_window(mut windows: Vec<Rate>, figure: fn(&Rate) -> f64) -> Option
     Some(median)
 }
 
-/// Runs `connections` × `in_flight` of `task` against `server`: warm up, then count the tasks
+/// Runs `load`'s `connections` × `in_flight` of `task` against `server`: warm up, then count the tasks
 /// that end within the window and the CPU the server spends meanwhile.
 pub async fn measure_rate(
     server: &Server,
     plan: &Plan,
-    connections: usize,
-    in_flight: usize,
-    task: &str,
-    input: &str,
+    load: RateLoad<'_>,
 ) -> anyhow::Result<Rate> {
+    let RateLoad {
+        connections,
+        in_flight,
+        task,
+        input,
+    } = load;
     let clients = Client::connect_many(server.addr, connections, &[task]).await?;
     let begin = Instant::now();
     let (from, to) = (begin + plan.warmup, begin + plan.warmup + plan.window);

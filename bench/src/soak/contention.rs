@@ -14,6 +14,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::procfs::{self, MachineTimes};
 
 /// The counters at one moment.
@@ -26,7 +28,7 @@ struct Reading {
 }
 
 /// Cores taken from the soak over one interval, on average.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Taken {
     /// By the hypervisor.
     pub stolen_cores: f64,

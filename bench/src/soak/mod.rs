@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::procfs::{self, Machine};
 use crate::server::{Launcher, Mode, Server};
 use crate::stats::Percentiles;
-use contention::Contention;
+use contention::{Contention, Taken};
 use mix::Shared;
 use trend::{Tolerance, Verdict};
 
@@ -136,12 +136,9 @@ pub struct Sample {
     pub echo_probes: usize,
     /// Tasks that ended as expected so far.
     pub tasks_ended: u64,
-    /// Cores the hypervisor took from this machine over the interval, on average.
-    pub stolen_cores: f64,
-    /// Cores used by processes other than the server and the load generator.
-    pub other_cores: f64,
-    /// The machine's cores less both: what the server and the load had.
-    pub cores_left: f64,
+    /// Cores the machine took from the server and the load over the interval.
+    #[serde(flatten)]
+    pub taken: Taken,
 }
 
 /// `soak/latest.json`.
@@ -270,7 +267,7 @@ pub async fn run(
         .iter()
         .filter(|s| s.at_s > warmup.as_secs_f64())
         .collect();
-    let cores_left: Vec<f64> = judged.iter().map(|s| s.cores_left).collect();
+    let cores_left: Vec<f64> = judged.iter().map(|s| contention.left(s.taken)).collect();
     let squeeze = trend::third_medians(&cores_left)
         .filter(|&(first, last)| contention::squeezed(first, last));
     let mut verdicts = Vec::new();
@@ -426,9 +423,7 @@ async fn sample(
         echo_p99_ms: p99,
         echo_probes: probes.len(),
         tasks_ended: shared.ended.load(Ordering::Relaxed),
-        stolen_cores: taken.stolen_cores,
-        other_cores: taken.other_cores,
-        cores_left: contention.left(taken),
+        taken,
     })
 }
 
@@ -449,8 +444,8 @@ fn line(sample: &Sample, shared: &Shared) -> String {
         sample.tasks_ended,
         shared.unexpected_count(),
         shared.problem_count(),
-        sample.stolen_cores,
-        sample.other_cores,
+        sample.taken.stolen_cores,
+        sample.taken.other_cores,
     )
 }
 
