@@ -94,6 +94,8 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
     // Fuel is both the CPU limit and, with async yields, the preemption that keeps a busy guest
     // from stalling the server: one mechanism, measured cheaper than fuel plus epochs.
     config.consume_fuel(true);
+    // The counter in a register rather than in memory around every call (fuel_register.rs).
+    super::fuel_register::keep_fuel_in_a_register(&mut config);
     // No Wasm GC: no task needs it (Rust guests use linear memory), and a GC heap is one more
     // memory per task, taken from the same pool slots. Without wasmtime's `gc` feature (see
     // host/Cargo.toml) GC types, `externref` and exceptions are refused at load too.

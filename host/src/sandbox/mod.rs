@@ -15,6 +15,7 @@ mod component_calls;
 #[cfg(test)]
 mod differential_tests;
 mod engine;
+mod fuel_register;
 mod guest_memory;
 mod image_layout;
 mod imports;

@@ -453,7 +453,10 @@ information about this check\
             // otherwise if they are enabled it could change the behavior of
             // generated code.
             "enable_llvm_abi_extensions" => *value == FlagValue::Bool(false),
-            "enable_pinned_reg" => *value == FlagValue::Bool(false),
+            // taskhost's change (vendor/README.md): the patched Cranelift keeps
+            // a wasm activation's fuel counter in the pinned register, and
+            // syncs it with `VMStoreContext` in every trampoline.
+            "enable_pinned_reg" => return Ok(()),
             "use_colocated_libcalls" => *value == FlagValue::Bool(false),
             "use_pinned_reg_as_heap_base" => *value == FlagValue::Bool(false),
 
