@@ -264,7 +264,7 @@ fn share(sandbox: f64, native: Option<f64>, target: &str) -> String {
 
 fn throughput(canvas: &mut Canvas, results: &Results) {
     let mut pairs = Vec::new();
-    if let Some(echo) = &results.echo_throughput {
+    if let Some(echo) = results.echo_throughput.as_ref().map(|e| &e.turns) {
         let native = echo.native.as_ref().map(|n| n.tasks_per_s);
         let note = share(echo.sandbox.tasks_per_s, native, "≥ 35%");
         pairs.push(Pair::native(
@@ -275,7 +275,7 @@ fn throughput(canvas: &mut Canvas, results: &Results) {
             note,
         ));
     }
-    if let Some(cpu) = &results.cpu {
+    if let Some(cpu) = results.cpu.as_ref().map(|c| &c.turns) {
         let native = cpu.native.as_ref().map(|n| n.tasks_per_s);
         let note = share(cpu.sandbox.tasks_per_s, native, "≥ 45%");
         pairs.push(Pair::native(

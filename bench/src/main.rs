@@ -630,7 +630,7 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
             found.push(format!("{label}: unexpected {}", kinds.join(", ")));
         }
     };
-    if let Some(r) = &results.echo_throughput {
+    if let Some(r) = results.echo_throughput.as_ref().map(|e| &e.turns) {
         add("1 echo throughput, sandbox", &r.sandbox.unexpected);
         r.native
             .iter()
@@ -649,11 +649,13 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
             .for_each(|p| add("2 echo latency, swoole", &p.unexpected));
     }
     if let Some(r) = &results.cpu {
-        add("3 cpu, sandbox", &r.sandbox.unexpected);
-        r.native
+        add("3 cpu, sandbox", &r.turns.sandbox.unexpected);
+        r.turns
+            .native
             .iter()
             .for_each(|n| add("3 cpu, native", &n.unexpected));
-        r.peer
+        r.turns
+            .peer
             .iter()
             .for_each(|p| add("3 cpu, swoole", &p.unexpected));
         add("3 cpu one at a time, sandbox", &r.sandbox_alone.unexpected);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{CpuShare, Plan, Rate, RateLoad, Rounds, Unexpected, rates_in_turns};
+use super::{CpuShare, InTurns, Plan, RateLoad, Unexpected, rates_in_turns};
 use crate::client::{Client, Expect, Load};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
@@ -27,13 +27,10 @@ const INPUT: &str = r#"{"n":27}"#;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Cpu {
-    /// Each server's median window by tasks per second, with the unexpected answers of all
-    /// its windows.
-    pub sandbox: Rate,
-    pub native: Option<Rate>,
-    pub peer: Option<Rate>,
-    /// Every window, in the order they ran.
-    pub rounds: Rounds,
+    /// Each server's windows, the median picked by tasks per second. Flattened: the JSON
+    /// keeps `sandbox`, `native`, `peer` and `rounds` at the top of the scenario.
+    #[serde(flatten)]
+    pub turns: InTurns,
     /// Submit to `finished` of fib(27), one task at a time.
     pub sandbox_alone: Alone,
     pub native_alone: Option<Alone>,
@@ -67,10 +64,7 @@ pub async fn run(
         None => None,
     };
     Ok(Cpu {
-        sandbox: turns.sandbox,
-        native: turns.native,
-        peer: turns.peer,
-        rounds: turns.rounds,
+        turns,
         sandbox_alone,
         native_alone,
     })
@@ -104,36 +98,38 @@ async fn alone(server: &Server, plan: &Plan) -> anyhow::Result<Alone> {
 impl Cpu {
     /// Where the cores went in every window, labelled by server, for the warnings.
     pub fn cpu_shares(&self) -> impl Iterator<Item = (&'static str, &CpuShare)> {
-        self.rounds
+        self.turns
+            .rounds
             .cpu_shares(["3 cpu, sandbox", "3 cpu, native", "3 cpu, swoole"])
     }
 
     /// Fuel, where the cores went in the windows reported, and with more than one window per
     /// server, every window's figure.
     fn rate_note(&self) -> String {
-        let native = self.native.as_ref();
+        let native = self.turns.native.as_ref();
         let mut text = format!(
             "fuel (the CPU limit) on: {} units per task; cores used by server / loadgen / other / \
              stolen: sandbox {}, native {}",
-            Unit::Count.format(self.sandbox.fuel_per_task),
-            super::cores_text(&self.sandbox.cpu),
+            Unit::Count.format(self.turns.sandbox.fuel_per_task),
+            super::cores_text(&self.turns.sandbox.cpu),
             native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
         );
         text += &self
+            .turns
             .rounds
             .text(|window| format!("{:.0}", window.tasks_per_s), "tasks/s");
         text
     }
 
     pub fn rows(&self) -> Vec<Row> {
-        let native = self.native.as_ref();
-        let peer = self.peer.as_ref();
+        let native = self.turns.native.as_ref();
+        let peer = self.turns.peer.as_ref();
         vec![
             Row::new(
                 NAME,
                 "tasks/s (8 conn × 2)",
                 Unit::TasksPerSecond,
-                self.sandbox.tasks_per_s,
+                self.turns.sandbox.tasks_per_s,
             )
             .baseline("native", native.map(|n| n.tasks_per_s))
             .target(Target::RatioAtLeast { ratio: 0.50 })
@@ -143,7 +139,7 @@ impl Cpu {
                 NAME,
                 "server CPU per task",
                 Unit::Micros,
-                self.sandbox.server_cpu_us_per_task,
+                self.turns.sandbox.server_cpu_us_per_task,
             )
             .baseline("native", native.map(|n| n.server_cpu_us_per_task))
             .peer(super::PEER, peer.map(|p| p.server_cpu_us_per_task)),
@@ -164,7 +160,7 @@ impl Cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenarios::CpuShare;
+    use crate::scenarios::{CpuShare, Rate, Rounds};
 
     fn window(tasks_per_s: f64, stolen_cores: f64) -> Rate {
         Rate {
@@ -197,10 +193,12 @@ mod tests {
             Vec::new(),
         ];
         let cpu = Cpu {
-            sandbox: window(1002.0, 0.0),
-            native: Some(window(2149.0, 0.0)),
-            peer: None,
-            rounds: Rounds::of(&windows),
+            turns: InTurns {
+                sandbox: window(1002.0, 0.0),
+                native: Some(window(2149.0, 0.0)),
+                peer: None,
+                rounds: Rounds::of(&windows),
+            },
             sandbox_alone: Alone {
                 finished: Percentiles::default(),
                 unexpected: Unexpected::new(),

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::{CpuShare, Plan, Rate, RateLoad, Rounds, rates_in_turns};
+use super::{CpuShare, InTurns, Plan, Rate, RateLoad, rates_in_turns};
 use crate::report::{Row, Target, Unit};
 use crate::server::Server;
 
@@ -19,14 +19,11 @@ pub const ECHO_INPUT: &str = r#"{"text":"hello, taskhost"}"#;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EchoThroughput {
-    /// Each server's median window by server CPU per task, with the unexpected answers of
-    /// all its windows.
-    pub sandbox: Rate,
-    pub native: Option<Rate>,
-    /// Swoole, when it runs (the peer column).
-    pub peer: Option<Rate>,
-    /// Every window, in the order they ran.
-    pub rounds: Rounds,
+    /// Each server's windows, the median picked by server CPU per task; Swoole's when it
+    /// runs (the peer column). Flattened: the JSON keeps `sandbox`, `native`, `peer` and
+    /// `rounds` at the top of the scenario.
+    #[serde(flatten)]
+    pub turns: InTurns,
 }
 
 pub async fn run(
@@ -44,12 +41,7 @@ pub async fn run(
         input: ECHO_INPUT,
     };
     let turns = rates_in_turns([Some(sandbox), native, peer], plan, load, cpu_per_task).await?;
-    Ok(EchoThroughput {
-        sandbox: turns.sandbox,
-        native: turns.native,
-        peer: turns.peer,
-        rounds: turns.rounds,
-    })
+    Ok(EchoThroughput { turns })
 }
 
 /// What this scenario measures, and picks the median window by.
@@ -66,7 +58,7 @@ impl EchoThroughput {
     /// Where the cores went in every window, labelled by server, for the warning about
     /// windows that other processes disturbed: all of them, not only the ones reported.
     pub fn cpu_shares(&self) -> impl Iterator<Item = (&'static str, &CpuShare)> {
-        self.rounds.cpu_shares([
+        self.turns.rounds.cpu_shares([
             "1 echo throughput, sandbox",
             "1 echo throughput, native",
             "1 echo throughput, swoole",
@@ -76,16 +68,16 @@ impl EchoThroughput {
     /// Where the cores went in the windows reported, and with more than one window per
     /// server, every window's figure.
     fn cpu_note(&self) -> String {
-        let native = self.native.as_ref();
-        let peer = self.peer.as_ref();
+        let native = self.turns.native.as_ref();
+        let peer = self.turns.peer.as_ref();
         let mut text = format!(
             "cores used by server / loadgen / other processes / stolen by the host: sandbox {}, native {}, {} {}",
-            super::cores_text(&self.sandbox.cpu),
+            super::cores_text(&self.turns.sandbox.cpu),
             native.map_or("n/a".to_owned(), |n| super::cores_text(&n.cpu)),
             super::PEER,
             peer.map_or("n/a".to_owned(), |p| super::cores_text(&p.cpu)),
         );
-        text += &self.rounds.text(
+        text += &self.turns.rounds.text(
             |window| format!("{:.1}", window.server_cpu_us_per_task),
             "µs",
         );
@@ -93,14 +85,14 @@ impl EchoThroughput {
     }
 
     pub fn rows(&self) -> Vec<Row> {
-        let native = self.native.as_ref();
-        let peer = self.peer.as_ref();
+        let native = self.turns.native.as_ref();
+        let peer = self.turns.peer.as_ref();
         vec![
             Row::new(
                 NAME,
                 "tasks/s (50 conn × 10)",
                 Unit::TasksPerSecond,
-                self.sandbox.tasks_per_s,
+                self.turns.sandbox.tasks_per_s,
             )
             .baseline("native", native.map(|n| n.tasks_per_s))
             .target(Target::RatioAtLeast { ratio: 0.35 })
@@ -109,7 +101,7 @@ impl EchoThroughput {
                 NAME,
                 "server CPU per task",
                 Unit::Micros,
-                self.sandbox.server_cpu_us_per_task,
+                self.turns.sandbox.server_cpu_us_per_task,
             )
             .baseline("native", native.map(|n| n.server_cpu_us_per_task))
             .target(Target::ExcessAtMostBaseline)
@@ -120,7 +112,7 @@ impl EchoThroughput {
                 NAME,
                 "finished p50 under load",
                 Unit::Micros,
-                self.sandbox.latency.p50_us,
+                self.turns.sandbox.latency.p50_us,
             )
             .baseline("native", native.map(|n| n.latency.p50_us))
             .peer(super::PEER, peer.map(|p| p.latency.p50_us)),
@@ -131,7 +123,7 @@ impl EchoThroughput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenarios::Window;
+    use crate::scenarios::{Rounds, Window};
     use crate::stats::Percentiles;
 
     fn windows(cpu_us: &[f64]) -> Vec<Window> {
@@ -183,22 +175,26 @@ mod tests {
     #[test]
     fn the_note_lists_every_window_only_when_there_were_several() {
         let one = EchoThroughput {
-            sandbox: window(16.0, &[]),
-            native: None,
-            peer: None,
-            rounds: Rounds {
-                sandbox: windows(&[16.0]),
-                ..Rounds::default()
+            turns: InTurns {
+                sandbox: window(16.0, &[]),
+                native: None,
+                peer: None,
+                rounds: Rounds {
+                    sandbox: windows(&[16.0]),
+                    ..Rounds::default()
+                },
             },
         };
         assert!(!one.cpu_note().contains("windows"), "{}", one.cpu_note());
         let three = EchoThroughput {
-            rounds: Rounds {
-                sandbox: windows(&[16.04, 15.0, 18.0]),
-                native: windows(&[9.0, 9.5, 10.0]),
-                peer: Vec::new(),
+            turns: InTurns {
+                rounds: Rounds {
+                    sandbox: windows(&[16.04, 15.0, 18.0]),
+                    native: windows(&[9.0, 9.5, 10.0]),
+                    peer: Vec::new(),
+                },
+                ..one.turns.clone()
             },
-            ..one
         };
         let note = three.cpu_note();
         assert!(
@@ -213,13 +209,15 @@ mod tests {
         // The slowest window, not the one reported, was disturbed.
         sandbox[2].cpu.other_cores = 0.9;
         let echo = EchoThroughput {
-            sandbox: window(16.0, &[]),
-            native: None,
-            peer: None,
-            rounds: Rounds {
-                sandbox,
-                native: windows(&[9.0, 9.5, 10.0]),
-                peer: Vec::new(),
+            turns: InTurns {
+                sandbox: window(16.0, &[]),
+                native: None,
+                peer: None,
+                rounds: Rounds {
+                    sandbox,
+                    native: windows(&[9.0, 9.5, 10.0]),
+                    peer: Vec::new(),
+                },
             },
         };
         let shares: Vec<_> = echo.cpu_shares().collect();

@@ -189,8 +189,9 @@ pub struct RateLoad<'a> {
 /// Windows per server in full mode, taken in turns ([`rates_in_turns`]); one in quick mode.
 const FULL_ROUNDS: usize = 3;
 
-/// Each server's median window, and every window.
-#[derive(Debug, Clone)]
+/// Each server's median window (with the unexpected answers of all its windows), and every
+/// window in the order they ran: what scenarios 1 and 3 report, each keeping it whole.
+#[derive(Debug, Clone, Serialize)]
 pub struct InTurns {
     pub sandbox: Rate,
     pub native: Option<Rate>,
