@@ -81,17 +81,21 @@ mod tests {
         result: Option<i64>,
     }
 
-    /// Runs `export` with `fuel` in an engine with or without the register, the host setting
-    /// the fuel to `refill` at the first look when given.
-    fn run(in_register: bool, export: &str, fuel: u64, refill: Option<u64>) -> Seen {
+    /// The guest compiled for an engine with fuel, its counter in the register or not.
+    fn compiled(in_register: bool) -> Module {
         let mut config = Config::new();
         config.consume_fuel(true);
         if in_register {
             keep_fuel_in_a_register(&mut config);
         }
-        let engine = Engine::new(&config).unwrap();
-        let module = Module::new(&engine, GUEST).unwrap();
-        let mut linker = Linker::new(&engine);
+        Module::new(&Engine::new(&config).unwrap(), GUEST).unwrap()
+    }
+
+    /// Runs `export` of `module` with `fuel` on a fresh store, the host setting the fuel to
+    /// `refill` at the first look when given.
+    fn run(module: &Module, export: &str, fuel: u64, refill: Option<u64>) -> Seen {
+        let engine = module.engine();
+        let mut linker = Linker::new(engine);
         linker
             .func_wrap(
                 "host",
@@ -105,9 +109,9 @@ mod tests {
                 },
             )
             .unwrap();
-        let mut store = Store::new(&engine, Vec::new());
+        let mut store = Store::new(engine, Vec::new());
         store.set_fuel(fuel).unwrap();
-        let instance = linker.instantiate(&mut store, &module).unwrap();
+        let instance = linker.instantiate(&mut store, module).unwrap();
         let (result, trap) = if export == "run" {
             let run = instance
                 .get_typed_func::<i64, i64>(&mut store, "run")
@@ -135,8 +139,8 @@ mod tests {
     /// the host sees at each call into it and after the run, to the unit.
     #[test]
     fn the_register_counts_what_memory_counts() {
-        let in_memory = run(false, "run", 10_000_000, None);
-        let in_register = run(true, "run", 10_000_000, None);
+        let in_memory = run(&compiled(false), "run", 10_000_000, None);
+        let in_register = run(&compiled(true), "run", 10_000_000, None);
         assert_eq!(in_memory.result, Some(2 * 6765));
         assert_eq!(in_register, in_memory);
         let [(1, first), (2, second)] = in_memory.looks[..] else {
@@ -145,15 +149,33 @@ mod tests {
         assert!(first > second && second > in_memory.left, "{in_memory:?}");
     }
 
+    /// The comparisons above mean something only if the two engines differ: the flag is set
+    /// (on x86-64; elsewhere the counter stays in memory and the engines are the same).
+    #[test]
+    fn the_flag_changes_how_code_is_compiled() {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let settings = |module: &Module| {
+            let mut hasher = DefaultHasher::new();
+            module
+                .engine()
+                .precompile_compatibility_hash()
+                .hash(&mut hasher);
+            hasher.finish()
+        };
+        let differ = settings(&compiled(true)) != settings(&compiled(false));
+        assert_eq!(differ, cfg!(target_arch = "x86_64"));
+    }
+
     /// Fuel the host sets during a call (as the out-of-fuel intrinsic does at every yield) is
     /// what the guest runs on after it: here too little, and both stop at the same point.
     #[test]
     fn fuel_the_host_sets_mid_run_is_what_the_guest_runs_on() {
-        let in_memory = run(false, "run", 10_000_000, Some(5_000));
-        let in_register = run(true, "run", 10_000_000, Some(5_000));
+        let in_memory = run(&compiled(false), "run", 10_000_000, Some(5_000));
+        let register = compiled(true);
+        let in_register = run(&register, "run", 10_000_000, Some(5_000));
         assert_eq!(in_memory.trap, Some(Trap::OutOfFuel), "{in_memory:?}");
         assert_eq!(in_register, in_memory);
-        let enough = run(true, "run", 10_000_000, Some(5_000_000));
+        let enough = run(&register, "run", 10_000_000, Some(5_000_000));
         assert_eq!(enough.result, Some(2 * 6765), "{enough:?}");
     }
 
@@ -162,9 +184,10 @@ mod tests {
     /// and the fuel counted up to the last call into the host is kept.
     #[test]
     fn traps_give_the_host_its_register_back_and_keep_the_count() {
-        let in_memory = run(false, "trap", 10_000_000, None);
+        let in_memory = run(&compiled(false), "trap", 10_000_000, None);
+        let module = compiled(true);
         for _ in 0..200 {
-            let in_register = run(true, "trap", 10_000_000, None);
+            let in_register = run(&module, "trap", 10_000_000, None);
             assert_eq!(in_register.trap, Some(Trap::UnreachableCodeReached));
             assert_eq!(in_register.looks, in_memory.looks);
             // After the last look only `unreachable` ran: memory counts its one unit, the
