@@ -324,6 +324,53 @@ mod tests {
         );
     }
 
+    /// A module's memory goes to a slot that last held it, whichever thread asks: wasmtime
+    /// keeps the pool's memory slots in shards, one a thread's home, and as published took a
+    /// never-used slot in the asking thread's shard before a warm one in another's (vendor/
+    /// README.md). Each thread here is new, so their homes go round the shards.
+    #[test]
+    fn a_memory_slot_freed_on_one_thread_is_reused_on_another() {
+        use wasmtime::{Module, Store};
+
+        let settings = EngineSettings {
+            // 128 memory slots: wasmtime shards a pool of that many, one shard a core.
+            instances: 64,
+            max_memory_bytes: 1 << 20,
+            memory_budget_bytes: 64 << 20,
+            cache_dir: None,
+        };
+        let (engine, _) = build_engine(&settings).unwrap();
+        let module = Module::new(&engine, r#"(module (memory (export "memory") 1))"#).unwrap();
+        // Instantiates the module on a thread of its own and drops it: its memory's address.
+        let slot_on_a_new_thread = || {
+            let (engine, module) = (engine.clone(), module.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let mut store = Store::new(&engine, ());
+                    store.set_fuel(1_000).unwrap();
+                    let instance = wasmtime::Instance::new_async(&mut store, &module, &[])
+                        .await
+                        .unwrap();
+                    let memory = instance.get_memory(&mut store, "memory").unwrap();
+                    memory.data_ptr(&store) as usize
+                })
+            })
+            .join()
+            .unwrap()
+        };
+        let first = slot_on_a_new_thread();
+        for thread in 1..6 {
+            assert_eq!(
+                slot_on_a_new_thread(),
+                first,
+                "thread {thread} took another memory slot than the one the module left warm"
+            );
+        }
+    }
+
     #[test]
     fn impossible_pools_are_refused_with_what_to_change() {
         let size = EngineSize {

@@ -213,6 +213,9 @@ struct Unused {
 enum AllocMode {
     ForceAffineAndClear,
     AnySlot,
+    /// Only a slot already affine to the memory, which stays affine to it
+    /// (taskhost's patch, for `ModuleAffinityIndexAllocator::alloc`).
+    AffineOnly,
     /// No affinity: the most recently freed slot, else a cold one (taskhost's
     /// patch, for `SimpleIndexAllocator`).
     MostRecent,
@@ -363,6 +366,23 @@ impl ModuleAffinityIndexAllocator {
     ///
     /// Returns `None` if no more slots are available.
     pub fn alloc(&self, for_memory: Option<MemoryInModule>) -> Option<SlotId> {
+        // taskhost's patch: a slot affine to this memory in any shard comes
+        // before a cold slot (or another module's) in this thread's home
+        // shard. Which shard a thread calls home is settled at its first use,
+        // so slots warmed on one thread and wanted on another (a pool warmed
+        // at start, then a burst spread over the threads differently) sat
+        // warm in one shard while the other shard's thread took cold ones:
+        // each a new mapping of the image and its pages faulted in again.
+        if for_memory.is_some() && self.shards.len() > 1 {
+            for shard in super::shard_ids_from_home(self.shards.len()) {
+                let mut inner = self.shard(shard).lock().unwrap();
+                if let Some(local) =
+                    Self::alloc_within(&mut inner, for_memory, AllocMode::AffineOnly)
+                {
+                    return Some(self.global_id(shard, local));
+                }
+            }
+        }
         // Start at this thread's home shard and probe the others only if
         // it's fully allocated. In steady state this means each thread
         // stays on its own shard.
@@ -461,6 +481,9 @@ impl ModuleAffinityIndexAllocator {
                 // no consulting non-affine slots in this path.
                 AllocMode::ForceAffineAndClear => None,
 
+                // Another shard may have one: the caller asks each in turn.
+                AllocMode::AffineOnly => None,
+
                 AllocMode::MostRecent => inner.pick_recent().or_else(|| inner.pick_cold()),
             }
         })?;
@@ -471,7 +494,7 @@ impl ModuleAffinityIndexAllocator {
         }
         *slot = SlotState::Used(match mode {
             AllocMode::ForceAffineAndClear | AllocMode::MostRecent => None,
-            AllocMode::AnySlot => for_memory,
+            AllocMode::AnySlot | AllocMode::AffineOnly => for_memory,
         });
 
         Some(slot_id)
@@ -783,6 +806,39 @@ mod test {
             }
             assert!(state.alloc(None).is_none());
         }
+    }
+
+    #[test]
+    fn an_affine_slot_in_another_shard_comes_before_a_cold_one_at_home() {
+        let module = MemoryInModule(CompiledModuleId::new(), DefinedMemoryIndex::new(0));
+        let other = MemoryInModule(CompiledModuleId::new(), DefinedMemoryIndex::new(0));
+        let state = ModuleAffinityIndexAllocator::new_with_shard_count(256, 100, 2).unwrap();
+        let home = super::super::thread_shard(2);
+        let away = ShardId::from_index(1 - home.index());
+        // A slot affine to `module` in the shard this thread does not call home.
+        let warm = {
+            let mut inner = state.shard(away).lock().unwrap();
+            let local = ModuleAffinityIndexAllocator::alloc_within(
+                &mut inner,
+                Some(module),
+                AllocMode::AnySlot,
+            )
+            .unwrap();
+            state.global_id(away, local)
+        };
+        state.free(warm, 0);
+        // Another module finds none and takes a cold slot at home, as before.
+        let cold = state.alloc(Some(other)).unwrap();
+        assert_eq!(state.shard_of(cold).0, home);
+        // `module` gets its warm slot from the other shard, affine still.
+        assert_eq!(state.alloc(Some(module)), Some(warm));
+        state.free(warm, 0);
+        assert_eq!(state.alloc(Some(module)), Some(warm));
+        // A one-shard pool is unchanged.
+        let single = ModuleAffinityIndexAllocator::new_with_shard_count(256, 100, 1).unwrap();
+        let first = single.alloc(Some(module)).unwrap();
+        single.free(first, 0);
+        assert_eq!(single.alloc(Some(module)), Some(first));
     }
 
     #[test]
