@@ -353,31 +353,47 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Waits for a worker, runs `task` and returns its output, or why it stopped first, and
-    /// how long it ran (time in the queue excluded). A cancel or a shutdown drops the task's
-    /// future, which stops a sandboxed guest at its next yield. So does the wall-clock limit
-    /// `timeout`, for any `task` callback: the sandbox enforces it itself (to report the fuel
-    /// used), so this one waits [`TIMEOUT_BACKSTOP`] longer and only catches callbacks that
-    /// do not.
-    ///
-    /// The admission is only borrowed: a task that runs again (a retry) keeps its place and
-    /// runs through here once per attempt, with the turn taken at its start
-    /// ([`Admission::take_turn`]) the first time, and a new one each retry.
+    /// [`Dispatcher::run_keeping_worker`], the permit dropped at once.
+    #[cfg(test)]
     pub async fn run<F: Future>(
         &self,
         admission: &mut Admission,
         timeout: Duration,
         task: F,
     ) -> (Result<F::Output, Stopped>, Duration) {
-        let _permit = match admission.turn() {
+        let (output, elapsed, _worker) = self.run_keeping_worker(admission, timeout, task).await;
+        (output, elapsed)
+    }
+
+    /// Waits for a worker, runs `task` and returns its output, or why it stopped first, how
+    /// long it ran (time in the queue excluded), and the worker permit it ran with (`None` if
+    /// it stopped before it had one). A cancel or a shutdown drops the task's future, which
+    /// stops a sandboxed guest at its next yield. So does the wall-clock limit `timeout`, for
+    /// any `task` callback: the sandbox enforces it itself (to report the fuel used), so this
+    /// one waits [`TIMEOUT_BACKSTOP`] longer and only catches callbacks that do not.
+    ///
+    /// The admission is only borrowed: a task that runs again (a retry) keeps its place and
+    /// runs through here once per attempt, with the turn taken at its start
+    /// ([`Admission::take_turn`]) the first time, and a new one each retry.
+    ///
+    /// The permit comes back for a caller that holds on to what the run left behind (a spent
+    /// sandbox, whose pool slot the permit stands for) until the task's answer is out: drop
+    /// it after that, and before the task waits for anything else.
+    pub async fn run_keeping_worker<F: Future>(
+        &self,
+        admission: &mut Admission,
+        timeout: Duration,
+        task: F,
+    ) -> (Result<F::Output, Stopped>, Duration, Option<Permit>) {
+        let permit = match admission.turn() {
             Ticket::Now(permit) => permit,
             Ticket::InLine(waiting) => {
                 // Busy: whatever background work borrowed permits gives them back now.
                 self.reclaim.cancel();
                 tokio::select! {
                     biased;
-                    () = admission.token.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
-                    () = self.stop_starting.cancelled() => return (Err(self.why_stopped()), Duration::ZERO),
+                    () = admission.token.cancelled() => return (Err(self.why_stopped()), Duration::ZERO, None),
+                    () = self.stop_starting.cancelled() => return (Err(self.why_stopped()), Duration::ZERO, None),
                     permit = waiting.permit() => permit,
                 }
             }
@@ -390,7 +406,7 @@ impl Dispatcher {
                 output.map_err(|_| Stopped::TimedOut { limit: timeout })
             }
         };
-        (output, started.elapsed())
+        (output, started.elapsed(), Some(permit))
     }
 
     /// Waits `delay` between two attempts of a task, holding its place in the queue but no

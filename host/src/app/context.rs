@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::App;
+use super::after_answer;
 use super::cluster::{Cluster, ClusterPublisher};
 use super::dead::DeadLetterBox;
 use super::failures;
@@ -528,10 +529,10 @@ impl<A: App> Ctx<A> {
         reason = "an async fn's future holds its arguments twice; see the doc comment"
     )]
     fn task_future(self, admitted: Box<Admitted>) -> impl Future<Output = ()> + Send {
-        async move {
+        after_answer::holding(async move {
             let report = self.execute(admitted).await;
             self.finish(report).await;
-        }
+        })
     }
 
     /// Hands a task's report to the application's `finish` callback; a panic there is
@@ -589,7 +590,8 @@ impl<A: App> Ctx<A> {
             }
         };
         let span = task_span(&admitted.job);
-        let run = self.execute(Box::new(admitted)).instrument(span);
+        // Its caller holds the answer: nothing of this run is held for an answer of its own.
+        let run = after_answer::not_holding(self.execute(Box::new(admitted))).instrument(span);
         match tokio::time::timeout(timeout, run).await {
             Ok(report) => report.outcome,
             Err(_) => failures::wait_expired(timeout_ms),
@@ -615,11 +617,18 @@ impl<A: App> Ctx<A> {
             Arc::clone(&job.module.grants),
             Duration::from_millis(job.limits.timeout_ms),
         ));
+        // A store an earlier run of this task left is dropped before this one takes a slot.
+        after_answer::release();
         // Boxed: the run's future (2 KiB: the store, the fiber's call, the timers) would
         // otherwise be copied into every future that awaits this one as each is built.
-        Box::pin(self.shared.sandbox.run(&job.module.wasm, spec))
-            .await
-            .into()
+        let (end, spent) = Box::pin(
+            self.shared
+                .sandbox
+                .run_keeping_store(&job.module.wasm, spec),
+        )
+        .await;
+        after_answer::keep_store(spent);
+        end.into()
     }
 
     /// Cancels task `task_id` of connection `owner`: it ends `cancelled`.
@@ -737,7 +746,12 @@ impl<A: App> Ctx<A> {
                         .catch_unwind()
                         .await
                 };
-                let (output, elapsed) = self.shared.dispatcher.run(admission, timeout, run).await;
+                let (output, elapsed, worker) = self
+                    .shared
+                    .dispatcher
+                    .run_keeping_worker(admission, timeout, run)
+                    .await;
+                after_answer::keep_worker(worker);
                 let outcome = match output {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(panic)) => {
@@ -761,6 +775,8 @@ impl<A: App> Ctx<A> {
                     "task failed; it runs again after the backoff"
                 );
                 attempt += 1;
+                // The backoff holds no worker, and the next attempt's run needs the slot.
+                after_answer::release();
                 self.shared.results.retrying(job.task_id, attempt);
                 if let Err(stopped) = self.shared.dispatcher.pause(admission, delay).await {
                     return (failures::stopped(stopped), Duration::ZERO, attempt - 1);

@@ -20,6 +20,7 @@
 //! Callbacks are `async fn`s in an implementation (`async fn on_task(&self, ctx: &Ctx<Self>,
 //! job: &Job) -> Outcome`); their futures must be `Send`, since tasks move between threads.
 
+mod after_answer;
 mod background;
 mod client;
 mod cluster;

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::Either;
 use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
@@ -262,6 +263,19 @@ impl Sandbox {
         module: &'a WasmModule,
         spec: RunSpec,
     ) -> impl Future<Output = RunEnd> + Send + 'a {
+        self.run_keeping_store(module, spec)
+            .map(|(end, _spent)| end)
+    }
+
+    /// [`Sandbox::run`], handing back the spent store for the caller to drop when the
+    /// task's answer is on its way: the drop resets the instance's pool slot, a few
+    /// microseconds warm and 12-15 after an idle core, that no client need wait for. Whoever
+    /// holds the [`Spent`] holds that slot.
+    pub fn run_keeping_store<'a>(
+        &'a self,
+        module: &'a WasmModule,
+        spec: RunSpec,
+    ) -> impl Future<Output = (RunEnd, Spent)> + Send + 'a {
         let RunSpec {
             name,
             input,
@@ -335,14 +349,15 @@ impl Sandbox {
         limits: Limits,
         capture: OutputCapture,
         entry: &'a (impl Start<T> + Sync),
-    ) -> impl Future<Output = RunEnd> + Send + 'a {
+    ) -> impl Future<Output = (RunEnd, Spent)> + Send + 'a {
         async move {
             // A new store starts with no fuel: without this, the first instruction would trap.
             if let Err(error) = store
                 .set_fuel(limits.fuel)
                 .and_then(|()| store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)))
             {
-                return RunEnd::unmetered(format!("could not meter the task: {error}"));
+                let end = RunEnd::unmetered(format!("could not meter the task: {error}"));
+                return (end, T::spent(store));
             }
             let deadline = Duration::from_millis(limits.timeout_ms);
             let ran = tokio::time::timeout(deadline, entry.start(&mut store))
@@ -354,16 +369,28 @@ impl Sandbox {
                 .capabilities
                 .as_ref()
                 .is_some_and(|access| access.time_left().is_zero());
-            classify(Ending {
+            let end = classify(Ending {
                 ran,
                 capture: &capture,
                 refused_memory: controls.memory.refused(),
                 fuel_used,
                 limits,
                 out_of_time,
-            })
+            });
+            (end, T::spent(store))
         }
     }
+}
+
+/// A task's store after its run. Dropping it drops the instance and resets its pool slot;
+/// until then the slot stays taken, so hold it no longer than the worker permit the run
+/// had (the pool has one slot a permit).
+pub struct Spent(#[allow(dead_code, reason = "held for its drop")] SpentStore);
+
+/// The two kinds of store, so that a spent one is moved, not boxed.
+enum SpentStore {
+    Module(#[allow(dead_code, reason = "held for its drop")] Store<ModuleState>),
+    Component(#[allow(dead_code, reason = "held for its drop")] Store<ComponentState>),
 }
 
 /// Says in the server's terms why a module does not fit the instance pool, when that is the
@@ -501,7 +528,7 @@ mod tests {
         fn future_size<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
             size_of::<F>()
         }
-        let run = future_size(super::Sandbox::run);
+        let run = future_size(super::Sandbox::run_keeping_store);
         let state = size_of::<super::ModuleState>();
         assert!(run <= 1280, "a run's future is {run} bytes");
         assert!(state <= 384, "a module's state is {state} bytes");

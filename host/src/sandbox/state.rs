@@ -117,6 +117,9 @@ pub trait Controlled: Send + Sized + 'static {
 
     /// Sets up a new store of this kind before the task starts.
     fn prepare(_store: &mut Store<Self>) {}
+
+    /// The store, its run over, to be dropped when its holder chooses.
+    fn spent(store: Store<Self>) -> super::Spent;
 }
 
 /// A preview 1 module's store.
@@ -175,6 +178,10 @@ impl Controlled for ModuleState {
     fn controls(&mut self) -> &mut Controls {
         &mut self.controls
     }
+
+    fn spent(store: Store<Self>) -> super::Spent {
+        super::Spent(super::SpentStore::Module(store))
+    }
 }
 
 impl StdioView for ModuleState {
@@ -194,6 +201,10 @@ impl StdioView for ModuleState {
 impl Controlled for ComponentState {
     fn controls(&mut self) -> &mut Controls {
         &mut self.controls
+    }
+
+    fn spent(store: Store<Self>) -> super::Spent {
+        super::Spent(super::SpentStore::Component(store))
     }
 
     /// A component's host calls are wasmtime-wasi's preview 2, which burn no fuel: every
