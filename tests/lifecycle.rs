@@ -692,7 +692,13 @@ fn the_host_index_measures_the_sandbox_and_the_host() {
         String::from_utf8_lossy(&output.stderr)
     );
     let index: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    for figure in ["native_fib_ms", "sandbox_echo_us", "sandbox_fib_ms"] {
+    for figure in [
+        "native_fib_ms",
+        "sandbox_echo_us",
+        "sandbox_echo_idle_us",
+        "sandbox_echo_idle_reset_us",
+        "sandbox_fib_ms",
+    ] {
         let value = index[figure].as_f64().unwrap_or(0.0);
         assert!(value > 0.0 && value.is_finite(), "{figure}: {index}");
     }

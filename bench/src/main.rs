@@ -251,10 +251,11 @@ async fn run(options: Options) -> anyhow::Result<bool> {
     };
     let host_index_line = match &host_index {
         Ok(index) => format!(
-            "host index: native fib(30) {:.2} ms, sandbox echo {:.1} µs a task{} \
+            "host index: native fib(30) {:.2} ms, sandbox echo {:.1} µs a task{}{} \
              (taskhost --host-index; compare figures across hosts by these)",
             index.native_fib_ms,
             index.sandbox_echo_us,
+            index.sandbox_echo_idle().unwrap_or_default(),
             index.sandbox_fib().unwrap_or_default()
         ),
         Err(reason) => format!("host index: not measured ({reason})"),
@@ -481,9 +482,23 @@ struct HostIndex {
     /// fib(30) through the sandbox; a server older than this figure does not print it.
     #[serde(default)]
     sandbox_fib_ms: Option<f64>,
+    /// echo after 1 ms idle, to its result and then its reset; absent from older servers.
+    #[serde(default)]
+    sandbox_echo_idle_us: Option<f64>,
+    #[serde(default)]
+    sandbox_echo_idle_reset_us: Option<f64>,
 }
 
 impl HostIndex {
+    /// " (after 1 ms idle: 24.1 µs to its result, 12.9 µs to reset)": what one task at a time
+    /// costs on a core that has just idled, which one-at-a-time latency meets.
+    fn sandbox_echo_idle(&self) -> Option<String> {
+        let (answered, reset) = (self.sandbox_echo_idle_us?, self.sandbox_echo_idle_reset_us?);
+        Some(format!(
+            " (after 1 ms idle: {answered:.1} µs to its result, {reset:.1} µs to reset)"
+        ))
+    }
+
     /// ", sandbox fib(30) 7.80 ms (0.41x native)": the compiled code's speed on this host, which
     /// bounds scenario 3's ratio.
     fn sandbox_fib(&self) -> Option<String> {

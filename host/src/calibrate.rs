@@ -10,6 +10,12 @@
 //!   (a fresh instance from the pool, WASI, the input on stdin, the result from stdout, the
 //!   store dropped and the slot reset), one after another: the sandbox's fixed price per task
 //!   on this host, without the protocol or the network.
+//! - `sandbox_echo_idle_us` and `sandbox_echo_idle_reset_us`: the same `echo` task, each run
+//!   after the thread has idled 1 ms, as one task at a time meets the server: from the start
+//!   to the result in hand, then the store's drop and the slot's reset, which the server does
+//!   after the answer is queued. On VMs whose idle vCPUs halt, a run on a core that has just
+//!   idled costs three to six times one back to back (its code, data and page tables are cold);
+//!   this says how much on this host.
 //! - `sandbox_fib_ms`: the bundled `fib` task with input 30 through the sandbox, fuel on, one
 //!   run at a time: the compiled code's speed against `native_fib_ms`, which bounds what the
 //!   benchmark's CPU scenario can show. Fuel's counter is loaded, updated and stored around
@@ -38,12 +44,17 @@ const SANDBOX_FIB_RUNS: usize = 7;
 const ECHO_WARMUP: usize = 300;
 const ECHO_BATCH: usize = 300;
 const ECHO_BATCHES: usize = 7;
+/// Echo tasks each after an idle gap, and the gap: long enough for the vCPU to halt.
+const IDLE_RUNS: usize = 201;
+const IDLE_GAP: Duration = Duration::from_millis(1);
 
 /// The host index: medians, so that a burst of other work on the host moves them little.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostIndex {
     pub native_fib_ms: f64,
     pub sandbox_echo_us: f64,
+    pub sandbox_echo_idle_us: f64,
+    pub sandbox_echo_idle_reset_us: f64,
     pub sandbox_fib_ms: f64,
 }
 
@@ -84,6 +95,15 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
         }
         batches.push(start.elapsed() / ECHO_BATCH as u32);
     }
+    let (mut to_answer, mut resets) = (Vec::new(), Vec::new());
+    for _ in 0..IDLE_RUNS {
+        // The thread itself sleeps (not the task): the run that follows is on this core, as
+        // a task on a worker that has parked. Nothing else runs meanwhile.
+        std::thread::sleep(IDLE_GAP);
+        let (answered, reset) = echo.run_split(&sandbox).await?;
+        to_answer.push(answered);
+        resets.push(reset);
+    }
 
     let fib = Bundled::load(&sandbox, config, "fib", &FIB_N.to_string())?;
     fib.run(&sandbox).await?;
@@ -97,6 +117,8 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
     Ok(HostIndex {
         native_fib_ms,
         sandbox_echo_us: median(batches).as_secs_f64() * 1e6,
+        sandbox_echo_idle_us: median(to_answer).as_secs_f64() * 1e6,
+        sandbox_echo_idle_reset_us: median(resets).as_secs_f64() * 1e6,
         sandbox_fib_ms: median(fib_runs).as_secs_f64() * 1e3,
     })
 }
@@ -125,8 +147,20 @@ impl Bundled {
 
     /// One task, start to end, as the server runs it.
     async fn run(&self, sandbox: &Sandbox) -> anyhow::Result<()> {
-        match sandbox.run(&self.module, self.spec.clone()).await.result {
-            Ok(_) => Ok(()),
+        self.run_split(sandbox).await.map(drop)
+    }
+
+    /// One task, timed in two parts: from its start to its result, and the drop of its spent
+    /// store (the slot's reset).
+    async fn run_split(&self, sandbox: &Sandbox) -> anyhow::Result<(Duration, Duration)> {
+        let start = Instant::now();
+        let (end, spent) = sandbox.run(&self.module, self.spec.clone()).await;
+        let answered = start.elapsed();
+        let reset = Instant::now();
+        drop(spent);
+        let reset = reset.elapsed();
+        match end.result {
+            Ok(_) => Ok((answered, reset)),
             Err(failure) => Err(anyhow::anyhow!(
                 "{}.wasm did not finish under the sandbox: {failure:?}",
                 self.spec.name

@@ -166,7 +166,7 @@ mod tests {
             capabilities: None,
         };
         let (end, spent) = sandbox
-            .run_keeping_store(module, spec)
+            .run(module, spec)
             .now_or_never()
             .expect("a run of an empty module does not wait");
         end.result.is_ok().then_some(spent)

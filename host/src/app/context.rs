@@ -621,12 +621,7 @@ impl<A: App> Ctx<A> {
         after_answer::release();
         // Boxed: the run's future (2 KiB: the store, the fiber's call, the timers) would
         // otherwise be copied into every future that awaits this one as each is built.
-        let (end, spent) = Box::pin(
-            self.shared
-                .sandbox
-                .run_keeping_store(&job.module.wasm, spec),
-        )
-        .await;
+        let (end, spent) = Box::pin(self.shared.sandbox.run(&job.module.wasm, spec)).await;
         after_answer::keep_store(spent);
         end.into()
     }

@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures_util::FutureExt;
 use futures_util::future::Either;
 use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
@@ -250,8 +249,12 @@ impl Sandbox {
         self.warmer.warm(slots, lend, release, image).await
     }
 
-    /// Runs one task in a fresh instance and says how it ended. Never panics on a guest's
-    /// behaviour; dropping the future stops the guest at its next yield.
+    /// Runs one task in a fresh instance and says how it ended, handing back the spent
+    /// store for the caller to drop when the task's answer is on its way: the drop resets the
+    /// instance's pool slot (a few microseconds on a warm core, 14-17 after an idle one, by
+    /// the host index's `sandbox_echo_idle_reset_us`), which no client need wait for. Whoever
+    /// holds the [`Spent`] holds that slot. Never panics on a guest's behaviour; dropping the
+    /// future stops the guest at its next yield.
     ///
     /// The store is made here, before the future is returned: the task's name, input,
     /// progress sink and capabilities move into it, and the future keeps only what the run
@@ -259,19 +262,6 @@ impl Sandbox {
     /// argument and as the local it is moved to). A sleeping task holds this future for as
     /// long as it sleeps (`tests::a_sleeping_task_s_future_and_state_stay_small`).
     pub fn run<'a>(
-        &'a self,
-        module: &'a WasmModule,
-        spec: RunSpec,
-    ) -> impl Future<Output = RunEnd> + Send + 'a {
-        self.run_keeping_store(module, spec)
-            .map(|(end, _spent)| end)
-    }
-
-    /// [`Sandbox::run`], handing back the spent store for the caller to drop when the
-    /// task's answer is on its way: the drop resets the instance's pool slot, a few
-    /// microseconds warm and 12-15 after an idle core, that no client need wait for. Whoever
-    /// holds the [`Spent`] holds that slot.
-    pub fn run_keeping_store<'a>(
         &'a self,
         module: &'a WasmModule,
         spec: RunSpec,
@@ -528,7 +518,7 @@ mod tests {
         fn future_size<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
             size_of::<F>()
         }
-        let run = future_size(super::Sandbox::run_keeping_store);
+        let run = future_size(super::Sandbox::run);
         let state = size_of::<super::ModuleState>();
         assert!(run <= 1280, "a run's future is {run} bytes");
         assert!(state <= 384, "a module's state is {state} bytes");
