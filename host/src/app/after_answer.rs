@@ -1,11 +1,13 @@
 //! What a task's run leaves behind, held until its answer is on its way.
 //!
 //! A sandboxed run ends with a spent store, and dropping it resets the instance's pool slot:
-//! 3-4 µs on a warm core, 12-15 µs on one that has just idled (docs/PERFORMANCE.md, "where
-//! one echo at a time goes"). No client need wait for that. So a task started by
-//! [`super::Ctx::start`] keeps its spent store here, then its worker permit, and drops them
-//! once its terminal message is queued (after the `finish` callback) and the thread has run
-//! the tasks that were waiting for it: in a burst of ends, the answers first, then the resets.
+//! 3-4 µs on a warm core, 12-17 µs on one that has just idled (the host index's
+//! `sandbox_echo_idle_reset_us`; docs/PERFORMANCE.md, "where one echo at a time goes"). No
+//! client need wait for that. So a task started by [`super::Ctx::start`] keeps its spent
+//! store here, then its worker permit, and drops them as its future ends, right after the
+//! `finish` callback has queued its terminal message. (Yielding once more first, so that in a
+//! burst of ends every answer would go before any reset, was measured and not kept: see
+//! docs/PERFORMANCE.md, "The store dropped after the answer".)
 //!
 //! Holding is never waiting: the first time the task's future would wait for anything (a
 //! slow client's full outbox, say) what it holds is dropped first, so no client can keep a
@@ -50,7 +52,8 @@ pub(super) fn holding<F: Future>(task: F) -> impl Future<Output = F::Output> {
 }
 
 pin_project_lite::pin_project! {
-    /// Polls a task, dropping what it holds whenever it is about to wait. A struct, not an `async fn`: that would hold the task twice.
+    /// Polls a task, dropping what it holds whenever it is about to wait. A struct, not an
+    /// `async fn`: that would hold the task twice.
     struct ReleaseBeforeWaiting<F> {
         #[pin]
         task: F,
