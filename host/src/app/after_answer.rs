@@ -1,7 +1,7 @@
 //! What a task's run leaves behind, held until its answer is on its way.
 //!
 //! A sandboxed run ends with a spent store, and dropping it resets the instance's pool slot:
-//! 3-4 µs on a warm core, 12-17 µs on one that has just idled (the host index's
+//! 3-4 µs on a warm core, 6-17 µs on one that has just idled (the host index's
 //! `sandbox_echo_idle_reset_us`; docs/PERFORMANCE.md, "where one echo at a time goes"). No
 //! client need wait for that. So a task started by [`super::Ctx::start`] keeps its spent
 //! store here, then its worker permit, and drops them as its future ends, right after the

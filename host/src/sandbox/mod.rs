@@ -251,7 +251,7 @@ impl Sandbox {
 
     /// Runs one task in a fresh instance and says how it ended, handing back the spent
     /// store for the caller to drop when the task's answer is on its way: the drop resets the
-    /// instance's pool slot (a few microseconds on a warm core, 14-17 after an idle one, by
+    /// instance's pool slot (a few microseconds on a warm core, 6-17 after an idle one, by
     /// the host index's `sandbox_echo_idle_reset_us`), which no client need wait for. Whoever
     /// holds the [`Spent`] holds that slot. Never panics on a guest's behaviour; dropping the
     /// future stops the guest at its next yield.
