@@ -14,8 +14,8 @@
 //!   after the thread has idled 1 ms, as one task at a time meets the server: from the start
 //!   to the result in hand, then the store's drop and the slot's reset, which the server does
 //!   after the answer is queued. On VMs whose idle vCPUs halt, a run on a core that has just
-//!   idled costs three to six times one back to back (its code, data and page tables are cold);
-//!   this says how much on this host.
+//!   idled costs two to six times one back to back (its code, data and page tables are cold),
+//!   and the figure moves from run to run more than the others; this says how much here.
 //! - `sandbox_fib_ms`: the bundled `fib` task with input 30 through the sandbox, fuel on, one
 //!   run at a time: the compiled code's speed against `native_fib_ms`, which bounds what the
 //!   benchmark's CPU scenario can show. Fuel's counter is loaded, updated and stored around
