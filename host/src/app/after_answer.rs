@@ -175,6 +175,13 @@ mod tests {
         end.result.is_ok().then_some(spent)
     }
 
+    /// Runs the module and keeps its store, then takes the one worker and keeps it, as a
+    /// task's run does.
+    fn keep_a_run(sandbox: &Sandbox, module: &WasmModule, workers: &Workers) {
+        keep_store(run_now(sandbox, module).expect("the slot is free"));
+        keep_worker(workers.try_take());
+    }
+
     /// The store (its slot) and the worker permit stay taken for as long as the task runs
     /// without waiting, and are given back when it ends.
     #[tokio::test]
@@ -182,8 +189,7 @@ mod tests {
         let (sandbox, module) = one_slot();
         let workers = Workers::new(1);
         holding(async {
-            keep_store(run_now(&sandbox, &module).expect("the slot is free"));
-            keep_worker(workers.try_take());
+            keep_a_run(&sandbox, &module, &workers);
             assert_eq!(workers.free(), 0, "the worker is held");
             assert!(run_now(&sandbox, &module).is_none(), "the slot is held");
         })
@@ -199,8 +205,7 @@ mod tests {
         let (sandbox, module) = one_slot();
         let workers = Workers::new(1);
         holding(async {
-            keep_store(run_now(&sandbox, &module).expect("the slot is free"));
-            keep_worker(workers.try_take());
+            keep_a_run(&sandbox, &module, &workers);
             tokio::task::yield_now().await;
             assert_eq!(workers.free(), 1, "the worker was given back");
             assert!(
@@ -227,8 +232,7 @@ mod tests {
         .await;
         for scope in [true, false] {
             let task = async {
-                keep_store(run_now(&sandbox, &module).expect("the slot is free"));
-                keep_worker(workers.try_take());
+                keep_a_run(&sandbox, &module, &workers);
                 assert_eq!(workers.free(), 1, "the worker went back at once");
                 assert!(run_now(&sandbox, &module).is_some(), "so did the slot");
             };

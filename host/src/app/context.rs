@@ -521,7 +521,8 @@ impl<A: App> Ctx<A> {
         };
     }
 
-    /// A started task's whole life: its run, then the `finish` callback. Every task that is
+    /// A started task's whole life: its run, then the `finish` callback, holding its spent
+    /// store and worker until the answer is queued (`after_answer`). Every task that is
     /// queued, running or asleep holds this future (`tests::a_task_s_future_stays_small`);
     /// not an `async fn`, for the reason `execute` gives.
     #[allow(
