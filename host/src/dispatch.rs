@@ -77,7 +77,8 @@ pub struct Dispatcher {
     /// Cancelled when a task waits for a permit or the server stops: permits lent to
     /// background work must come back.
     reclaim: CancellationToken,
-    /// Permits lent now; they are not running tasks.
+    /// Permits out that run no task: lent to background work, or kept by a task past its
+    /// run ([`Dispatcher::run_keeping_worker`]). `load` does not count them as running.
     lent: Arc<AtomicUsize>,
     /// Tasks admitted and not yet ended (queued or running), and the most there may be.
     admitted: AtomicUsize,
@@ -173,7 +174,8 @@ impl Drop for Admission {
     }
 }
 
-/// A worker permit lent to background work; dropping it gives it back.
+/// A worker permit that runs no task: lent to background work, or kept by a task past its
+/// run until its answer is out. It counts as no running task; dropping it gives it back.
 pub struct Loan {
     _permit: Permit,
     lent: Arc<AtomicUsize>,
@@ -378,13 +380,15 @@ impl Dispatcher {
     ///
     /// The permit comes back for a caller that holds on to what the run left behind (a spent
     /// sandbox, whose pool slot the permit stands for) until the task's answer is out: drop
-    /// it after that, and before the task waits for anything else.
+    /// it after that, and before the task waits for anything else. Once the run is over the
+    /// permit counts as no running task (`stats` and /metrics say the task is not running as
+    /// soon as its answer can reach anyone).
     pub async fn run_keeping_worker<F: Future>(
         &self,
         admission: &mut Admission,
         timeout: Duration,
         task: F,
-    ) -> (Result<F::Output, Stopped>, Duration, Option<Permit>) {
+    ) -> (Result<F::Output, Stopped>, Duration, Option<Loan>) {
         let permit = match admission.turn() {
             Ticket::Now(permit) => permit,
             Ticket::InLine(waiting) => {
@@ -406,7 +410,7 @@ impl Dispatcher {
                 output.map_err(|_| Stopped::TimedOut { limit: timeout })
             }
         };
-        (output, started.elapsed(), Some(permit))
+        (output, started.elapsed(), Some(self.idle(permit)))
     }
 
     /// Waits `delay` between two attempts of a task, holding its place in the queue but no
@@ -428,11 +432,16 @@ impl Dispatcher {
             return None;
         }
         let permit = self.workers.try_take()?;
+        Some(self.idle(permit))
+    }
+
+    /// `permit`, counted from now on as running no task.
+    fn idle(&self, permit: Permit) -> Loan {
         self.lent.fetch_add(1, Ordering::AcqRel);
-        Some(Loan {
+        Loan {
             _permit: permit,
             lent: Arc::clone(&self.lent),
-        })
+        }
     }
 
     /// Fires when lent permits must come back: a task is waiting for one, or the server stops.
@@ -663,6 +672,24 @@ mod tests {
         let ((second, _), (first, _), ()) = tokio::join!(second, first, free);
         assert_eq!((first, second), (Ok(()), Ok(())));
         assert_eq!(*order.lock().unwrap(), ["first", "second"]);
+    }
+
+    /// A worker kept past its run (until the task's answer is out) is held, but the task no
+    /// longer counts as running: a client that has its answer and asks `stats` is told so.
+    #[tokio::test]
+    async fn a_worker_kept_past_its_run_runs_no_task() {
+        let dispatcher = dispatcher(1, 1, 0);
+        let mut admission = dispatcher.admit(local(1), 0).unwrap();
+        let (output, _, worker) = dispatcher
+            .run_keeping_worker(&mut admission, Duration::from_secs(5), async { "ran" })
+            .await;
+        assert_eq!(output, Ok("ran"));
+        drop(admission);
+        assert_eq!(dispatcher.load().running, 0, "the task has ended");
+        assert_eq!(dispatcher.load().queued, 0);
+        assert!(dispatcher.lend().is_none(), "its worker is still kept");
+        drop(worker);
+        assert!(dispatcher.lend().is_some(), "and given back when dropped");
     }
 
     #[tokio::test]

@@ -20,8 +20,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::dispatch::Loan;
 use crate::sandbox::Spent;
-use crate::workers::Permit;
 
 tokio::task_local! {
     /// The running task's holdings. Kept small: every task's future carries it, asleep or
@@ -38,7 +38,7 @@ struct Holdings {
 /// What a task holds. Fields drop in order: the store (and its slot), then the permit.
 struct Held {
     store: Spent,
-    worker: Option<Permit>,
+    worker: Option<Loan>,
 }
 
 /// Runs `task` (a started task's whole life) holding what its run leaves until its answer
@@ -109,7 +109,7 @@ pub(super) fn keep_store(spent: Spent) {
 }
 
 /// Keeps the worker permit a run had while its spent store is kept; otherwise drops it.
-pub(super) fn keep_worker(worker: Option<Permit>) {
+pub(super) fn keep_worker(worker: Option<Loan>) {
     let refused = HOLDINGS.try_with(|holdings| match holdings.held.take() {
         Some(mut held) => {
             let earlier = std::mem::replace(&mut held.worker, worker);
@@ -135,9 +135,9 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::{holding, keep_store, keep_worker, not_holding};
+    use crate::dispatch::{Caps, Dispatcher};
     use crate::limits::Limits;
     use crate::sandbox::{EngineSettings, RunSpec, Sandbox, Spent, WasmModule};
-    use crate::workers::Workers;
 
     /// A sandbox with one instance slot, and a module that ends at once with `null`.
     fn one_slot() -> (Sandbox, WasmModule) {
@@ -177,9 +177,25 @@ mod tests {
 
     /// Runs the module and keeps its store, then takes the one worker and keeps it, as a
     /// task's run does.
-    fn keep_a_run(sandbox: &Sandbox, module: &WasmModule, workers: &Workers) {
+    fn keep_a_run(sandbox: &Sandbox, module: &WasmModule, workers: &Dispatcher) {
         keep_store(run_now(sandbox, module).expect("the slot is free"));
-        keep_worker(workers.try_take());
+        keep_worker(workers.lend());
+    }
+
+    /// A dispatcher with one worker.
+    fn one_worker() -> Dispatcher {
+        Dispatcher::new(Caps {
+            task_workers: 1,
+            queue: 1,
+            per_connection: 0,
+            per_address: None,
+            input_bytes: u64::MAX,
+        })
+    }
+
+    /// Whether the one worker is free (taken and given back at once to find out).
+    fn worker_free(workers: &Dispatcher) -> bool {
+        workers.lend().is_some()
     }
 
     /// The store (its slot) and the worker permit stay taken for as long as the task runs
@@ -187,14 +203,14 @@ mod tests {
     #[tokio::test]
     async fn a_task_holds_its_store_and_worker_until_it_ends() {
         let (sandbox, module) = one_slot();
-        let workers = Workers::new(1);
+        let workers = one_worker();
         holding(async {
             keep_a_run(&sandbox, &module, &workers);
-            assert_eq!(workers.free(), 0, "the worker is held");
+            assert!(!worker_free(&workers), "the worker is held");
             assert!(run_now(&sandbox, &module).is_none(), "the slot is held");
         })
         .await;
-        assert_eq!(workers.free(), 1, "the worker is back at the end");
+        assert!(worker_free(&workers), "the worker is back at the end");
         assert!(run_now(&sandbox, &module).is_some(), "the slot is back");
     }
 
@@ -203,11 +219,11 @@ mod tests {
     #[tokio::test]
     async fn a_task_that_waits_gives_back_what_it_holds_first() {
         let (sandbox, module) = one_slot();
-        let workers = Workers::new(1);
+        let workers = one_worker();
         holding(async {
             keep_a_run(&sandbox, &module, &workers);
             tokio::task::yield_now().await;
-            assert_eq!(workers.free(), 1, "the worker was given back");
+            assert!(worker_free(&workers), "the worker was given back");
             assert!(
                 run_now(&sandbox, &module).is_some(),
                 "the slot was given back"
@@ -221,10 +237,10 @@ mod tests {
     #[tokio::test]
     async fn only_a_holding_task_holds_and_only_one_store() {
         let (sandbox, module) = one_slot();
-        let workers = Workers::new(1);
+        let workers = one_worker();
         holding(async {
-            keep_worker(workers.try_take());
-            assert_eq!(workers.free(), 1, "no store held: the worker goes back");
+            keep_worker(workers.lend());
+            assert!(worker_free(&workers), "no store held: the worker goes back");
             keep_store(run_now(&sandbox, &module).expect("the slot is free"));
             super::release();
             keep_store(run_now(&sandbox, &module).expect("released: the slot is free"));
@@ -233,7 +249,7 @@ mod tests {
         for scope in [true, false] {
             let task = async {
                 keep_a_run(&sandbox, &module, &workers);
-                assert_eq!(workers.free(), 1, "the worker went back at once");
+                assert!(worker_free(&workers), "the worker went back at once");
                 assert!(run_now(&sandbox, &module).is_some(), "so did the slot");
             };
             if scope {
