@@ -70,7 +70,7 @@ pub struct Sample {
     pub sent: Instant,
     /// When `accepted` arrived (a task always has one before its end).
     pub accepted: Instant,
-    /// When `started` arrived: the moment the task began to run (a server that sends none, or
+    /// When `started` arrived: the task got its worker and runs (a server that sends none, or
     /// a task that ended before it ran, leaves it empty).
     pub started: Option<Instant>,
     pub ended: Instant,

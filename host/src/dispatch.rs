@@ -142,6 +142,12 @@ impl Admission {
         self.turn = Some(turn);
     }
 
+    /// Whether the turn taken ([`Admission::take_turn`]) is a worker: the task runs as soon
+    /// as a thread polls it, without waiting in line.
+    pub fn has_worker(&self) -> bool {
+        matches!(self.turn, Some(Ticket::Now(_)))
+    }
+
     /// The turn taken before, or a new one: a free permit, or the end of the line.
     fn turn(&mut self) -> Ticket {
         self.turn.take().unwrap_or_else(|| {

@@ -40,9 +40,10 @@ pub struct Sleepers {
     pub wall_s: f64,
     /// Submit to `accepted`, over all tasks: how fast the burst is taken in.
     pub accepted: Percentiles,
-    /// Submit to `started`, over the tasks that reported it (Swoole sends none): with
-    /// `finished_latency`, it splits the wall time into the start of 10,000 sandboxes and
-    /// their wake-up a second later.
+    /// Submit to `started`, over the tasks that reported it (Swoole sends none): when each
+    /// got its worker. A task that finds one free is told with its `accepted`, before its
+    /// sandbox starts, so this no longer splits the wall time into the sandboxes' start and
+    /// their wake-up, as it did while the server sent every `started` from the task's thread.
     pub started: Percentiles,
     /// Submit to `finished`, over all tasks.
     pub finished_latency: Percentiles,
@@ -353,8 +354,9 @@ impl Sleeping {
             )
             .baseline("native", native.map(|n| n.started.p99_us))
             .note(
-                "when the tasks began to run: the wall time less this is the second's sleep and \
-                 the wake-up",
+                "when each task got its worker: one that finds a worker free is told right \
+                 behind its `accepted`, so with the pool as large as the burst this is about \
+                 `accepted`; a larger figure is time in the queue",
             ),
             Row::new(
                 NAME,

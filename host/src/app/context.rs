@@ -411,6 +411,7 @@ impl<A: App> Ctx<A> {
             job,
             tracked,
             terminal_limit: None,
+            begun: false,
         })
     }
 
@@ -473,6 +474,7 @@ impl<A: App> Ctx<A> {
             job,
             tracked,
             terminal_limit: Some(terminal_limit),
+            begun: false,
         })
     }
 
@@ -500,8 +502,19 @@ impl<A: App> Ctx<A> {
     }
 
     /// Runs an admitted task in the pool: waits for a worker, calls `on_task`, logs and
-    /// counts its end, then calls `on_finish` with the outcome.
+    /// counts its end, then calls `on_finish` with the outcome. Call it once the task is
+    /// announced (the default application's `accepted`): a task that finds a worker free
+    /// sends its `started` from here, before this returns.
     pub fn start(&self, admitted: Admitted) {
+        self.start_announcing(admitted, true);
+    }
+
+    /// [`Ctx::start`]; `announce_now`: whether a task that finds a worker free says it
+    /// began (`started`) at once, from this thread. It goes out in the same write as the
+    /// `accepted` before it, where from the task's thread it was a message of its own and a
+    /// wake-up of the connection's thread for it, one per task (docs/PERFORMANCE.md, "`started`
+    /// sent with `accepted`"). A task that waits in line says it when its turn comes.
+    fn start_announcing(&self, admitted: Admitted, announce_now: bool) {
         let span = task_span(&admitted.job);
         // `admitted` boxed, and each step a temporary of its own statement: the future holds
         // one step at a time (a named future, or an argument kept beside its destructured
@@ -514,6 +527,10 @@ impl<A: App> Ctx<A> {
         // Its turn for a worker is taken here, in the order the connection sent its tasks,
         // not in the spawned future: the task runtime's threads may poll them in any order.
         admitted.admission.take_turn();
+        if announce_now && admitted.admission.has_worker() {
+            self.begin(&admitted.job, admitted.job.attempt().max(1));
+            admitted.begun = true;
+        }
         let fut = Box::pin(self.clone().task_future(admitted).instrument(span));
         match &self.shared.task_runtime {
             Some(runtime) => self.shared.tasks.spawn_on(fut, runtime),
@@ -562,7 +579,8 @@ impl<A: App> Ctx<A> {
     pub fn submit(&self, task: NewTask, submitter: Option<&Outbox>) -> Result<u64, WireError> {
         let admitted = self.admit(task, submitter)?;
         let task_id = admitted.job.task_id;
-        self.start(admitted);
+        // Not announced yet: the caller learns the id only now, and may announce it after.
+        self.start_announcing(admitted, true);
         Ok(task_id)
     }
 
@@ -650,11 +668,12 @@ impl<A: App> Ctx<A> {
                 job,
                 mut tracked,
                 terminal_limit,
+                begun,
             } = *admitted;
             let admitted_at = Instant::now();
             let (outcome, elapsed, attempts) = {
                 let policy = RetryPolicy::of(&job.module.manifest);
-                self.attempts(&mut admission, &job, &policy).await
+                self.attempts(&mut admission, &job, &policy, begun).await
             };
             // Time not spent running the last attempt: the queue, and with retries the earlier
             // attempts and their backoffs.
@@ -723,6 +742,7 @@ impl<A: App> Ctx<A> {
         admission: &'a mut Admission,
         job: &'a Job,
         policy: &'a RetryPolicy<'a>,
+        mut begun: bool,
     ) -> impl Future<Output = (Outcome, Duration, u32)> + Send + 'a {
         async move {
             let timeout = Duration::from_millis(job.limits.timeout_ms);
@@ -730,13 +750,13 @@ impl<A: App> Ctx<A> {
             let mut attempt = job.attempt().max(1);
             loop {
                 job.attempt.store(attempt, Ordering::Relaxed);
-                // Polled only once the task holds a worker: `started` goes out then, before
-                // anything the task reports. A panic in the callback is that task's failure, not
-                // the server's.
-                let run = async {
-                    self.shared.results.running(job.task_id, attempt);
-                    if let Some(progress) = &job.progress {
-                        progress.started(attempt);
+                // Polled only once the task holds a worker: `started` goes out then (unless
+                // `Ctx::start` said it, having found a worker free), before anything the task
+                // reports. A panic in the callback is that task's failure, not the server's.
+                let said = std::mem::take(&mut begun);
+                let run = async move {
+                    if !said {
+                        self.begin(job, attempt);
                     }
                     AssertUnwindSafe(self.app().on_task(self, job))
                         .catch_unwind()
@@ -778,6 +798,15 @@ impl<A: App> Ctx<A> {
                     return (failures::stopped(stopped), Duration::ZERO, attempt - 1);
                 }
             }
+        }
+    }
+
+    /// Says that attempt `attempt` of `job` begins: its state in the result store, and
+    /// `started` to its submitter and the connections attached to it.
+    fn begin(&self, job: &Job, attempt: u32) {
+        self.shared.results.running(job.task_id, attempt);
+        if let Some(progress) = &job.progress {
+            progress.started(attempt);
         }
     }
 
@@ -996,5 +1025,68 @@ mod tests {
         }
         let task = future_size(Ctx::<super::super::ProtocolApp>::task_future);
         assert!(task <= 1536, "a task's future is {task} bytes");
+    }
+
+    /// The kind and `ref` of every frame queued for `drain` now, without waiting.
+    fn queued_now(drain: &mut crate::outbox::Drain) -> Vec<String> {
+        std::iter::from_fn(|| drain.try_next())
+            .map(|queued| match queued.frame {
+                crate::outbox::Frame::Text(text) => {
+                    let message: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                    format!("{} {}", message["type"].as_str().unwrap(), message["ref"])
+                }
+                crate::outbox::Frame::Ping => "ping".to_owned(),
+            })
+            .collect()
+    }
+
+    /// A task that finds a worker free says `started` from `Ctx::start`, queued behind its
+    /// `accepted` before any thread has run the task (so both leave in one write); one that
+    /// waits in line says it when its turn comes, from the task's own thread. On a
+    /// current-thread runtime the spawned tasks run only when the test waits.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_task_with_a_worker_free_says_started_behind_its_accepted() {
+        let dir = std::env::temp_dir().join(format!("started-early-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("noop.wat"), r#"(module (func (export "_start")))"#).unwrap();
+        let mut config = Config::with_tasks_dir(&dir);
+        config.task_workers = 1;
+        config.warm_slots = 0;
+        config.cache_dir = None;
+        config.watch = false;
+        let ctx = Ctx::new(config, super::super::ProtocolApp).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (outbox, mut drain) = ctx.shared.outboxes.open(peer, peer.ip());
+        let submit = |reference: &str| {
+            let frame = format!(r#"{{"type":"task","task":"noop","ref":"{reference}"}}"#);
+            let Ok(crate::protocol::Request::Task(request)) =
+                crate::protocol::parse_frame(&frame, "noop")
+            else {
+                panic!("not a task: {frame}");
+            };
+            super::super::protocol_app::submit(&ctx, &outbox, request)
+        };
+
+        submit("a").await;
+        assert_eq!(
+            queued_now(&mut drain),
+            [r#"accepted "a""#, r#"started "a""#]
+        );
+        // The one worker is a's: b waits in line, and its `started` waits for its turn.
+        submit("b").await;
+        assert_eq!(queued_now(&mut drain), [r#"accepted "b""#]);
+        let mut rest = Vec::new();
+        let ran = tokio::time::timeout(Duration::from_secs(20), async {
+            while rest.len() < 3 {
+                tokio::task::yield_now().await;
+                rest.extend(queued_now(&mut drain));
+            }
+        });
+        assert!(ran.await.is_ok(), "the two tasks did not end: {rest:?}");
+        assert_eq!(
+            rest,
+            [r#"finished "a""#, r#"started "b""#, r#"finished "b""#]
+        );
     }
 }

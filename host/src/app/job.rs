@@ -182,6 +182,9 @@ pub struct Admitted {
     /// of its own (a cluster's broker, `max_payload`): a longer `finished` ends the task
     /// `output_too_large` instead, before the end is counted or kept.
     pub(crate) terminal_limit: Option<usize>,
+    /// Its first attempt's start already said (`started` sent, the result store's state
+    /// running) by `Ctx::start`, which found a worker free: the run does not say it again.
+    pub(crate) begun: bool,
 }
 
 impl Admitted {
