@@ -645,51 +645,66 @@ fn unexpected_outcomes(results: &Results) -> Vec<String> {
             found.push(format!("{label}: unexpected {}", kinds.join(", ")));
         }
     };
+    // A scenario's three servers, each measured the same way: `label` names the scenario.
+    let mut by_server = |label: &str, [sandbox, native, peer]: [Option<&Unexpected>; 3]| {
+        let servers = [("sandbox", sandbox), ("native", native), ("swoole", peer)];
+        for (server, unexpected) in servers {
+            if let Some(unexpected) = unexpected {
+                add(&format!("{label}, {server}"), unexpected);
+            }
+        }
+    };
     if let Some(r) = results.echo_throughput.as_ref().map(|e| &e.turns) {
-        add("1 echo throughput, sandbox", &r.sandbox.unexpected);
-        r.native
-            .iter()
-            .for_each(|n| add("1 echo throughput, native", &n.unexpected));
-        r.peer
-            .iter()
-            .for_each(|p| add("1 echo throughput, swoole", &p.unexpected));
+        by_server(
+            "1 echo throughput",
+            [
+                Some(&r.sandbox.unexpected),
+                r.native.as_ref().map(|n| &n.unexpected),
+                r.peer.as_ref().map(|p| &p.unexpected),
+            ],
+        );
     }
     if let Some(r) = &results.echo_latency {
-        add("2 echo latency, sandbox", &r.sandbox.unexpected);
-        r.native
-            .iter()
-            .for_each(|n| add("2 echo latency, native", &n.unexpected));
-        r.peer
-            .iter()
-            .for_each(|p| add("2 echo latency, swoole", &p.unexpected));
+        by_server(
+            "2 echo latency",
+            [
+                Some(&r.sandbox.unexpected),
+                r.native.as_ref().map(|n| &n.unexpected),
+                r.peer.as_ref().map(|p| &p.unexpected),
+            ],
+        );
     }
     if let Some(r) = &results.cpu {
-        add("3 cpu, sandbox", &r.turns.sandbox.unexpected);
-        r.turns
-            .native
-            .iter()
-            .for_each(|n| add("3 cpu, native", &n.unexpected));
-        r.turns
-            .peer
-            .iter()
-            .for_each(|p| add("3 cpu, swoole", &p.unexpected));
-        add("3 cpu one at a time, sandbox", &r.sandbox_alone.unexpected);
-        r.native_alone
-            .iter()
-            .for_each(|n| add("3 cpu one at a time, native", &n.unexpected));
+        by_server(
+            "3 cpu",
+            [
+                Some(&r.turns.sandbox.unexpected),
+                r.turns.native.as_ref().map(|n| &n.unexpected),
+                r.turns.peer.as_ref().map(|p| &p.unexpected),
+            ],
+        );
+        by_server(
+            "3 cpu one at a time",
+            [
+                Some(&r.sandbox_alone.unexpected),
+                r.native_alone.as_ref().map(|n| &n.unexpected),
+                None,
+            ],
+        );
     }
     if let Some(r) = &results.sleeping {
-        add("4 sleeping, sandbox", &r.sandbox.unexpected);
-        add(
-            "4 sleeping with progress, sandbox",
-            &r.sandbox_reporting.unexpected,
+        by_server(
+            "4 sleeping",
+            [
+                Some(&r.sandbox.unexpected),
+                r.native.as_ref().map(|n| &n.unexpected),
+                r.peer.as_ref().map(|p| &p.unexpected),
+            ],
         );
-        r.native
-            .iter()
-            .for_each(|n| add("4 sleeping, native", &n.unexpected));
-        r.peer
-            .iter()
-            .for_each(|p| add("4 sleeping, swoole", &p.unexpected));
+        by_server(
+            "4 sleeping with progress",
+            [Some(&r.sandbox_reporting.unexpected), None, None],
+        );
     }
     if let Some(r) = &results.jetstream {
         add("8 jetstream, embedded", &r.embedded.rate.unexpected);
