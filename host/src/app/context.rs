@@ -580,7 +580,7 @@ impl<A: App> Ctx<A> {
         let admitted = self.admit(task, submitter)?;
         let task_id = admitted.job.task_id;
         // Not announced yet: the caller learns the id only now, and may announce it after.
-        self.start_announcing(admitted, true);
+        self.start_announcing(admitted, false);
         Ok(task_id)
     }
 
@@ -1042,8 +1042,9 @@ mod tests {
 
     /// A task that finds a worker free says `started` from `Ctx::start`, queued behind its
     /// `accepted` before any thread has run the task (so both leave in one write); one that
-    /// waits in line says it when its turn comes, from the task's own thread. On a
-    /// current-thread runtime the spawned tasks run only when the test waits.
+    /// waits in line says it when its turn comes, from the task's own thread; so does a task
+    /// an application starts with `submit`, which queues nothing for the client before it
+    /// returns. On a current-thread runtime the spawned tasks run only when the test waits.
     #[tokio::test(flavor = "current_thread")]
     async fn a_task_with_a_worker_free_says_started_behind_its_accepted() {
         let dir = std::env::temp_dir().join(format!("started-early-{}", std::process::id()));
@@ -1088,5 +1089,21 @@ mod tests {
             rest,
             [r#"finished "a""#, r#"started "b""#, r#"finished "b""#]
         );
+
+        // An application's own task (`submit`): its caller learns the id only when `submit`
+        // returns and may announce it after, so nothing is queued for the client before then.
+        let task_id = ctx
+            .submit(NewTask::new("noop", &()), Some(&outbox))
+            .unwrap();
+        assert_eq!(queued_now(&mut drain), Vec::<String>::new());
+        let mut ended = Vec::new();
+        let ran = tokio::time::timeout(Duration::from_secs(20), async {
+            while ended.len() < 2 {
+                tokio::task::yield_now().await;
+                ended.extend(queued_now(&mut drain));
+            }
+        });
+        assert!(ran.await.is_ok(), "task {task_id} did not end: {ended:?}");
+        assert_eq!(ended, ["started null", "finished null"]);
     }
 }
