@@ -1040,6 +1040,19 @@ mod tests {
             .collect()
     }
 
+    /// The next `count` frames, [`queued_now`] each time the test lets the spawned tasks run.
+    async fn frames_while_tasks_run(drain: &mut crate::outbox::Drain, count: usize) -> Vec<String> {
+        let mut frames = Vec::new();
+        let ran = tokio::time::timeout(Duration::from_secs(20), async {
+            while frames.len() < count {
+                tokio::task::yield_now().await;
+                frames.extend(queued_now(drain));
+            }
+        });
+        assert!(ran.await.is_ok(), "the tasks did not end: {frames:?}");
+        frames
+    }
+
     /// A task that finds a worker free says `started` from `Ctx::start`, queued behind its
     /// `accepted` before any thread has run the task (so both leave in one write); one that
     /// waits in line says it when its turn comes, from the task's own thread; so does a task
@@ -1077,33 +1090,19 @@ mod tests {
         // The one worker is a's: b waits in line, and its `started` waits for its turn.
         submit("b").await;
         assert_eq!(queued_now(&mut drain), [r#"accepted "b""#]);
-        let mut rest = Vec::new();
-        let ran = tokio::time::timeout(Duration::from_secs(20), async {
-            while rest.len() < 3 {
-                tokio::task::yield_now().await;
-                rest.extend(queued_now(&mut drain));
-            }
-        });
-        assert!(ran.await.is_ok(), "the two tasks did not end: {rest:?}");
         assert_eq!(
-            rest,
+            frames_while_tasks_run(&mut drain, 3).await,
             [r#"finished "a""#, r#"started "b""#, r#"finished "b""#]
         );
 
         // An application's own task (`submit`): its caller learns the id only when `submit`
         // returns and may announce it after, so nothing is queued for the client before then.
-        let task_id = ctx
-            .submit(NewTask::new("noop", &()), Some(&outbox))
+        ctx.submit(NewTask::new("noop", &()), Some(&outbox))
             .unwrap();
         assert_eq!(queued_now(&mut drain), Vec::<String>::new());
-        let mut ended = Vec::new();
-        let ran = tokio::time::timeout(Duration::from_secs(20), async {
-            while ended.len() < 2 {
-                tokio::task::yield_now().await;
-                ended.extend(queued_now(&mut drain));
-            }
-        });
-        assert!(ran.await.is_ok(), "task {task_id} did not end: {ended:?}");
-        assert_eq!(ended, ["started null", "finished null"]);
+        assert_eq!(
+            frames_while_tasks_run(&mut drain, 2).await,
+            ["started null", "finished null"]
+        );
     }
 }
