@@ -405,13 +405,13 @@ impl<A: App> Ctx<A> {
             module,
             progress: Some(progress),
             attempt: AtomicU32::new(1),
+            announced: AtomicU32::new(0),
         };
         Ok(Admitted {
             admission,
             job,
             tracked,
             terminal_limit: None,
-            begun: false,
         })
     }
 
@@ -468,13 +468,13 @@ impl<A: App> Ctx<A> {
             module,
             progress: Some(progress),
             attempt: AtomicU32::new(first_attempt.max(1)),
+            announced: AtomicU32::new(0),
         };
         Ok(Admitted {
             admission,
             job,
             tracked,
             terminal_limit: Some(terminal_limit),
-            begun: false,
         })
     }
 
@@ -528,8 +528,7 @@ impl<A: App> Ctx<A> {
         // not in the spawned future: the task runtime's threads may poll them in any order.
         admitted.admission.take_turn();
         if announce_now && admitted.admission.has_worker() {
-            self.begin(&admitted.job, admitted.job.attempt().max(1));
-            admitted.begun = true;
+            self.begin(&admitted.job, admitted.job.attempt());
         }
         let fut = Box::pin(self.clone().task_future(admitted).instrument(span));
         match &self.shared.task_runtime {
@@ -668,12 +667,11 @@ impl<A: App> Ctx<A> {
                 job,
                 mut tracked,
                 terminal_limit,
-                begun,
             } = *admitted;
             let admitted_at = Instant::now();
             let (outcome, elapsed, attempts) = {
                 let policy = RetryPolicy::of(&job.module.manifest);
-                self.attempts(&mut admission, &job, &policy, begun).await
+                self.attempts(&mut admission, &job, &policy).await
             };
             // Time not spent running the last attempt: the queue, and with retries the earlier
             // attempts and their backoffs.
@@ -742,7 +740,6 @@ impl<A: App> Ctx<A> {
         admission: &'a mut Admission,
         job: &'a Job,
         policy: &'a RetryPolicy<'a>,
-        mut begun: bool,
     ) -> impl Future<Output = (Outcome, Duration, u32)> + Send + 'a {
         async move {
             let timeout = Duration::from_millis(job.limits.timeout_ms);
@@ -753,11 +750,8 @@ impl<A: App> Ctx<A> {
                 // Polled only once the task holds a worker: `started` goes out then (unless
                 // `Ctx::start` said it, having found a worker free), before anything the task
                 // reports. A panic in the callback is that task's failure, not the server's.
-                let said = std::mem::take(&mut begun);
                 let run = async move {
-                    if !said {
-                        self.begin(job, attempt);
-                    }
+                    self.begin(job, attempt);
                     AssertUnwindSafe(self.app().on_task(self, job))
                         .catch_unwind()
                         .await
@@ -802,8 +796,12 @@ impl<A: App> Ctx<A> {
     }
 
     /// Says that attempt `attempt` of `job` begins: its state in the result store, and
-    /// `started` to its submitter and the connections attached to it.
+    /// `started` to its submitter and the connections attached to it. Once an attempt:
+    /// `Ctx::start` may have said it already ([`Job::announced`]).
     fn begin(&self, job: &Job, attempt: u32) {
+        if job.announced.swap(attempt, Ordering::Relaxed) == attempt {
+            return;
+        }
         self.shared.results.running(job.task_id, attempt);
         if let Some(progress) = &job.progress {
             progress.started(attempt);

@@ -107,6 +107,10 @@ pub struct Job {
     pub(crate) progress: Option<Arc<ProgressThrottle>>,
     /// The attempt running now, from 1 (more after a retry, see the manifest's `retries`).
     pub(crate) attempt: AtomicU32,
+    /// The attempt whose start was last said (`started`, the result store's state), 0 for
+    /// none: said once an attempt, by `Ctx::start` for a task that found a worker free, else
+    /// when the attempt's run begins.
+    pub(crate) announced: AtomicU32,
 }
 
 impl Job {
@@ -182,9 +186,6 @@ pub struct Admitted {
     /// of its own (a cluster's broker, `max_payload`): a longer `finished` ends the task
     /// `output_too_large` instead, before the end is counted or kept.
     pub(crate) terminal_limit: Option<usize>,
-    /// Its first attempt's start already said (`started` sent, the result store's state
-    /// running) by `Ctx::start`, which found a worker free: the run does not say it again.
-    pub(crate) begun: bool,
 }
 
 impl Admitted {
