@@ -80,6 +80,7 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
             max_memory_bytes: config.limits.memory_bytes,
             memory_budget_bytes: config.memory_budget,
             cache_dir: config.cache_dir.clone(),
+            perf_map: config.perf_map,
         },
         config.max_output,
     )?;

@@ -129,6 +129,12 @@ pub struct Options {
     #[arg(long, conflicts_with = "cache_dir", env = "TASKHOST_NO_CACHE")]
     pub no_cache: bool,
 
+    /// Write /tmp/perf-PID.map, which names the tasks' compiled functions for `perf report`
+    /// (a profiler otherwise shows their code as bare addresses). For profiling only: the
+    /// file grows with every module loaded, and names what the tasks folder holds.
+    #[arg(long, env = "TASKHOST_PERF_MAP")]
+    pub perf_map: bool,
+
     /// Task slots to prepare at start, in the background, while no task needs them (default:
     /// all of --task-workers; none with --native). A prepared slot spares the first task in
     /// it setting up its mappings and fiber stack, for about 10 KiB of memory kept.
@@ -429,6 +435,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Whether changes in the tasks folder are picked up while running.
     pub watch: bool,
+    /// Whether the tasks' compiled functions are named in /tmp/perf-PID.map (`--perf-map`).
+    pub perf_map: bool,
     /// Slots of the sandbox pool warmed at start (at most `task_workers`).
     pub warm_slots: usize,
     /// Web origins allowed to open WebSocket connections beyond the local ones (`*`: any,
@@ -712,6 +720,7 @@ impl Options {
                 self.cache_dir.clone().or_else(default_cache_dir)
             },
             watch: !self.no_watch,
+            perf_map: self.perf_map,
             warm_slots: match self.warm_slots {
                 Some(slots) => slots.min(self.task_workers),
                 None if self.native => 0,

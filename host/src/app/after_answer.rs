@@ -146,6 +146,7 @@ mod tests {
             max_memory_bytes: 64 << 20,
             memory_budget_bytes: 1 << 30,
             cache_dir: None,
+            perf_map: false,
         };
         let sandbox = Sandbox::new(&settings, 1 << 16).unwrap();
         let module = sandbox

@@ -116,6 +116,7 @@ impl<A: App> Ctx<A> {
                 max_memory_bytes: config.limits.memory_bytes,
                 memory_budget_bytes: config.memory_budget,
                 cache_dir: config.cache_dir.clone(),
+                perf_map: config.perf_map,
             },
             config.max_output,
         )?);

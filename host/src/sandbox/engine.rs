@@ -66,6 +66,8 @@ pub struct EngineSettings {
     /// Folder of compiled code, keyed by module content and engine settings, so that a
     /// restart does not compile again. `None`: compile every time.
     pub cache_dir: Option<PathBuf>,
+    /// Name every compiled function in /tmp/perf-PID.map, for `perf` (`--perf-map`).
+    pub perf_map: bool,
 }
 
 /// The part of the settings that sizes the pool.
@@ -94,6 +96,11 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<(Engine, Option
     // Fuel is both the CPU limit and, with async yields, the preemption that keeps a busy guest
     // from stalling the server: one mechanism, measured cheaper than fuel plus epochs.
     config.consume_fuel(true);
+    if settings.perf_map {
+        // Linux perf's map of JIT code: one line per compiled function, written as modules
+        // load (from the compile cache too), so that profiles name guest code.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     // The counter in a register rather than in memory around every call (fuel_register.rs).
     super::fuel_register::keep_fuel_in_a_register(&mut config);
     // No Wasm GC: no task needs it (Rust guests use linear memory), and a GC heap is one more
@@ -266,6 +273,35 @@ mod tests {
         assert_eq!(reservation_for(size).unwrap(), (64 << 20, SMALL_GUARD));
     }
 
+    /// `--perf-map`: a module's functions are named in /tmp/perf-PID.map as it compiles, for
+    /// `perf report`; without the flag nothing is written there.
+    #[test]
+    fn perf_map_names_a_module_s_functions() {
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()));
+        let named = |perf_map: bool| {
+            let settings = EngineSettings {
+                instances: 1,
+                max_memory_bytes: 1 << 20,
+                memory_budget_bytes: 1 << 20,
+                cache_dir: None,
+                perf_map,
+            };
+            let (engine, _) = build_engine(&settings).unwrap();
+            let wat = r#"(module (func $perf_map_probe (export "run")))"#;
+            wasmtime::Module::new(&engine, wat).unwrap();
+            std::fs::read_to_string(&map).is_ok_and(|text| text.contains("perf_map_probe"))
+        };
+        let _ = std::fs::remove_file(&map);
+        assert!(!named(false), "a map was written without --perf-map");
+        let with_flag = named(true);
+        let _ = std::fs::remove_file(&map);
+        assert!(
+            with_flag,
+            "{} does not name the module's function",
+            map.display()
+        );
+    }
+
     /// The pools of fiber stacks and tables hand out the slot freed last (vendor/README.md):
     /// the one whose pages and cache lines are warm. wasmtime's own choice, the slot freed
     /// longest ago, made every echo task after a warmed pool or a burst take a cold stack.
@@ -278,6 +314,7 @@ mod tests {
             max_memory_bytes: 1 << 20,
             memory_budget_bytes: 16 << 20,
             cache_dir: None,
+            perf_map: false,
         };
         let (engine, _) = build_engine(&settings).unwrap();
         let module = Module::new(
@@ -338,6 +375,7 @@ mod tests {
             max_memory_bytes: 1 << 20,
             memory_budget_bytes: 64 << 20,
             cache_dir: None,
+            perf_map: false,
         };
         let (engine, _) = build_engine(&settings).unwrap();
         let module = Module::new(&engine, r#"(module (memory (export "memory") 1))"#).unwrap();
