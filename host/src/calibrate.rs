@@ -33,7 +33,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::sandbox::{EngineSettings, RunEnd, RunSpec, Sandbox, WasmModule};
+use crate::sandbox::{RunEnd, RunSpec, Sandbox, WasmModule};
 
 /// fib(30): a few milliseconds of recursion, long enough to time, short enough to repeat.
 const FIB_N: u64 = 30;
@@ -74,14 +74,8 @@ pub async fn measure(config: &Config) -> anyhow::Result<HostIndex> {
         * 1e3;
 
     let sandbox = Sandbox::new(
-        &EngineSettings {
-            // A small pool: one task runs at a time.
-            instances: 16,
-            max_memory_bytes: config.limits.memory_bytes,
-            memory_budget_bytes: config.memory_budget,
-            cache_dir: config.cache_dir.clone(),
-            perf_map: config.perf_map,
-        },
+        // A small pool: one task runs at a time.
+        &config.engine_settings(16),
         config.max_output,
     )?;
     let echo = Bundled::load(&sandbox, config, "echo", r#"{"text":"hello, taskhost"}"#)?;

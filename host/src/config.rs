@@ -14,6 +14,7 @@ use serde::{Serialize, Serializer};
 
 use crate::capabilities::http::HttpCaps;
 use crate::limits::Limits;
+use crate::sandbox::EngineSettings;
 pub use crate::secret::Secret;
 use crate::secret::without_password;
 
@@ -882,6 +883,18 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 impl Config {
+    /// What the sandbox's engine is built with, for a pool of `instances` running tasks: the
+    /// server's and the host index's engine alike.
+    pub(crate) fn engine_settings(&self, instances: usize) -> EngineSettings {
+        EngineSettings {
+            instances,
+            max_memory_bytes: self.limits.memory_bytes,
+            memory_budget_bytes: self.memory_budget,
+            cache_dir: self.cache_dir.clone(),
+            perf_map: self.perf_map,
+        }
+    }
+
     /// The defaults of every flag, with the given tasks folder: what tests and embedders start from.
     /// The process's TASKHOST_* variables are not read: defaults are defaults.
     pub fn with_tasks_dir(tasks_dir: impl Into<PathBuf>) -> Config {

@@ -46,7 +46,7 @@ use crate::protocol::{
     DeadLetter, DeadLetters, ErrorCode, MAX_DEAD_INPUT_BYTES, Stats, TaskListing, WireError,
 };
 use crate::registry::Registry;
-use crate::sandbox::{EngineSettings, Sandbox};
+use crate::sandbox::Sandbox;
 use crate::task_stats::{Ended, TaskStats};
 
 /// The dispatcher's owner for tasks an application starts without a client (connection ids
@@ -111,13 +111,7 @@ impl<A: App> Ctx<A> {
     /// and listed, and the server starts without it.
     pub(crate) fn new(config: Config, app: A) -> anyhow::Result<Ctx<A>> {
         let sandbox = Arc::new(Sandbox::new(
-            &EngineSettings {
-                instances: config.task_workers,
-                max_memory_bytes: config.limits.memory_bytes,
-                memory_budget_bytes: config.memory_budget,
-                cache_dir: config.cache_dir.clone(),
-                perf_map: config.perf_map,
-            },
+            &config.engine_settings(config.task_workers),
             config.max_output,
         )?);
         let mut metrics = Metrics::new();
